@@ -1,0 +1,17 @@
+.PHONY: help setup test lint bench example
+PY ?= .venv/bin/python
+
+help:  ## list targets
+	@grep -E '^[a-z]+:.*##' Makefile | sed 's/:.*##/\t/'
+
+setup:  ## create .venv with torch (CPU) and the project in editable mode
+	./scripts/setup.sh
+
+test:  ## run the test suite (needs PostgreSQL on 127.0.0.1:5432)
+	$(PY) -m pytest -n 2
+
+lint:  ## ruff
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+bench:  ## benchmarks (slow; see bench/README.md)
+	$(PY) bench/run_all.py

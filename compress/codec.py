@@ -1,0 +1,166 @@
+"""The codec interface: a codec turns a LoRA checkpoint into one artifact file and back.
+
+Every artifact is a safetensors file whose metadata names its format (`adapters.format`) and format
+version, and carries the original PEFT config. `reconstruct` reads that name and dispatches, so a
+caller never needs to know which codec wrote an artifact. The `raw` codec is lossless: its artifact is
+the canonical form of the source (sorted keys, config in the metadata), so it also serves as the
+content-addressed source blob.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import torch
+
+from . import stfile
+from .errors import InvalidAdapter, InvalidArtifact
+from .peft_io import LoraCheckpoint, validate, write_adapter
+
+FORMAT_KEY = "adapters.format"
+VERSION_KEY = "adapters.format_version"
+CONFIG_KEY = "adapters.peft_config"
+
+# Called with (done, total) as a codec works through the modules of an adapter.
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class CompressionReport:
+    """What a codec did: its parameters, the fidelity it measured, and the bytes before and after."""
+
+    codec: str
+    source_bytes: int
+    artifact_bytes: int
+    params: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float:
+        return self.source_bytes / self.artifact_bytes if self.artifact_bytes else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "source_bytes": self.source_bytes,
+            "artifact_bytes": self.artifact_bytes,
+            "ratio": round(self.ratio, 3),
+            "params": self.params,
+            "fidelity": self.fidelity,
+        }
+
+
+class Codec(Protocol):
+    name: ClassVar[str]
+    format_version: ClassVar[int]
+
+    def compress(
+        self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
+    ) -> CompressionReport:
+        """Write the artifact for `checkpoint` to `out_file` and report what it cost."""
+        ...
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        """Rebuild the PEFT tensors from an artifact's tensors and metadata."""
+        ...
+
+
+def config_metadata(codec: type[Codec] | Codec, config: dict[str, Any]) -> dict[str, str]:
+    """The metadata every artifact starts with."""
+    return {
+        FORMAT_KEY: codec.name,
+        VERSION_KEY: str(codec.format_version),
+        CONFIG_KEY: json.dumps(config, sort_keys=True),
+    }
+
+
+class RawCodec:
+    """Lossless: the PEFT tensors as they are, in canonical form."""
+
+    name: ClassVar[str] = "raw"
+    format_version: ClassVar[int] = 1
+
+    def compress(
+        self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
+    ) -> CompressionReport:
+        data = canonical_bytes(checkpoint)
+        Path(out_file).write_bytes(data)
+        if progress:
+            progress(len(checkpoint.pairs), len(checkpoint.pairs))
+        return CompressionReport(
+            codec=self.name,
+            source_bytes=checkpoint.nbytes(),
+            artifact_bytes=len(data),
+            fidelity={"lossless": True, "max_rel_error": 0.0},
+        )
+
+    def decode(
+        self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: dict[str, Any]
+    ) -> dict[str, torch.Tensor]:
+        return tensors
+
+
+def canonical_bytes(checkpoint: LoraCheckpoint) -> bytes:
+    """The canonical serialization of an adapter: identical content gives identical bytes."""
+    return stfile.dumps(checkpoint.tensors, config_metadata(RawCodec, checkpoint.config))
+
+
+_CODECS: dict[str, type] = {"raw": RawCodec}
+
+
+def register_codec(codec: type) -> type:
+    """Make a codec known to `reconstruct` (used as a class decorator)."""
+    _CODECS[codec.name] = codec
+    return codec
+
+
+def codec_class(name: str) -> type:
+    if name == "nola" and name not in _CODECS:
+        from . import nola  # noqa: F401  - registers itself on import
+
+    try:
+        return _CODECS[name]
+    except KeyError:
+        raise InvalidArtifact(f"unknown artifact format {name!r}") from None
+
+
+def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    return stfile.load(path)
+
+
+def decode_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> LoraCheckpoint:
+    """Rebuild the checkpoint an artifact stands for, checking its format and the result."""
+    name = metadata.get(FORMAT_KEY)
+    if name is None:
+        raise InvalidArtifact(f"not an adapter artifact: no {FORMAT_KEY} in its metadata")
+    cls = codec_class(name)
+    version = metadata.get(VERSION_KEY)
+    if version != str(cls.format_version):
+        raise InvalidArtifact(
+            f"unsupported {name} artifact version {version!r} (this build reads {cls.format_version})"
+        )
+    try:
+        config = json.loads(metadata[CONFIG_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise InvalidArtifact("corrupt: the artifact carries no readable PEFT config") from None
+    peft_tensors = cls().decode(tensors, metadata, config)
+    try:
+        return validate(config, peft_tensors)
+    except InvalidAdapter as exc:
+        raise InvalidArtifact(f"artifact decodes to an invalid adapter: {exc}") from None
+
+
+def reconstruct(path: str | Path) -> LoraCheckpoint:
+    """Read any artifact and rebuild its adapter in memory."""
+    return decode_artifact(*load_artifact(path))
+
+
+def reconstruct_to_dir(path: str | Path, out_dir: str | Path) -> Path:
+    """Read any artifact and write the PEFT directory it stands for."""
+    return write_adapter(reconstruct(path), out_dir)

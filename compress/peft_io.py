@@ -1,0 +1,233 @@
+"""Read, validate and write PEFT LoRA adapter directories.
+
+A PEFT LoRA directory holds `adapter_config.json` and `adapter_model.safetensors` (or a legacy
+`adapter_model.bin`). Keys look like `base_model.model.<module path>.lora_A.weight` ([r, in]) and
+`...lora_B.weight` ([out, r]); embeddings use `lora_embedding_A` ([r, vocab]) / `lora_embedding_B`
+([dim, r]). Everything else (`modules_to_save` copies, DoRA magnitudes, biases, `lora_B.bias`, saved
+embedding layers, conv LoRA) is kept as-is and travels losslessly.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from . import stfile
+from .errors import CompressError, InvalidAdapter
+
+CONFIG_FILE = "adapter_config.json"
+SAFETENSORS_FILE = "adapter_model.safetensors"
+BIN_FILE = "adapter_model.bin"
+KEY_PREFIX = "base_model.model."
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# (suffix of the A key, suffix of the B key, kind)
+_PAIR_SUFFIXES: tuple[tuple[str, str, Literal["linear", "embedding"]], ...] = (
+    (".lora_A.weight", ".lora_B.weight", "linear"),
+    (".lora_embedding_A", ".lora_embedding_B", "embedding"),
+)
+
+
+@dataclass(frozen=True)
+class LoraPair:
+    """One adapted module: delta-W = scale * B @ A, with A [rank, in] and B [out, rank]."""
+
+    module: str  # module path without the PEFT prefix, e.g. "model.layers.0.self_attn.q_proj"
+    a_key: str
+    b_key: str
+    kind: Literal["linear", "embedding", "conv"]
+    rank: int
+    in_features: int
+    out_features: int
+    scale: float
+
+    @property
+    def params(self) -> int:
+        return self.rank * (self.in_features + self.out_features)
+
+
+@dataclass
+class LoraCheckpoint:
+    """An adapter in memory: its PEFT config, every tensor keyed as PEFT writes it, and the LoRA pairs."""
+
+    config: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+    pairs: list[LoraPair] = field(default_factory=list)
+
+    def pair_keys(self) -> set[str]:
+        return {k for p in self.pairs for k in (p.a_key, p.b_key)}
+
+    def extra_keys(self) -> list[str]:
+        """Keys of tensors that are not LoRA A/B factors (they travel losslessly)."""
+        paired = self.pair_keys()
+        return sorted(k for k in self.tensors if k not in paired)
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in self.tensors.values())
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """Parse and check `adapter_config.json` in a PEFT directory."""
+    config_path = Path(path) / CONFIG_FILE
+    if not Path(path).is_dir():
+        raise InvalidAdapter(f"{path}: not a directory")
+    if not config_path.is_file():
+        raise InvalidAdapter(f"{path}: missing {CONFIG_FILE}")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InvalidAdapter(f"{config_path}: not valid JSON ({exc})") from None
+    check_config(config)
+    return config
+
+
+def check_config(config: Any) -> None:
+    """Raise InvalidAdapter unless `config` is a LoRA config whose math fields make sense."""
+    if not isinstance(config, dict):
+        raise InvalidAdapter("adapter config must be a JSON object")
+    peft_type = config.get("peft_type")
+    if peft_type != "LORA":
+        raise InvalidAdapter(f"unsupported peft_type {peft_type!r}: only LORA adapters are accepted")
+    r = config.get("r")
+    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
+        raise InvalidAdapter(f"config field r must be a positive integer, got {r!r}")
+    alpha = config.get("lora_alpha")
+    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
+        raise InvalidAdapter(f"config field lora_alpha must be a finite number, got {alpha!r}")
+    for name in ("rank_pattern", "alpha_pattern"):
+        pattern = config.get(name) or {}
+        if not isinstance(pattern, dict) or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pattern.values()
+        ):
+            raise InvalidAdapter(f"config field {name} must map module patterns to positive numbers")
+
+
+def _pattern_value(pattern: dict[str, Any], module: str, default: float) -> float:
+    # Same rule as PEFT's get_pattern_key: the pattern must match a dotted suffix of the module path.
+    for key, value in pattern.items():
+        if re.match(rf"(.*\.)?({key})$", module):
+            return value
+    return default
+
+
+def module_rank_alpha(config: dict[str, Any], module: str) -> tuple[int, float]:
+    """The rank and lora_alpha PEFT gives `module`, after rank_pattern / alpha_pattern."""
+    rank = int(_pattern_value(config.get("rank_pattern") or {}, module, config["r"]))
+    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]))
+    return rank, alpha
+
+
+def module_scale(config: dict[str, Any], module: str) -> float:
+    """PEFT's scaling for `module`: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
+    rank, alpha = module_rank_alpha(config, module)
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    st_path, bin_path = path / SAFETENSORS_FILE, path / BIN_FILE
+    if st_path.is_file():
+        try:
+            tensors, _ = stfile.load(st_path)
+        except CompressError as exc:
+            raise InvalidAdapter(f"{st_path}: malformed safetensors ({exc})") from None
+        return tensors
+    if bin_path.is_file():
+        try:
+            state = torch.load(bin_path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - the unpickler raises many types; all mean "refused"
+            raise InvalidAdapter(
+                f"{bin_path}: refused by torch.load(weights_only=True): {type(exc).__name__}"
+            ) from None
+        if not isinstance(state, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+        ):
+            raise InvalidAdapter(f"{bin_path}: not a mapping of names to tensors")
+        return {k: v.contiguous() for k, v in state.items()}
+    raise InvalidAdapter(f"{path}: missing {SAFETENSORS_FILE} (or {BIN_FILE})")
+
+
+def module_name(key: str, suffix: str) -> str:
+    name = key[: -len(suffix)]
+    return name[len(KEY_PREFIX) :] if name.startswith(KEY_PREFIX) else name
+
+
+def find_pairs(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[LoraPair]:
+    """Match every LoRA A with its B and check their shapes against each other and the config."""
+    pairs: list[LoraPair] = []
+    for a_suffix, b_suffix, kind in _PAIR_SUFFIXES:
+        a_keys = {k[: -len(a_suffix)] for k in tensors if k.endswith(a_suffix)}
+        b_keys = {k[: -len(b_suffix)] for k in tensors if k.endswith(b_suffix)}
+        for stem in sorted(a_keys ^ b_keys):
+            missing = b_suffix if stem in a_keys else a_suffix
+            raise InvalidAdapter(f"{stem}: has no matching {missing.lstrip('.')}")
+        for stem in sorted(a_keys):
+            a_key, b_key = stem + a_suffix, stem + b_suffix
+            a, b = tensors[a_key], tensors[b_key]
+            module = module_name(a_key, a_suffix)
+            conv = kind == "linear" and a.dim() == 4 and b.dim() == 4
+            if not conv and (a.dim() != 2 or b.dim() != 2):
+                raise InvalidAdapter(
+                    f"{module}: LoRA factors must be 2-D, got A {tuple(a.shape)} and B {tuple(b.shape)}"
+                )
+            if a.shape[0] != b.shape[1]:
+                raise InvalidAdapter(
+                    f"{module}: inconsistent shapes, A {tuple(a.shape)} has rank {a.shape[0]} "
+                    f"but B {tuple(b.shape)} has rank {b.shape[1]}"
+                )
+            rank, _ = module_rank_alpha(config, module)
+            if a.shape[0] != rank:
+                raise InvalidAdapter(
+                    f"{module}: factors have rank {a.shape[0]} but the config gives rank {rank}"
+                )
+            pairs.append(
+                LoraPair(
+                    module=module,
+                    a_key=a_key,
+                    b_key=b_key,
+                    kind="conv" if conv else kind,
+                    rank=rank,
+                    in_features=int(a[0].numel()),
+                    out_features=int(b.shape[0]),
+                    scale=module_scale(config, module),
+                )
+            )
+    if not pairs:
+        raise InvalidAdapter("no LoRA weights found (expected keys ending in lora_A.weight / lora_B.weight)")
+    return sorted(pairs, key=lambda p: p.module)
+
+
+def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    for key, tensor in tensors.items():
+        if tensor.dtype not in FLOAT_DTYPES:
+            raise InvalidAdapter(f"{key}: unsupported dtype {tensor.dtype} (expected a float type)")
+        if not bool(torch.isfinite(tensor).all()):
+            raise InvalidAdapter(f"{key}: contains NaN or Inf values")
+
+
+def validate(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoraCheckpoint:
+    """Check a config and its tensors together and return the checkpoint with its LoRA pairs."""
+    check_config(config)
+    check_tensors(tensors)
+    return LoraCheckpoint(config=config, tensors=tensors, pairs=find_pairs(config, tensors))
+
+
+def read_adapter(path: str | Path) -> LoraCheckpoint:
+    """Read and validate a PEFT LoRA directory. Raises InvalidAdapter with a readable reason."""
+    path = Path(path)
+    config = read_config(path)
+    return validate(config, _load_tensors(path))
+
+
+def write_adapter(checkpoint: LoraCheckpoint, out_dir: str | Path) -> Path:
+    """Write a PEFT directory (config + safetensors with PEFT's keys and dtypes) that PEFT loads as is."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(checkpoint.config, indent=2, sort_keys=True) + "\n")
+    stfile.write(out / SAFETENSORS_FILE, checkpoint.tensors, metadata={"format": "pt"})
+    return out

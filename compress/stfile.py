@@ -1,0 +1,159 @@
+"""A deterministic, strict reader and writer for the safetensors format.
+
+The `safetensors` package writes its metadata from a hash map, so the same tensors and metadata give
+different bytes in different processes. Content addressing needs the same bytes every time, so this
+module writes the format itself: an 8-byte little-endian header length, a JSON header with sorted keys
+(padded with spaces to a multiple of 8), then each tensor's bytes in sorted key order. Files it writes
+load with any safetensors reader. The reader checks every offset, dtype and shape, so a truncated or
+tampered file is an error, never data.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import torch
+
+from .errors import InvalidArtifact
+
+_DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+    # View as bytes so bfloat16 (which numpy lacks) serializes too.
+    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+
+
+def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialize tensors and string metadata to safetensors bytes, identical for identical input."""
+    header: dict[str, object] = {}
+    if metadata:
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+            raise TypeError("safetensors metadata must map str to str")
+        header["__metadata__"] = dict(sorted(metadata.items()))
+    chunks: list[bytes] = []
+    offset = 0
+    for key in sorted(tensors):
+        tensor = tensors[key]
+        if tensor.dtype not in _NAMES:
+            raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
+        data = _tensor_bytes(tensor)
+        header[key] = {
+            "dtype": _NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        chunks.append(data)
+        offset += len(data)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+
+
+def write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file; returns its size in bytes."""
+    data = dumps(tensors, metadata)
+    Path(path).write_bytes(data)
+    return len(data)
+
+
+def _parse_header(data: bytes | memoryview) -> tuple[dict[str, str], dict[str, dict], int]:
+    if len(data) < 8:
+        raise InvalidArtifact("truncated: no safetensors header")
+    (n,) = struct.unpack("<Q", bytes(data[:8]))
+    if n > _MAX_HEADER or 8 + n > len(data):
+        raise InvalidArtifact("truncated or corrupt: header length exceeds the file")
+    try:
+        header = json.loads(bytes(data[8 : 8 + n]))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise InvalidArtifact("corrupt: the safetensors header is not valid JSON") from None
+    if not isinstance(header, dict):
+        raise InvalidArtifact("corrupt: the safetensors header is not an object")
+    metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise InvalidArtifact("corrupt: safetensors metadata must map strings to strings")
+    return metadata, header, 8 + n
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    """Only the metadata of a safetensors file (reads the header, not the tensors)."""
+    with Path(path).open("rb") as fh:
+        head = fh.read(8)
+        if len(head) < 8:
+            raise InvalidArtifact("truncated: no safetensors header")
+        (n,) = struct.unpack("<Q", head)
+        if n > _MAX_HEADER:
+            raise InvalidArtifact("corrupt: header length is implausible")
+        body = fh.read(n)
+    metadata, _, _ = _parse_header(head + body)
+    return metadata
+
+
+def loads(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Parse safetensors bytes, checking that every tensor lies inside the data and matches its shape.
+
+    The tensors are views of one private copy of the data (`data` itself when it is a bytearray).
+    """
+    buffer = data if isinstance(data, bytearray) else bytearray(data)
+    metadata, entries, start = _parse_header(buffer)
+    size = len(buffer) - start
+    tensors: dict[str, torch.Tensor] = {}
+    spans: list[tuple[int, int]] = []
+    for key, entry in entries.items():
+        try:
+            dtype = _DTYPES[entry["dtype"]]
+            shape = [int(d) for d in entry["shape"]]
+            begin, end = (int(x) for x in entry["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise InvalidArtifact(f"corrupt: bad header entry for {key!r}") from None
+        numel = 1
+        for d in shape:
+            if d < 0:
+                raise InvalidArtifact(f"corrupt: negative dimension in {key!r}")
+            numel *= d
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not 0 <= begin <= end <= size or end - begin != numel * itemsize:
+            raise InvalidArtifact(f"truncated or corrupt: data of {key!r} lies outside the file")
+        if numel == 0:
+            tensors[key] = torch.empty(shape, dtype=dtype)
+        elif (start + begin) % itemsize == 0:
+            flat = torch.frombuffer(buffer, dtype=dtype, count=numel, offset=start + begin)
+            tensors[key] = flat.reshape(shape)
+        else:  # unaligned data (other writers need not align): copy this tensor
+            raw = bytearray(buffer[start + begin : start + end])
+            tensors[key] = torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+        spans.append((begin, end))
+    spans.sort()
+    covered = 0
+    for begin, end in spans:
+        if begin != covered:
+            raise InvalidArtifact("corrupt: tensor data overlaps or leaves gaps")
+        covered = end
+    if covered != size:
+        raise InvalidArtifact("corrupt: trailing bytes after the tensor data")
+    return tensors, metadata
+
+
+def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Read a safetensors file written by any writer; see `loads`."""
+    path = Path(path)
+    buffer = bytearray(path.stat().st_size)
+    with path.open("rb") as fh:
+        fh.readinto(buffer)
+    return loads(buffer)

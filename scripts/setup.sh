@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Create .venv and install the project with everything its tests need.
+# torch is installed first and pinned to the CPU build, so the project's torch range installs nothing more.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q "torch==${TORCH_VERSION:-2.13.0}"
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "ready: . .venv/bin/activate"

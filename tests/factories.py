@@ -1,0 +1,56 @@
+"""Tiny models and PEFT adapters built on the spot: nothing is downloaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+TINY_LLAMA = {
+    "vocab_size": 96,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 64,
+}
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer Llama with random weights (about 30k parameters)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**TINY_LLAMA))
+    return model.eval()
+
+
+def make_adapter(
+    out_dir: str | Path, seed: int = 0, base_model_name: str = "tiny-llama", **lora: Any
+) -> Path:
+    """Save a PEFT LoRA adapter of a tiny Llama with random, non-zero A and B.
+
+    `lora` goes to peft.LoraConfig (default: r=4 on q_proj and v_proj).
+    """
+    from peft import LoraConfig, get_peft_model
+
+    options: dict[str, Any] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
+    options.update(lora)
+    options.setdefault("init_lora_weights", False)  # B = 0 would make every adapter the identity
+    model = tiny_llama(seed)
+    model.config.name_or_path = base_model_name
+    peft_model = get_peft_model(model, LoraConfig(**options))
+    torch.manual_seed(seed + 1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_" in name or "modules_to_save" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    peft_model.save_pretrained(str(out_dir))
+    return Path(out_dir)
+
+
+def token_batch(n: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, TINY_LLAMA["vocab_size"], (n, length), generator=gen)
