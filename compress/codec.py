@@ -127,7 +127,17 @@ def codec_class(name: str) -> type:
     try:
         return _CODECS[name]
     except KeyError:
-        raise InvalidArtifact(f"unknown artifact format {name!r}") from None
+        raise InvalidArtifact(f"unknown codec or artifact format {name!r}") from None
+
+
+def make_codec(name: str, **params: Any) -> Codec:
+    """Build a codec by name with its parameters (e.g. `make_codec("nola", ratio=20)`)."""
+    cls = codec_class(name)
+    if name == "raw":
+        if params:
+            raise ValueError(f"the raw codec takes no parameters, got {sorted(params)}")
+        return cls()
+    return cls.from_params(**params)
 
 
 def load_artifact(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
