@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 TINY_LLAMA = {
-    "vocab_size": 96,
+    "vocab_size": 128,
     "hidden_size": 32,
     "intermediate_size": 64,
     "num_hidden_layers": 2,
@@ -54,3 +54,45 @@ def make_adapter(
 def token_batch(n: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, TINY_LLAMA["vocab_size"], (n, length), generator=gen)
+
+
+SPECIAL_TOKENS = ["<unk>", "<pad>", "<s>", "</s>"]
+
+
+def char_tokenizer():
+    """A character-level tokenizer over printable ASCII (ids below TINY_LLAMA's vocab size)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for code in range(32, 127):
+        vocab[chr(code)] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+
+
+def save_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny Llama model directory with its tokenizer, loadable offline with from_pretrained."""
+    out = Path(out_dir)
+    tiny_llama(seed).save_pretrained(out)
+    char_tokenizer().save_pretrained(out)
+    return out
+
+
+SAMPLE_TEXTS = [
+    "The registry keeps every version of an adapter.",
+    "Push a trained LoRA and pull it back as a PEFT directory.",
+    "Compression stores coefficients over seeded random bases.",
+    "Each artifact records the generator and a fingerprint.",
+    "Workers claim pending versions from the database queue.",
+    "A fidelity gate keeps bad adapters from being served.",
+    "Tokens are stored only as hashes; scopes limit what they can do.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Numbers: 3.14159, 2.71828 and 1.41421 are famous constants.",
+    "Lookup by task returns the adapters trained for that task.",
+    "Aliases move; versions never change once they are ready.",
+    "Reconstruction writes the same bytes every time.",
+]

@@ -1,0 +1,272 @@
+"""Seeded random bases for NOLA: a factor (flattened to n numbers) = P @ coefficients, P of shape [n, k].
+
+Two families behind one interface, both generated only from Philox streams keyed by
+(seed, module, factor), so any machine regenerates the same basis from the seed:
+
+- `dense`: the paper's basis, k matrices with entries uniform(-1, 1) / sqrt(k). Building and applying
+  it costs O(k * n) time and memory, which grows with the square of the module size at a fixed ratio.
+- `fast`: a structured random basis. n is split into power-of-two blocks (its binary expansion); each
+  block applies the two-round randomized Hadamard transform T = D2 H D1 H (H orthonormal
+  Walsh-Hadamard, D seeded random signs), and the coefficients fill the first k_b positions of each
+  block (k shared out in proportion to block size). After two randomized rounds every fixed set of
+  positions spans an equally random subspace, so only the signs need random bits (one bit each).
+  P = blockdiag(T) S has exactly orthonormal columns, and P c or P^T x costs O(n log n).
+
+Every basis is batched: one object serves a group of modules with the same n, each with its own key
+and its own k (coefficient slots beyond a module's k are masked to zero). `expand` and `project` take
+[batch, ..., k] / [batch, ..., n]: the middle dims share their module's basis (the rows of a factor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from typing import Protocol
+
+import torch
+
+from . import philox
+
+FAMILIES = ("dense", "fast")
+# Dense bases larger than this many numbers are regenerated chunk by chunk on every use.
+DENSE_CACHE_ELEMENTS = 1 << 26
+
+
+class Basis(Protocol):
+    n: int
+    ks: list[int]
+    kmax: int
+    mask: torch.Tensor  # [batch, kmax] bool
+    column_norm2: float  # mean squared norm of a column of P
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """[batch, ..., kmax] coefficients -> [batch, ..., n] vectors (P c)."""
+        ...
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, ..., n] vectors -> [batch, ..., kmax] (P^T x), zero in masked slots."""
+        ...
+
+    def digests(self) -> list[str]:
+        """Per module, a digest (16 hex chars) of the random data defining its basis: exact on any
+        device and dtype, recorded at compression and checked before reconstruction."""
+        ...
+
+
+def fwht(x: torch.Tensor) -> torch.Tensor:
+    """Orthonormal Walsh-Hadamard transform along the last dim (a power of two); H is symmetric."""
+    n = x.shape[-1]
+    if n & (n - 1):
+        raise ValueError(f"fwht needs a power-of-two length, got {n}")
+    lead = x.shape[:-1]
+    y = x
+    h = 1
+    while h < n:
+        y = y.reshape(*lead, n // (2 * h), 2, h)  # pairs (a, b) at distance h
+        y = torch.stack((y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]), dim=-2)
+        h *= 2
+    return y.reshape(x.shape) * (1.0 / math.sqrt(n))
+
+
+def power_of_two_blocks(n: int) -> list[tuple[int, int]]:
+    """(offset, size) of the blocks of n's binary expansion, largest first."""
+    blocks, offset = [], 0
+    for bit in reversed(range(n.bit_length())):
+        size = 1 << bit
+        if n & size:
+            blocks.append((offset, size))
+            offset += size
+    return blocks
+
+
+def _keys_tensor(keys: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
+    return torch.tensor([list(k) for k in keys], dtype=torch.int64, device=device).reshape(-1, 2)
+
+
+def _mask(ks: Sequence[int], kmax: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(kmax, device=device)[None, :] < torch.tensor(list(ks), device=device)[:, None]
+
+
+class FastBasis:
+    """Structured orthonormal random basis; see the module docstring."""
+
+    column_norm2 = 1.0
+
+    def __init__(
+        self,
+        n: int,
+        ks: Sequence[int],
+        keys: Sequence[tuple[int, int]],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        _check(n, ks, keys)
+        self.n, self.ks, self.kmax = n, list(ks), max(ks)
+        self.device, self.dtype = torch.device(device), dtype
+        key = _keys_tensor(keys, self.device)
+        self.mask = _mask(self.ks, self.kmax, self.device)
+        # Random signs for the two rounds, 32 per word: [batch, n] each, from streams 0 and 1.
+        self.d1 = _signs(key, n, 0, self.device, dtype)
+        self.d2 = _signs(key, n, 1, self.device, dtype)
+        self.blocks = power_of_two_blocks(n)
+        # Slot j of module i -> position in [0, n). Padded slots point at 0 with a zero coefficient.
+        positions = torch.zeros(len(self.ks), self.kmax, dtype=torch.int64)
+        for i, k in enumerate(self.ks):
+            per_block = share_out(k, [size for _, size in self.blocks])
+            chosen = [torch.arange(off, off + kb) for (off, _), kb in zip(self.blocks, per_block)]
+            positions[i, :k] = torch.cat(chosen)
+        self.positions = positions.to(self.device)
+
+    def _blockwise(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+        parts = []
+        middle = (1,) * (x.dim() - 2)
+        for offset, size in self.blocks:
+            seg = x[..., offset : offset + size]
+            d1 = self.d1[:, offset : offset + size].reshape(-1, *middle, size)
+            d2 = self.d2[:, offset : offset + size].reshape(-1, *middle, size)
+            if inverse:  # T^T = H D1 H D2
+                parts.append(fwht(d1 * fwht(d2 * seg)))
+            else:  # T = D2 H D1 H
+                parts.append(d2 * fwht(d1 * fwht(seg)))
+        return torch.cat(parts, dim=-1)
+
+    def digests(self) -> list[str]:
+        signs = torch.cat([self.d1, self.d2], dim=-1).to(torch.int8).cpu()
+        return [
+            _digest(signs[i].numpy().tobytes(), self.positions[i, :k].cpu().numpy().tobytes())
+            for i, k in enumerate(self.ks)
+        ]
+
+    def _broadcast(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """[batch, kmax] -> [batch, ..., kmax] matching the middle dims of `like`."""
+        shape = (t.shape[0], *(1,) * (like.dim() - 2), t.shape[1])
+        return t.reshape(shape).expand(*like.shape[:-1], t.shape[1])
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        coeffs = coeffs.to(self.dtype)
+        z = torch.zeros(*coeffs.shape[:-1], self.n, dtype=self.dtype, device=self.device)
+        # S c: [batch, ..., n]; adding (not assigning) keeps padded slots' zeros from overwriting
+        positions, mask = self._broadcast(self.positions, coeffs), self._broadcast(self.mask, coeffs)
+        z.scatter_add_(-1, positions, coeffs * mask)
+        return self._blockwise(z, inverse=False)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        y = self._blockwise(x.to(self.dtype), inverse=True)
+        like = y[..., : self.kmax]
+        return y.gather(-1, self._broadcast(self.positions, like)) * self._broadcast(self.mask, like)
+
+
+class DenseBasis:
+    """The paper's dense basis: column i of P is uniform(-1, 1)^n / sqrt(k), from stream 0, row i."""
+
+    def __init__(
+        self,
+        n: int,
+        ks: Sequence[int],
+        keys: Sequence[tuple[int, int]],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        chunk_elements: int = DENSE_CACHE_ELEMENTS,
+    ):
+        _check(n, ks, keys)
+        self.n, self.ks, self.kmax = n, list(ks), max(ks)
+        self.device, self.dtype = torch.device(device), dtype
+        self.keys = _keys_tensor(keys, self.device)
+        self.mask = _mask(self.ks, self.kmax, self.device)
+        self.column_norm2 = n / 3 / (sum(self.ks) / len(self.ks))  # E[u^2] = 1/3 for u ~ U(-1, 1)
+        self._scale = (1.0 / torch.tensor(self.ks, dtype=torch.float64).sqrt()).to(dtype).to(self.device)
+        batch = len(self.ks)
+        self._rows_per_chunk = max(1, chunk_elements // max(1, batch * n))
+        self._cached = self._rows(0, self.kmax) if batch * self.kmax * n <= chunk_elements else None
+
+    def digests(self) -> list[str]:
+        count = min(self.kmax * self.n, 4096)
+        words = philox.random_words(self.keys, 0, count, device=self.device).cpu()
+        return [_digest(words[i].numpy().tobytes(), str(k).encode()) for i, k in enumerate(self.ks)]
+
+    def _rows(self, start: int, stop: int) -> torch.Tensor:
+        """Basis matrices start..stop as [batch, stop-start, n], zero beyond each module's k."""
+        values = philox.uniform(self.keys, start * self.n, (stop - start) * self.n, device=self.device)
+        rows = values.to(self.dtype).reshape(len(self.ks), stop - start, self.n)
+        return rows * (self._scale[:, None, None] * self.mask[:, start:stop, None])
+
+    def _chunks(self):
+        if self._cached is not None:
+            yield 0, self.kmax, self._cached
+            return
+        for start in range(0, self.kmax, self._rows_per_chunk):
+            stop = min(self.kmax, start + self._rows_per_chunk)
+            yield start, stop, self._rows(start, stop)
+
+    def expand(self, coeffs: torch.Tensor) -> torch.Tensor:
+        coeffs = coeffs.to(self.dtype)
+        lead = coeffs.shape[:-1]
+        c = coeffs.reshape(lead[0], -1, self.kmax)  # [batch, rows, kmax]
+        out = torch.zeros(lead[0], c.shape[1], self.n, dtype=self.dtype, device=self.device)
+        for start, stop, rows in self._chunks():
+            out += torch.bmm(c[..., start:stop], rows)  # sum_i c_i A_i: [batch, rows, n]
+        return out.reshape(*lead, self.n)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.dtype)
+        lead = x.shape[:-1]
+        v = x.reshape(lead[0], -1, self.n)  # [batch, rows, n]
+        out = torch.zeros(lead[0], v.shape[1], self.kmax, dtype=self.dtype, device=self.device)
+        for start, stop, rows in self._chunks():
+            out[..., start:stop] = torch.bmm(v, rows.transpose(1, 2))  # <A_i, x>: [batch, rows, k]
+        return out.reshape(*lead, self.kmax)
+
+
+def _digest(*parts: bytes) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
+    return h.hexdigest()[:16]
+
+
+def _signs(key: torch.Tensor, n: int, stream: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[batch, n] random +-1 from the bits of stream `stream` (bit b of word j is sign 32 j + b)."""
+    words = philox.random_words(key, 0, (n + 31) // 32, stream=stream, device=device)  # [batch, w]
+    bits = (words[..., :, None] >> torch.arange(32, device=device)) & 1  # [batch, w, 32]
+    return (bits.flatten(-2)[..., :n] * 2 - 1).to(dtype)
+
+
+def share_out(k: int, sizes: Sequence[int]) -> list[int]:
+    """Split k into parts proportional to sizes (largest remainders first), each part <= its size."""
+    total = sum(sizes)
+    exact = [k * s / total for s in sizes]
+    parts = [math.floor(x) for x in exact]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (parts[i] - exact[i], i))
+    for i in by_remainder[: k - sum(parts)]:
+        parts[i] += 1
+    return parts
+
+
+def _check(n: int, ks: Sequence[int], keys: Sequence[tuple[int, int]]) -> None:
+    if n <= 0:
+        raise ValueError(f"basis dimension must be positive, got {n}")
+    if not ks or len(ks) != len(keys):
+        raise ValueError("one k and one key per module are needed")
+    if any(k <= 0 or k > n for k in ks):
+        raise ValueError(f"every k must lie in 1..{n}, got {list(ks)}")
+
+
+def make_basis(
+    family: str,
+    n: int,
+    ks: Sequence[int],
+    keys: Sequence[tuple[int, int]],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Basis:
+    if family == "fast":
+        return FastBasis(n, ks, keys, device, dtype)
+    if family == "dense":
+        return DenseBasis(n, ks, keys, device, dtype)
+    raise ValueError(f"unknown basis family {family!r} (choose from {', '.join(FAMILIES)})")
+
+
+def basis_key(seed: int, module: str, factor: str) -> tuple[int, int]:
+    """The Philox key of one factor's basis: derived from (seed, module path, factor name)."""
+    return philox.derive_key(seed, module, factor)

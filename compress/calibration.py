@@ -1,0 +1,168 @@
+"""Base models and calibration texts: input statistics for the activation-aware fit, and agreement
+between an adapter and its reconstruction.
+
+Needs `transformers` and `peft` (the `hf` extra); imported only when these functions run. Models are
+read from local directories only.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import CompressError
+from .peft_io import LoraCheckpoint, write_adapter
+from .stats import DEFAULT_MAX_RANK, InputStats, collecting
+
+
+def read_texts(path: str | Path) -> list[str]:
+    """Calibration texts: a .jsonl file (objects with a "text" field) or plain text, one per line."""
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CompressError(f"{path}: cannot read calibration texts ({exc})") from None
+    texts: list[str] = []
+    if path.suffix == ".jsonl":
+        for number, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                raise CompressError(f"{path}:{number}: not valid JSON") from None
+            if not isinstance(item, dict) or not isinstance(item.get("text"), str):
+                raise CompressError(f'{path}:{number}: expected an object with a "text" string')
+            texts.append(item["text"])
+    else:
+        texts = [line.strip() for line in raw.splitlines() if line.strip()]
+    if not texts:
+        raise CompressError(f"{path}: no calibration texts found")
+    return texts
+
+
+def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A seeded split into (fit, held-out) texts; both non-empty when there are two or more texts."""
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    n_held = min(len(texts) - 1, max(1, round(len(texts) * held_out))) if len(texts) > 1 else 0
+    held = sorted(order[:n_held])
+    fit = sorted(order[n_held:])
+    return [texts[i] for i in fit], [texts[i] for i in held]
+
+
+def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
+    """A local transformers model (with its task head when the config names one) and its tokenizer."""
+    from transformers import (
+        AutoConfig,
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+    )
+
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise CompressError(f"{path}: not a model directory (no config.json)")
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    arch = " ".join(config.architectures or [])
+    if "CausalLM" in arch or "LMHead" in arch:
+        loader = AutoModelForCausalLM
+    elif "SequenceClassification" in arch:
+        loader = AutoModelForSequenceClassification
+    else:
+        loader = AutoModel
+    model = loader.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
+    return model.to(device).eval(), tokenizer
+
+
+def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path | None = None):
+    """The base model with a PEFT adapter applied (a directory, or a checkpoint written to workdir)."""
+    import tempfile
+
+    from peft import PeftModel
+
+    if isinstance(adapter, LoraCheckpoint):
+        workdir = Path(workdir or tempfile.mkdtemp(prefix="adapters-"))
+        adapter = write_adapter(adapter, workdir)
+    return PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
+
+
+def token_batches(
+    tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 128, device="cpu"
+) -> Iterator[dict[str, torch.Tensor]]:
+    for start in range(0, len(texts), batch_size):
+        enc = tokenizer(
+            list(texts[start : start + batch_size]),
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=max_length,
+        )
+        yield {k: v.to(device) for k, v in enc.items()}
+
+
+@torch.no_grad()
+def collect_stats(
+    model, tokenizer, texts: Sequence[str], modules: Sequence[str], max_rank: int = DEFAULT_MAX_RANK, **kw
+) -> dict[str, InputStats]:
+    """Input second moments of `modules` over the texts (padding left out)."""
+    device = next(model.parameters()).device
+    with collecting(model, modules) as collector:
+        for batch in token_batches(tokenizer, texts, device=device, **kw):
+            collector.token_mask = batch["attention_mask"].bool()
+            model(**batch)
+    return collector.result(max_rank)
+
+
+def _outputs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    """(values [n, d], weights [n], are_logits): per-token logits for LMs, per-text for classifiers,
+    last hidden states otherwise."""
+    out = model(**batch)
+    mask = batch["attention_mask"].bool()
+    logits = getattr(out, "logits", None)
+    if logits is not None and logits.dim() == 3:  # [batch, seq, vocab]
+        return logits[mask].float(), torch.ones(int(mask.sum())), True
+    if logits is not None:  # [batch, classes]
+        return logits.float(), torch.ones(logits.shape[0]), True
+    hidden = out.last_hidden_state
+    return hidden[mask].float(), torch.ones(int(mask.sum())), False
+
+
+@torch.no_grad()
+def agreement(reference, candidate, tokenizer, texts: Sequence[str], **kw) -> dict[str, Any]:
+    """How closely `candidate` reproduces `reference` on the texts.
+
+    For models with logits: top-1 agreement and mean KL(reference || candidate) per prediction
+    (every token for LMs, every text for classifiers). Without a head: relative error of the last
+    hidden states.
+    """
+    device = next(reference.parameters()).device
+    agree = total = 0
+    kl_sum = err_sum = ref_sum = 0.0
+    logits_mode = True
+    for batch in token_batches(tokenizer, texts, device=device, **kw):
+        ref, weights, logits_mode = _outputs(reference, batch)
+        cand, _, _ = _outputs(candidate, batch)
+        total += int(weights.numel())
+        if logits_mode:
+            agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
+            log_p, log_q = ref.log_softmax(-1), cand.log_softmax(-1)
+            kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
+        else:
+            err_sum += float(((ref - cand) ** 2).sum())
+            ref_sum += float((ref**2).sum())
+    if logits_mode:
+        return {
+            "predictions": total,
+            "agreement": round(agree / max(total, 1), 6),
+            "kl": kl_sum / max(total, 1),
+        }
+    return {"predictions": total, "hidden_rel_error": round(math.sqrt(err_sum / max(ref_sum, 1e-30)), 6)}

@@ -1,0 +1,164 @@
+"""Coefficient quantization: symmetric uniform codes with one scale per group, packed into bytes.
+
+Coefficients of a factor form a matrix [rows, k]; each row is cut into ceil(k / group_size) groups of
+near-equal size (no padding), each with its own scale. Scales are searched per group for the least
+squared error (for few levels, clipping the largest values beats scaling to the maximum), then stored
+as fp16 relative to one power-of-two exponent per factor, so no coefficient magnitude under- or
+overflows fp16. Quantization uses the stored scale, so `dequantize(quantize(x))` is exactly what a
+reader rebuilds.
+
+Formats, with their cost per coefficient:
+  fp16     16 bits, no scales
+  int8     [-127, 127]
+  int4     [-7, 7]
+  int3     [-3, 3]
+  int2     {-1.5, -0.5, 0.5, 1.5} (4 levels, no zero: better for bell-shaped values at 2 bits)
+  ternary  {-1, 0, 1}, five codes per byte (1.6 bits)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+# name -> (lowest code, highest code, offset added to codes, bits per stored code)
+# int2 codes are half-integers: q in {-1.5, -0.5, 0.5, 1.5} is stored as q + 1.5.
+_LEVELS: dict[str, tuple[float, float, float, int]] = {
+    "int8": (-127, 127, 127, 8),
+    "int4": (-7, 7, 7, 4),
+    "int3": (-3, 3, 3, 3),
+    "int2": (-1.5, 1.5, 1.5, 2),
+    "ternary": (-1, 1, 1, 0),  # packed in base 3
+}
+FORMATS = ("fp16", *_LEVELS)
+BITS: dict[str, float] = {"fp16": 16, "int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": 1.6}
+_SCALE_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.28, 0.22)
+
+
+@dataclass
+class Quantized:
+    """One factor's coefficients in stored form."""
+
+    fmt: str
+    rows: int
+    k: int
+    group_size: int
+    exponent: int  # scales are fp16 values times 2**exponent
+    codes: torch.Tensor  # uint8, packed
+    scales: torch.Tensor  # fp16 [rows, groups] flattened (empty for fp16)
+
+    @property
+    def nbytes(self) -> int:
+        return self.codes.numel() + 2 * self.scales.numel()
+
+
+def groups_per_row(k: int, group_size: int) -> int:
+    return max(1, math.ceil(k / group_size))
+
+
+def stored_nbytes(rows: int, k: int, fmt: str, group_size: int) -> int:
+    """Bytes `quantize` uses for a [rows, k] coefficient matrix (codes plus scales)."""
+    if fmt == "fp16":
+        return 2 * rows * k
+    n = rows * k
+    codes = math.ceil(n / 5) if fmt == "ternary" else math.ceil(n * _LEVELS[fmt][3] / 8)
+    return codes + 2 * rows * groups_per_row(k, group_size)
+
+
+def _group_index(k: int, groups: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(k, device=device) * groups // k  # [k] -> group of each column
+
+
+def _round(x: torch.Tensor, fmt: str) -> torch.Tensor:
+    lo, hi, _, _ = _LEVELS[fmt]
+    if fmt == "int2":  # mid-rise: nearest of +-0.5, +-1.5
+        return (torch.floor(x) + 0.5).clamp(lo, hi)
+    return torch.round(x).clamp(lo, hi)
+
+
+def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
+    """Quantize a [rows, k] coefficient matrix."""
+    if x.dim() != 2:
+        raise ValueError(f"quantize takes a [rows, k] matrix, got shape {tuple(x.shape)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown coefficient format {fmt!r} (choose from {', '.join(FORMATS)})")
+    if group_size <= 0:
+        raise ValueError("group_size must be positive")
+    rows, k = x.shape
+    x = x.detach().to(torch.float32).cpu()
+    if fmt == "fp16":
+        peak = float(x.abs().max()) if x.numel() else 0.0
+        exponent = math.floor(math.log2(peak)) - 8 if peak > 0 else 0  # keep values well inside fp16
+        codes = (x * 2.0**-exponent).to(torch.float16).reshape(-1).view(torch.uint8)
+        return Quantized(fmt, rows, k, group_size, exponent, codes, torch.empty(0, dtype=torch.float16))
+    groups = groups_per_row(k, group_size)
+    gidx = _group_index(k, groups, x.device).expand(rows, k)
+    peak = torch.zeros(rows, groups).scatter_reduce(1, gidx, x.abs(), "amax", include_self=True)
+    qmax = _LEVELS[fmt][1]
+    top = float(peak.max()) if peak.numel() else 0.0
+    exponent = math.floor(math.log2(top / qmax)) if top > 0 else 0
+    best_err = torch.full((rows, groups), math.inf)
+    best_scale = torch.zeros(rows, groups)
+    for fraction in _SCALE_FRACTIONS:
+        # The scale as stored (fp16 relative to 2**exponent), so the search sees what a reader gets.
+        rel = (peak * fraction / qmax * 2.0**-exponent).to(torch.float16).to(torch.float32)
+        scale = rel * 2.0**exponent
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        err_elem = (x - _round(x / safe.gather(1, gidx), fmt) * safe.gather(1, gidx)) ** 2
+        err = torch.zeros(rows, groups).scatter_add(1, gidx, err_elem)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_scale = torch.where(better, scale, best_scale)
+    safe = torch.where(best_scale > 0, best_scale, torch.ones_like(best_scale))
+    q = _round(x / safe.gather(1, gidx), fmt) * (best_scale.gather(1, gidx) > 0)
+    codes = _pack((q + _LEVELS[fmt][2]).to(torch.uint8).reshape(-1), fmt)
+    scales = (best_scale * 2.0**-exponent).to(torch.float16).reshape(-1)
+    return Quantized(fmt, rows, k, group_size, exponent, codes, scales)
+
+
+def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Rebuild the [rows, k] coefficients."""
+    if q.fmt == "fp16":
+        values = q.codes.clone().view(torch.float16).to(torch.float32) * 2.0**q.exponent  # clone: align
+        return values.reshape(q.rows, q.k).to(dtype)
+    lo, _, offset, _ = _LEVELS[q.fmt]
+    groups = groups_per_row(q.k, q.group_size)
+    expected = stored_nbytes(q.rows, q.k, q.fmt, q.group_size)
+    if q.nbytes != expected or q.scales.numel() != q.rows * groups:
+        raise ValueError(f"stored coefficients have {q.nbytes} bytes, expected {expected}")
+    codes = _unpack(q.codes, q.fmt, q.rows * q.k).to(torch.float32) - offset
+    if codes.numel() and (codes.min() < lo or codes.max() > -lo):
+        raise ValueError("stored coefficient codes are out of range")
+    scales = q.scales.to(torch.float32).reshape(q.rows, groups) * 2.0**q.exponent
+    gidx = _group_index(q.k, groups, codes.device).expand(q.rows, q.k)
+    return (codes.reshape(q.rows, q.k) * scales.gather(1, gidx)).to(dtype)
+
+
+def _pack(codes: torch.Tensor, fmt: str) -> torch.Tensor:
+    """Unsigned codes [n] -> bytes."""
+    if fmt == "ternary":
+        padded = torch.cat([codes, codes.new_zeros(-codes.numel() % 5)]).reshape(-1, 5).to(torch.int32)
+        weights = torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)
+        return (padded * weights).sum(-1).to(torch.uint8)
+    bits = _LEVELS[fmt][3]
+    if bits == 8:
+        return codes.clone()
+    shifts = torch.arange(bits, dtype=torch.uint8)
+    stream = ((codes[:, None] >> shifts) & 1).reshape(-1)  # little-endian bits of each code
+    stream = torch.cat([stream, stream.new_zeros(-stream.numel() % 8)]).reshape(-1, 8)
+    return (stream << torch.arange(8, dtype=torch.uint8)).sum(-1, dtype=torch.int32).to(torch.uint8)
+
+
+def _unpack(data: torch.Tensor, fmt: str, n: int) -> torch.Tensor:
+    data = data.to(torch.int32)
+    if fmt == "ternary":
+        digits = (data[:, None] // torch.tensor([1, 3, 9, 27, 81], dtype=torch.int32)) % 3
+        return digits.reshape(-1)[:n]
+    bits = _LEVELS[fmt][3]
+    if bits == 8:
+        return data[:n]
+    stream = ((data[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1)
+    stream = stream[: n * bits].reshape(n, bits)
+    return (stream << torch.arange(bits, dtype=torch.int32)).sum(-1)
