@@ -76,7 +76,7 @@ def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
         loader = AutoModelForSequenceClassification
     else:
         loader = AutoModel
-    model = loader.from_pretrained(path, local_files_only=True, torch_dtype=torch.float32)
+    model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token

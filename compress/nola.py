@@ -7,7 +7,7 @@ Artifact (one safetensors file):
             base64, since per-module records would otherwise outweigh a small adapter's
             coefficients) with the generator (name, version, seed, fingerprint), basis family,
             layout, group size, the source digest, the codec parameters and fidelity summary, and
-            one record per module (shapes, dtypes, and per factor: k, format, exponent, byte
+            one record per module (shapes, dtypes, and per factor: k, format, byte
             ranges, basis digest, errors); `nola.checksum`: sha256 of everything else, so any
             corruption or edit is caught. `adapters inspect` prints the header.
 """
@@ -185,8 +185,8 @@ def _module_record(
         "out": pair.out_features,
         "dtype_a": _DTYPE_NAMES[checkpoint.tensors[pair.a_key].dtype],
         "dtype_b": _DTYPE_NAMES[checkpoint.tensors[pair.b_key].dtype],
-        "A": {"k": qa.k, "format": qa.fmt, "exponent": qa.exponent, "digest": digests[0]},
-        "B": {"k": qb.k, "format": qb.fmt, "exponent": qb.exponent, "digest": digests[1]},
+        "A": {"k": qa.k, "format": qa.fmt, "digest": digests[0]},
+        "B": {"k": qb.k, "format": qb.fmt, "digest": digests[1]},
     }
     default_a, default_b = _default_keys(pair.module)
     if (pair.a_key, pair.b_key) != (default_a, default_b):
@@ -289,9 +289,10 @@ class NolaCodec:
             for i, pair in enumerate(batch.pairs):
                 record = _module_record(pair, checkpoint, fitted.stored_a[i], fitted.stored_b[i], digests[i])
                 for side, q in (("A", fitted.stored_a[i]), ("B", fitted.stored_b[i])):
-                    record[side]["codes"] = [sum(t.numel() for t in codes), q.codes.numel()]
+                    payload = q.payload()
+                    record[side]["codes"] = [sum(t.numel() for t in codes), payload.numel()]
                     record[side]["scales"] = [sum(t.numel() for t in scales), q.scales.numel()]
-                    codes.append(q.codes)
+                    codes.append(payload)
                     scales.append(q.scales)
                 records.append(record)
             module_errors.append(fitted)
@@ -441,14 +442,13 @@ def _expand_side(
         entry = record[side]
         if entry["format"] not in FORMATS:
             raise InvalidArtifact(f"corrupt: unknown coefficient format {entry['format']!r}")
-        stored = Quantized(
-            fmt=entry["format"],
-            rows=rank,
-            k=ks[i],
-            group_size=group_size,
-            exponent=int(entry["exponent"]),
-            codes=_slice(codes, entry["codes"]),
-            scales=_slice(scales, entry["scales"]),
+        stored = Quantized.from_payload(
+            entry["format"],
+            rank,
+            ks[i],
+            group_size,
+            _slice(codes, entry["codes"]),
+            _slice(scales, entry["scales"]),
         )
         coeffs[i, :, : ks[i]] = dequantize(stored).to(device)
     for record, digest in zip(records, basis.digests()):

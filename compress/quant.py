@@ -3,9 +3,9 @@
 Coefficients of a factor form a matrix [rows, k]; each row is cut into ceil(k / group_size) groups of
 near-equal size (no padding), each with its own scale. Scales are searched per group for the least
 squared error (for few levels, clipping the largest values beats scaling to the maximum), then stored
-as fp16 relative to one power-of-two exponent per factor, so no coefficient magnitude under- or
-overflows fp16. Quantization uses the stored scale, so `dequantize(quantize(x))` is exactly what a
-reader rebuilds.
+as fp16 relative to a power-of-two exponent per row (one int8), so rows of very different magnitude
+(the balanced gauge gives row j a norm of sqrt(sigma_j)) all keep full fp16 precision. Quantization
+uses the stored scale, so `dequantize(quantize(x))` is exactly what a reader rebuilds.
 
 Formats, with their cost per coefficient:
   fp16     16 bits, no scales
@@ -45,13 +45,26 @@ class Quantized:
     rows: int
     k: int
     group_size: int
-    exponent: int  # scales are fp16 values times 2**exponent
+    exponents: torch.Tensor  # int8 [rows]: row values (fp16) or scales are times 2**exponent
     codes: torch.Tensor  # uint8, packed
     scales: torch.Tensor  # fp16 [rows, groups] flattened (empty for fp16)
 
     @property
     def nbytes(self) -> int:
-        return self.codes.numel() + 2 * self.scales.numel()
+        return self.exponents.numel() + self.codes.numel() + 2 * self.scales.numel()
+
+    def payload(self) -> torch.Tensor:
+        """Exponents then codes, as one byte string (scales are stored apart, as fp16)."""
+        return torch.cat([self.exponents.view(torch.uint8), self.codes])
+
+    @classmethod
+    def from_payload(
+        cls, fmt: str, rows: int, k: int, group_size: int, payload: torch.Tensor, scales: torch.Tensor
+    ) -> Quantized:
+        if payload.numel() < rows:
+            raise ValueError("stored coefficients are shorter than their exponents")
+        exponents = payload[:rows].clone().view(torch.int8)
+        return cls(fmt, rows, k, group_size, exponents, payload[rows:], scales)
 
 
 def groups_per_row(k: int, group_size: int) -> int:
@@ -59,12 +72,18 @@ def groups_per_row(k: int, group_size: int) -> int:
 
 
 def stored_nbytes(rows: int, k: int, fmt: str, group_size: int) -> int:
-    """Bytes `quantize` uses for a [rows, k] coefficient matrix (codes plus scales)."""
+    """Bytes `quantize` uses for a [rows, k] coefficient matrix (exponents, codes and scales)."""
     if fmt == "fp16":
-        return 2 * rows * k
+        return rows + 2 * rows * k
     n = rows * k
     codes = math.ceil(n / 5) if fmt == "ternary" else math.ceil(n * _LEVELS[fmt][3] / 8)
-    return codes + 2 * rows * groups_per_row(k, group_size)
+    return rows + codes + 2 * rows * groups_per_row(k, group_size)
+
+
+def _row_exponents(peak: torch.Tensor) -> torch.Tensor:
+    """floor(log2(peak)) per row, 0 for empty rows, within int8."""
+    safe = torch.where(peak > 0, peak, torch.ones_like(peak))
+    return torch.floor(torch.log2(safe)).clamp(-127, 127) * (peak > 0)
 
 
 def _group_index(k: int, groups: int, device: torch.device) -> torch.Tensor:
@@ -89,22 +108,22 @@ def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
     rows, k = x.shape
     x = x.detach().to(torch.float32).cpu()
     if fmt == "fp16":
-        peak = float(x.abs().max()) if x.numel() else 0.0
-        exponent = math.floor(math.log2(peak)) - 8 if peak > 0 else 0  # keep values well inside fp16
-        codes = (x * 2.0**-exponent).to(torch.float16).reshape(-1).view(torch.uint8)
-        return Quantized(fmt, rows, k, group_size, exponent, codes, torch.empty(0, dtype=torch.float16))
+        exps = _row_exponents(x.abs().amax(dim=1)) if k else torch.zeros(rows)
+        values = (x * torch.exp2(-exps)[:, None]).to(torch.float16)  # in [-2, 2): full fp16 precision
+        codes = values.reshape(-1).view(torch.uint8)
+        empty = torch.empty(0, dtype=torch.float16)
+        return Quantized(fmt, rows, k, group_size, exps.to(torch.int8), codes, empty)
     groups = groups_per_row(k, group_size)
     gidx = _group_index(k, groups, x.device).expand(rows, k)
     peak = torch.zeros(rows, groups).scatter_reduce(1, gidx, x.abs(), "amax", include_self=True)
     qmax = _LEVELS[fmt][1]
-    top = float(peak.max()) if peak.numel() else 0.0
-    exponent = math.floor(math.log2(top / qmax)) if top > 0 else 0
+    exps = _row_exponents(peak.amax(dim=1) / qmax)  # [rows]
+    unit = torch.exp2(exps)[:, None]  # [rows, 1]
     best_err = torch.full((rows, groups), math.inf)
     best_scale = torch.zeros(rows, groups)
     for fraction in _SCALE_FRACTIONS:
-        # The scale as stored (fp16 relative to 2**exponent), so the search sees what a reader gets.
-        rel = (peak * fraction / qmax * 2.0**-exponent).to(torch.float16).to(torch.float32)
-        scale = rel * 2.0**exponent
+        # The scale as stored (fp16 relative to the row's 2**exponent): the search sees what a reader gets.
+        scale = (peak * fraction / qmax / unit).to(torch.float16).to(torch.float32) * unit
         safe = torch.where(scale > 0, scale, torch.ones_like(scale))
         err_elem = (x - _round(x / safe.gather(1, gidx), fmt) * safe.gather(1, gidx)) ** 2
         err = torch.zeros(rows, groups).scatter_add(1, gidx, err_elem)
@@ -114,15 +133,20 @@ def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
     safe = torch.where(best_scale > 0, best_scale, torch.ones_like(best_scale))
     q = _round(x / safe.gather(1, gidx), fmt) * (best_scale.gather(1, gidx) > 0)
     codes = _pack((q + _LEVELS[fmt][2]).to(torch.uint8).reshape(-1), fmt)
-    scales = (best_scale * 2.0**-exponent).to(torch.float16).reshape(-1)
-    return Quantized(fmt, rows, k, group_size, exponent, codes, scales)
+    scales = (best_scale / unit).to(torch.float16).reshape(-1)
+    return Quantized(fmt, rows, k, group_size, exps.to(torch.int8), codes, scales)
 
 
 def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Rebuild the [rows, k] coefficients."""
+    if q.exponents.numel() != q.rows:
+        raise ValueError(f"stored coefficients have {q.exponents.numel()} exponents for {q.rows} rows")
+    unit = torch.exp2(q.exponents.to(torch.float32))[:, None]  # [rows, 1]
     if q.fmt == "fp16":
-        values = q.codes.clone().view(torch.float16).to(torch.float32) * 2.0**q.exponent  # clone: align
-        return values.reshape(q.rows, q.k).to(dtype)
+        if q.codes.numel() != 2 * q.rows * q.k:
+            raise ValueError(f"stored coefficients have {q.codes.numel()} bytes, expected {2 * q.rows * q.k}")
+        values = q.codes.clone().view(torch.float16).to(torch.float32)  # clone: align to 2 bytes
+        return (values.reshape(q.rows, q.k) * unit).to(dtype)
     lo, _, offset, _ = _LEVELS[q.fmt]
     groups = groups_per_row(q.k, q.group_size)
     expected = stored_nbytes(q.rows, q.k, q.fmt, q.group_size)
@@ -131,7 +155,7 @@ def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor
     codes = _unpack(q.codes, q.fmt, q.rows * q.k).to(torch.float32) - offset
     if codes.numel() and (codes.min() < lo or codes.max() > -lo):
         raise ValueError("stored coefficient codes are out of range")
-    scales = q.scales.to(torch.float32).reshape(q.rows, groups) * 2.0**q.exponent
+    scales = q.scales.to(torch.float32).reshape(q.rows, groups) * unit
     gidx = _group_index(q.k, groups, codes.device).expand(q.rows, q.k)
     return (codes.reshape(q.rows, q.k) * scales.gather(1, gidx)).to(dtype)
 

@@ -1,0 +1,255 @@
+"""The NOLA codec end to end: artifact round trip, determinism, PEFT as the reader, bad artifacts."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+import pytest
+import torch
+
+from adapters.compress import stfile
+from adapters.compress.codec import (
+    FORMAT_KEY,
+    VERSION_KEY,
+    make_codec,
+    reconstruct,
+    reconstruct_to_dir,
+)
+from adapters.compress.errors import CompressError, InvalidArtifact
+from adapters.compress.nola import (
+    CHECKSUM_KEY,
+    CODES_KEY,
+    HEADER_KEY,
+    NolaCodec,
+    NolaConfig,
+    _checksum,
+    decode_header,
+    encode_header,
+)
+from adapters.compress.peft_io import SAFETENSORS_FILE, read_adapter
+from adapters.compress.stats import InputStats, load_stats, save_stats
+from tests.factories import make_adapter, tiny_llama, token_batch
+
+ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory):
+    path = make_adapter(
+        tmp_path_factory.mktemp("nola") / "adapter",
+        r=8,
+        target_modules=ALL_LINEAR,
+        rank_pattern={"down_proj": 4},
+        modules_to_save=["lm_head"],
+    )
+    return read_adapter(path)
+
+
+@pytest.fixture(scope="module")
+def compressed(adapter, tmp_path_factory):
+    out = tmp_path_factory.mktemp("art") / "adapter.nola"
+    report = NolaCodec(NolaConfig(ratio=4)).compress(adapter, out)
+    return out, report
+
+
+def test_round_trip_keeps_keys_dtypes_and_extras(adapter, compressed):
+    path, report = compressed
+    back = reconstruct(path)
+    assert back.config == adapter.config
+    assert back.tensors.keys() == adapter.tensors.keys()
+    for key, tensor in adapter.tensors.items():
+        assert back.tensors[key].dtype == tensor.dtype and back.tensors[key].shape == tensor.shape
+    head = "base_model.model.lm_head.weight"
+    assert torch.equal(back.tensors[head], adapter.tensors[head])  # modules_to_save travels losslessly
+    assert report.artifact_bytes == path.stat().st_size
+    assert report.fidelity["lossless_tensors"] == 1
+
+
+def test_reported_fidelity_matches_the_reconstruction(adapter, compressed):
+    path, report = compressed
+    back = reconstruct(path)
+    for entry in report.fidelity["modules"]:
+        pair = next(p for p in adapter.pairs if p.module == entry["module"])
+        delta = adapter.tensors[pair.b_key].double() @ adapter.tensors[pair.a_key].double()
+        approx = back.tensors[pair.b_key].double() @ back.tensors[pair.a_key].double()
+        assert (delta - approx).norm() / delta.norm() == pytest.approx(entry["weight"], abs=1e-4)
+    assert report.fidelity["weight_rel_error"] < 0.3  # 4x: most of the adapter is kept
+
+
+def test_coefficient_budget_is_met(adapter, tmp_path):
+    for ratio in (4, 12):
+        report = NolaCodec(NolaConfig(ratio=ratio)).compress(adapter, tmp_path / "a.nola")
+        assert report.fidelity["coefficient_bytes"] <= report.fidelity["lora_bytes"] / ratio
+    # More bytes buy fidelity.
+    low = NolaCodec(NolaConfig(ratio=12)).compress(adapter, tmp_path / "b.nola").fidelity
+    high = NolaCodec(NolaConfig(ratio=3)).compress(adapter, tmp_path / "c.nola").fidelity
+    assert high["weight_rel_error"] < low["weight_rel_error"]
+
+
+def test_compression_and_reconstruction_are_deterministic(adapter, compressed, tmp_path):
+    path, _ = compressed
+    NolaCodec(NolaConfig(ratio=4)).compress(adapter, tmp_path / "again.nola")
+    assert (tmp_path / "again.nola").read_bytes() == path.read_bytes()
+    reconstruct_to_dir(path, tmp_path / "one")
+    reconstruct_to_dir(path, tmp_path / "two")
+    assert (tmp_path / "one" / SAFETENSORS_FILE).read_bytes() == (
+        tmp_path / "two" / SAFETENSORS_FILE
+    ).read_bytes()
+
+
+@pytest.mark.parametrize("options", [{"basis": "dense"}, {"bits": "int8"}, {"bits": "ternary", "seed": 7}])
+def test_options_round_trip(adapter, tmp_path, options):
+    report = NolaCodec(NolaConfig(ratio=4, **options)).compress(adapter, tmp_path / "a.nola")
+    back = reconstruct(tmp_path / "a.nola")
+    assert back.tensors.keys() == adapter.tensors.keys()
+    header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
+    assert header["params"] == {**asdict(NolaConfig()), "ratio": 4, **options}
+    if "bits" in options:
+        assert {m[s]["format"] for m in header["modules"] for s in "AB"} == {options["bits"]}
+    assert report.params["basis"] == options.get("basis", "fast")
+
+
+def test_peft_loads_what_reconstruct_writes(adapter, compressed, tmp_path):
+    from peft import PeftModel
+
+    path, _ = compressed
+    original_dir = tmp_path / "original"
+    from adapters.compress.peft_io import write_adapter
+
+    write_adapter(adapter, original_dir)
+    reconstruct_to_dir(path, tmp_path / "rebuilt")
+    tokens = token_batch()
+    with torch.no_grad():
+        ref = PeftModel.from_pretrained(tiny_llama(), original_dir).eval()(tokens).logits
+        base = tiny_llama()(tokens).logits
+        out = PeftModel.from_pretrained(tiny_llama(), tmp_path / "rebuilt").eval()(tokens).logits
+    # The rebuilt adapter changes the model nearly as the original does.
+    assert (out - ref).norm() < 0.3 * (base - ref).norm()
+
+
+def test_activation_fit_lowers_output_error_on_its_statistics(adapter, tmp_path):
+    gen = torch.Generator().manual_seed(0)
+    stats = {}
+    for pair in adapter.pairs:
+        x = torch.randn(256, pair.in_features, generator=gen) * torch.logspace(0, -2, pair.in_features)
+        stats[pair.module] = InputStats(pair.in_features, 256, full=x.T @ x / 256)
+    save_stats(tmp_path / "stats.safetensors", stats)
+    stats = load_stats(tmp_path / "stats.safetensors")
+    weight = NolaCodec(NolaConfig(ratio=8, fit="weight"), stats).compress(adapter, tmp_path / "w.nola")
+    activation = NolaCodec(NolaConfig(ratio=8, fit="activation"), stats).compress(
+        adapter, tmp_path / "a.nola"
+    )
+    assert activation.params["fit"] == "activation" and weight.params["fit"] == "weight"
+    assert "output_rel_error" in activation.fidelity
+    from adapters.compress.fidelity import measure
+
+    weight_output = measure(adapter, reconstruct(tmp_path / "w.nola").tensors, adapter.pairs, stats)
+    assert activation.fidelity["output_rel_error"] < weight_output["output_rel_error"]
+
+
+def test_activation_fit_without_statistics_is_an_error(adapter, tmp_path):
+    with pytest.raises(CompressError, match="needs input statistics"):
+        NolaCodec(NolaConfig(fit="activation")).compress(adapter, tmp_path / "a.nola")
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"ratio": 0.5}, {"bits": "int5"}, {"basis": "sparse"}, {"fit": "magic"}, {"seed": -1}, {"rounds": 0}],
+)
+def test_bad_parameters(params):
+    with pytest.raises(ValueError):
+        make_codec("nola", **params)
+    with pytest.raises(ValueError, match="bad NOLA parameters"):
+        make_codec("nola", colour="red")
+
+
+def _rewrite(path, out, edit_header=None, edit_metadata=None, edit_tensors=None, fix_checksum=True):
+    tensors, metadata = stfile.load(path)
+    if edit_header:
+        header = decode_header(metadata[HEADER_KEY])
+        edit_header(header)
+        metadata[HEADER_KEY] = encode_header(header)
+    if edit_metadata:
+        edit_metadata(metadata)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if fix_checksum:
+        metadata[CHECKSUM_KEY] = _checksum(tensors, metadata)
+    stfile.write(out, tensors, metadata)
+    return out
+
+
+def _write(path, data):
+    path.write_bytes(data)
+    return path
+
+
+def _flip_code(tensors):
+    tensors[CODES_KEY] = tensors[CODES_KEY].clone()
+    tensors[CODES_KEY][3] ^= 0x10
+
+
+BAD_ARTIFACTS = {
+    "truncated": (lambda p, o: _write(o, p.read_bytes()[:-100]), "truncated or corrupt"),
+    "not safetensors": (lambda p, o: _write(o, b"hello world, not an artifact"), "truncated"),
+    "wrong version": (
+        lambda p, o: _rewrite(p, o, edit_metadata=lambda m: m.update({VERSION_KEY: "99"})),
+        "unsupported nola artifact version",
+    ),
+    "unknown format": (
+        lambda p, o: _rewrite(p, o, edit_metadata=lambda m: m.update({FORMAT_KEY: "zip"})),
+        "unknown codec or artifact format",
+    ),
+    "fingerprint mismatch": (
+        lambda p, o: _rewrite(p, o, edit_header=lambda h: h["generator"].update(fingerprint="0" * 16)),
+        "fingerprint mismatch",
+    ),
+    "other generator": (
+        lambda p, o: _rewrite(p, o, edit_header=lambda h: h["generator"].update(version=2)),
+        "generator",
+    ),
+    "tampered metadata": (
+        lambda p, o: _rewrite(p, o, edit_header=lambda h: h.update(seed_note="x"), fix_checksum=False),
+        "checksum mismatch",
+    ),
+    "tampered coefficients": (
+        lambda p, o: _rewrite(p, o, edit_tensors=_flip_code, fix_checksum=False),
+        "checksum mismatch",
+    ),
+    "tampered k": (
+        lambda p, o: _rewrite(
+            p, o, edit_header=lambda h: h["modules"][0]["A"].update(k=h["modules"][0]["A"]["k"] - 1)
+        ),
+        "corrupt",
+    ),
+    "tampered digest": (
+        lambda p, o: _rewrite(p, o, edit_header=lambda h: h["modules"][0]["B"].update(digest="0" * 16)),
+        "basis digest mismatch",
+    ),
+    "header not json": (
+        lambda p, o: _rewrite(p, o, edit_metadata=lambda m: m.update({HEADER_KEY: "bm90IGpzb24="})),
+        "header cannot be read",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_ARTIFACTS))
+def test_bad_artifacts_are_rejected(compressed, tmp_path, case):
+    path, _ = compressed
+    make, message = BAD_ARTIFACTS[case]
+    bad = make(path, tmp_path / "bad.nola")
+    with pytest.raises(InvalidArtifact, match=message):
+        reconstruct(bad)
+
+
+def test_header_records_what_reconstruction_needs(compressed):
+    path, report = compressed
+    metadata = stfile.read_metadata(path)
+    header = decode_header(metadata[HEADER_KEY])
+    assert header["generator"]["name"] == "philox4x32-10"
+    assert len(header["source_digest"]) == 64
+    assert header["fidelity"]["weight_rel_error"] == report.fidelity["weight_rel_error"]
+    assert json.loads(metadata["adapters.peft_config"])["peft_type"] == "LORA"
+    module = header["modules"][0]
+    assert set(module["A"]) >= {"k", "format", "codes", "scales", "digest"}
