@@ -5,12 +5,14 @@ Two families behind one interface, both generated only from Philox streams keyed
 
 - `dense`: the paper's basis, k matrices with entries uniform(-1, 1) / sqrt(k). Building and applying
   it costs O(k * n) time and memory, which grows with the square of the module size at a fixed ratio.
-- `fast`: a structured random basis. n is split into power-of-two blocks (its binary expansion); each
-  block applies the two-round randomized Hadamard transform T = D2 H D1 H (H orthonormal
-  Walsh-Hadamard, D seeded random signs), and the coefficients fill the first k_b positions of each
-  block (k shared out in proportion to block size). After two randomized rounds every fixed set of
-  positions spans an equally random subspace, so only the signs need random bits (one bit each).
-  P = blockdiag(T) S has exactly orthonormal columns, and P c or P^T x costs O(n log n).
+- `fast`: a subsampled randomized Hadamard transform. n is split into power-of-two blocks (its binary
+  expansion); in each block of size N, P = D2 H Pi D1 S: S puts the k_b coefficients of the block
+  (k shared out in proportion to block size) at its first k_b positions, D1 and D2 are seeded random
+  signs, Pi is a seeded affine permutation i -> (a i + b) mod N (a odd), and H is the orthonormal
+  Walsh-Hadamard transform. The columns are the Walsh functions at positions Pi^-1(0..k_b), signed
+  by D2: an orthonormal basis of a random subspace, as in SRHT, from 2 bits per entry plus two words
+  per block. P c and P^T x cost one fast transform, O(n log n); the rotation P^T x does not depend
+  on k, so one rotation serves every k (`rotate_t` then `select`).
 
 Every basis is batched: one object serves a group of modules with the same n, each with its own key
 and its own k (coefficient slots beyond a module's k are masked to zero). `expand` and `project` take
@@ -55,18 +57,25 @@ class Basis(Protocol):
 
 
 def fwht(x: torch.Tensor) -> torch.Tensor:
-    """Orthonormal Walsh-Hadamard transform along the last dim (a power of two); H is symmetric."""
+    """Orthonormal Walsh-Hadamard transform along the last dim (a power of two); H is symmetric.
+
+    Butterflies between two buffers, so each level reads and writes the data once; the order of
+    operations is fixed, so results are bit-identical on every run.
+    """
     n = x.shape[-1]
     if n & (n - 1):
         raise ValueError(f"fwht needs a power-of-two length, got {n}")
-    lead = x.shape[:-1]
-    y = x
+    y = x.reshape(-1, n).clone()
+    buf = torch.empty_like(y)
     h = 1
     while h < n:
-        y = y.reshape(*lead, n // (2 * h), 2, h)  # pairs (a, b) at distance h
-        y = torch.stack((y[..., 0, :] + y[..., 1, :], y[..., 0, :] - y[..., 1, :]), dim=-2)
+        src = y.view(-1, n // (2 * h), 2, h)  # pairs (a, b) at distance h
+        dst = buf.view(-1, n // (2 * h), 2, h)
+        torch.add(src[:, :, 0], src[:, :, 1], out=dst[:, :, 0])
+        torch.sub(src[:, :, 0], src[:, :, 1], out=dst[:, :, 1])
+        y, buf = buf, y
         h *= 2
-    return y.reshape(x.shape) * (1.0 / math.sqrt(n))
+    return y.mul_(1.0 / math.sqrt(n)).reshape(x.shape)
 
 
 def power_of_two_blocks(n: int) -> list[tuple[int, int]]:
@@ -89,7 +98,7 @@ def _mask(ks: Sequence[int], kmax: int, device: torch.device) -> torch.Tensor:
 
 
 class FastBasis:
-    """Structured orthonormal random basis; see the module docstring."""
+    """Subsampled randomized Hadamard basis; see the module docstring."""
 
     column_norm2 = 1.0
 
@@ -106,35 +115,57 @@ class FastBasis:
         self.device, self.dtype = torch.device(device), dtype
         key = _keys_tensor(keys, self.device)
         self.mask = _mask(self.ks, self.kmax, self.device)
-        # Random signs for the two rounds, 32 per word: [batch, n] each, from streams 0 and 1.
+        # Random signs, 32 per word: [batch, n] each, from streams 0 and 1.
         self.d1 = _signs(key, n, 0, self.device, dtype)
         self.d2 = _signs(key, n, 1, self.device, dtype)
         self.blocks = power_of_two_blocks(n)
-        # Slot j of module i -> position in [0, n). Padded slots point at 0 with a zero coefficient.
-        positions = torch.zeros(len(self.ks), self.kmax, dtype=torch.int64)
-        for i, k in enumerate(self.ks):
-            per_block = share_out(k, [size for _, size in self.blocks])
-            chosen = [torch.arange(off, off + kb) for (off, _), kb in zip(self.blocks, per_block)]
-            positions[i, :k] = torch.cat(chosen)
-        self.positions = positions.to(self.device)
+        # Per block, the affine permutation i -> (a i + b) mod N (a odd) and its inverse, from stream 2.
+        words = philox.random_words(key, 0, 2 * len(self.blocks), stream=2, device="cpu").tolist()
+        self._affine = []
+        for j, (_, size) in enumerate(self.blocks):
+            a = [(w[2 * j] | 1) & (size - 1) or 1 for w in words]
+            b = [w[2 * j + 1] & (size - 1) for w in words]
+            a_inv = [pow(x, -1, size) if size > 1 else 0 for x in a]
+            b_inv = [(-ai * bi) % size if size > 1 else 0 for ai, bi in zip(a_inv, b)]
+            self._affine.append((a, b, a_inv, b_inv))
+        self.positions = positions_for(n, self.ks, self.kmax).to(self.device)
 
-    def _blockwise(self, x: torch.Tensor, inverse: bool) -> torch.Tensor:
+    def _perm(self, j: int, size: int, inverse: bool) -> torch.Tensor:
+        a, b, a_inv, b_inv = self._affine[j]
+        a, b = (a_inv, b_inv) if inverse else (a, b)
+        a = torch.tensor(a, dtype=torch.int64, device=self.device)[:, None]
+        b = torch.tensor(b, dtype=torch.int64, device=self.device)[:, None]
+        return (a * torch.arange(size, device=self.device) + b) & (size - 1)  # [batch, N]
+
+    def _gather(self, x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        index = index.reshape(index.shape[0], *(1,) * (x.dim() - 2), index.shape[1]).expand(x.shape)
+        return x.gather(-1, index)
+
+    def _blockwise(self, x: torch.Tensor, transpose: bool) -> torch.Tensor:
         parts = []
         middle = (1,) * (x.dim() - 2)
-        for offset, size in self.blocks:
+        for j, (offset, size) in enumerate(self.blocks):
             seg = x[..., offset : offset + size]
             d1 = self.d1[:, offset : offset + size].reshape(-1, *middle, size)
             d2 = self.d2[:, offset : offset + size].reshape(-1, *middle, size)
-            if inverse:  # T^T = H D1 H D2
-                parts.append(fwht(d1 * fwht(d2 * seg)))
-            else:  # T = D2 H D1 H
-                parts.append(d2 * fwht(d1 * fwht(seg)))
+            if transpose:  # P^T = D1 Pi^T H D2 (before selection); (Pi^T v)[j] = v[Pi^-1(j)]
+                parts.append(d1 * self._gather(fwht(d2 * seg), self._perm(j, size, inverse=True)))
+            else:  # P = D2 H Pi D1; (Pi u)[i] = u[Pi(i)]
+                parts.append(d2 * fwht(self._gather(d1 * seg, self._perm(j, size, inverse=False))))
         return torch.cat(parts, dim=-1)
 
     def digests(self) -> list[str]:
         signs = torch.cat([self.d1, self.d2], dim=-1).to(torch.int8).cpu()
+        perms = [
+            torch.tensor([blk[0][i] for blk in self._affine] + [blk[1][i] for blk in self._affine])
+            for i in range(len(self.ks))
+        ]
         return [
-            _digest(signs[i].numpy().tobytes(), self.positions[i, :k].cpu().numpy().tobytes())
+            _digest(
+                signs[i].numpy().tobytes(),
+                perms[i].numpy().tobytes(),
+                self.positions[i, :k].cpu().numpy().tobytes(),
+            )
             for i, k in enumerate(self.ks)
         ]
 
@@ -149,12 +180,33 @@ class FastBasis:
         # S c: [batch, ..., n]; adding (not assigning) keeps padded slots' zeros from overwriting
         positions, mask = self._broadcast(self.positions, coeffs), self._broadcast(self.mask, coeffs)
         z.scatter_add_(-1, positions, coeffs * mask)
-        return self._blockwise(z, inverse=False)
+        return self._blockwise(z, transpose=False)
+
+    def rotate_t(self, x: torch.Tensor) -> torch.Tensor:
+        """The full rotation T^T x ([batch, ..., n]); `select` picks any k's coefficients from it."""
+        return self._blockwise(x.to(self.dtype), transpose=True)
+
+    def select(self, rotated: torch.Tensor, positions: torch.Tensor | None = None, mask=None) -> torch.Tensor:
+        positions = self.positions if positions is None else positions
+        mask = self.mask if mask is None else mask
+        like = rotated[..., : positions.shape[-1]]
+        return rotated.gather(-1, self._broadcast(positions, like)) * self._broadcast(mask, like)
 
     def project(self, x: torch.Tensor) -> torch.Tensor:
-        y = self._blockwise(x.to(self.dtype), inverse=True)
-        like = y[..., : self.kmax]
-        return y.gather(-1, self._broadcast(self.positions, like)) * self._broadcast(self.mask, like)
+        return self.select(self.rotate_t(x))
+
+
+def positions_for(n: int, ks: Sequence[int], kmax: int | None = None) -> torch.Tensor:
+    """[batch, kmax] slot -> position in [0, n): the first k_b positions of each power-of-two block.
+    Padded slots (beyond a module's k) point at 0; their coefficients are always zero."""
+    kmax = kmax or max(ks)
+    blocks = power_of_two_blocks(n)
+    positions = torch.zeros(len(ks), kmax, dtype=torch.int64)
+    for i, k in enumerate(ks):
+        per_block = share_out(k, [size for _, size in blocks])
+        chosen = [torch.arange(off, off + kb) for (off, _), kb in zip(blocks, per_block)]
+        positions[i, :k] = torch.cat(chosen)
+    return positions
 
 
 class DenseBasis:

@@ -115,18 +115,28 @@ class BasisMetric:
     small: torch.Tensor | None = None  # Cholesky of iso * I + W W^T, [b, m, m]
 
     @classmethod
+    def from_rotated(cls, metric: ColumnMetric, mask, select, rotated_vecs) -> BasisMetric | None:
+        """For an orthonormal basis given as a selection of a rotation: identity, or Woodbury from the
+        rotated eigenvectors (U^T Q = select(rotated U^T)). None when the metric is full."""
+        if metric.identity:
+            return cls(mask=mask)
+        if metric.eigvecs is None:
+            return None
+        v = select(rotated_vecs).to(metric.eigvecs.dtype)  # U^T Q: [b, m, k]
+        w = v * metric.eigvals.clamp_min(0).sqrt()[:, :, None]
+        small = metric.iso[:, None, None] * torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+        small = small + w @ w.transpose(1, 2)
+        return cls(mask=mask, w=w, iso=metric.iso, small=torch.linalg.cholesky(small))
+
+    @classmethod
     def build(cls, metric: ColumnMetric, basis: Basis) -> BasisMetric:
         mask = basis.mask
-        orthonormal = isinstance(basis, FastBasis)
         dtype = metric.full.dtype if metric.full is not None else torch.float64
-        if metric.identity and orthonormal:
-            return cls(mask=mask)
-        if metric.eigvecs is not None and orthonormal:
-            v = basis.project(metric.eigvecs.transpose(1, 2)).to(metric.eigvecs.dtype)  # U^T Q: [b, m, k]
-            w = v * metric.eigvals.clamp_min(0).sqrt()[:, :, None]
-            small = metric.iso[:, None, None] * torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
-            small = small + w @ w.transpose(1, 2)
-            return cls(mask=mask, w=w, iso=metric.iso, small=torch.linalg.cholesky(small))
+        if isinstance(basis, FastBasis):
+            rotated = basis.rotate_t(metric.eigvecs.transpose(1, 2)) if metric.eigvecs is not None else None
+            quick = cls.from_rotated(metric, mask, basis.select, rotated)
+            if quick is not None:
+                return quick
         # Explicit: M = Q^T K Q from the basis vectors Q^T = expand(I) [b, k, n].
         eye = torch.eye(basis.kmax, dtype=dtype, device=mask.device).expand(len(basis.ks), -1, -1)
         q_t = basis.expand(eye).to(dtype)  # rows are basis vectors: [b, k, n]

@@ -22,6 +22,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,7 +30,7 @@ import torch
 
 from . import philox, stfile
 from .allocate import Candidate, allocate, k_grid
-from .bases import FAMILIES, basis_key, make_basis
+from .bases import FAMILIES, FastBasis, basis_key, make_basis, positions_for
 from .codec import (
     CompressionReport,
     Progress,
@@ -39,9 +40,9 @@ from .codec import (
 )
 from .errors import CompressError, InvalidArtifact
 from .fidelity import measure
-from .fit import ColumnMetric, balance, fit_group, subspace_fit, weighted_quad
+from .fit import BasisMetric, ColumnMetric, balance, fit_group, subspace_fit, weighted_quad
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair
-from .quant import BITS, FORMATS, Quantized, dequantize, quantize, stored_nbytes
+from .quant import BITS, FORMATS, Quantized, dequantize, fake_quantize, stored_nbytes
 from .stats import InputStats
 
 HEADER_KEY = "nola.header"
@@ -69,6 +70,10 @@ class NolaConfig:
     damp: float = field(default=0.01, metadata={"help": "added to C: damp * mean(diag C) * I"})
     rounds: int = field(default=4, metadata={"help": "alternating quantized least-squares rounds"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    k_fraction: float | None = field(
+        default=None,
+        metadata={"help": "fixed k = k_fraction * n for every factor (with fixed bits), no search"},
+    )
 
     def __post_init__(self) -> None:
         if not (isinstance(self.ratio, (int, float)) and math.isfinite(self.ratio) and self.ratio >= 1):
@@ -87,6 +92,11 @@ class NolaConfig:
             raise ValueError("damp must be a small non-negative number")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.k_fraction is not None:
+            if not 0 < self.k_fraction <= 1:
+                raise ValueError(f"k_fraction must lie in (0, 1], got {self.k_fraction!r}")
+            if self.bits == "auto":
+                raise ValueError("k_fraction fixes the size, so bits must name a format too")
 
     @property
     def formats(self) -> tuple[str, ...]:
@@ -147,9 +157,32 @@ def _keys(seed: int, pairs: Sequence[LoraPair], factor: str) -> list[tuple[int, 
     return [basis_key(seed, p.module, factor) for p in pairs]
 
 
+def _side_fits(rows: torch.Tensor, metric: ColumnMetric, family: str, n: int, keys, device):
+    """(k, X0, M) for every k of the grid: the best coefficients of each size for one side.
+
+    With the fast basis the rotation T^T does not depend on k, so the rows (in the metric) and the
+    metric's eigenvectors are rotated once and each k only selects its positions.
+    """
+    grid = k_grid(n)
+    if family != "fast" or metric.full is not None:
+        for k in grid:
+            basis = make_basis(family, n, [k] * len(keys), keys, device, torch.float64)
+            x0, m = subspace_fit(rows, metric, basis)
+            yield k, x0, m
+        return
+    full = FastBasis(n, [n] * len(keys), keys, device, torch.float64)
+    rotated_rows = full.rotate_t(metric.apply(rows))  # [b, r, n]
+    rotated_vecs = full.rotate_t(metric.eigvecs.transpose(1, 2)) if metric.eigvecs is not None else None
+    for k in grid:
+        positions = positions_for(n, [k] * len(keys)).to(device)
+        mask = torch.ones(len(keys), k, dtype=torch.bool, device=device)
+        select = partial(full.select, positions=positions, mask=mask)
+        m = BasisMetric.from_rotated(metric, mask, select, rotated_vecs)
+        yield k, m.solve(select(rotated_rows)), m
+
+
 def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[list[Candidate]]:
     """Per module, two units (A then B): error if only that factor is approximated, per (k, format)."""
-
     metric = ColumnMetric.from_stats(batch.stats, batch.n_in, cfg.damp, device)
     a_bal, b_bal, sigma = balance(batch.a, batch.b, metric)
     total = (sigma**2).sum(-1)
@@ -161,18 +194,21 @@ def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[li
     )
     for side, factor, rows, side_metric, n in sides:
         keys = _keys(cfg.seed, batch.pairs, factor)
-        for k in k_grid(n):
-            basis = make_basis(cfg.basis, n, [k] * len(keys), keys, device, torch.float64)
-            x0, m = subspace_fit(rows, side_metric, basis)
+        for k, x0, m in _side_fits(rows, side_metric, cfg.basis, n, keys, device):
             base = total - weighted_quad(x0, m, sigma)
+            flat = x0.reshape(-1, k)  # groups never span rows, so one call serves every module
             for fmt in cfg.formats:
-                flat = x0.reshape(-1, k)  # groups never span rows, so one call serves every module
-                xq = dequantize(quantize(flat, fmt, cfg.group_size), x0.dtype).to(device).reshape(x0.shape)
+                xq = fake_quantize(flat, fmt, cfg.group_size).reshape(x0.shape)
                 err = (base + weighted_quad(x0 - xq, m, sigma)).clamp_min(0) * scale2
                 nbytes = stored_nbytes(batch.rank, k, fmt, cfg.group_size)
                 for i, e in enumerate(err.tolist()):
                     units[2 * i + side].append(Candidate(k, fmt, e, nbytes))
     return units
+
+
+def _fixed_choice(rank: int, n: int, cfg: NolaConfig) -> Candidate:
+    k = min(n, max(1, round(cfg.k_fraction * n)))
+    return Candidate(k, cfg.bits, 0.0, stored_nbytes(rank, k, cfg.bits, cfg.group_size))
 
 
 def _module_record(
@@ -253,16 +289,25 @@ class NolaCodec:
             if progress:
                 progress(done, steps)
 
-        units: list[list[Candidate]] = []
-        for batch in batches:
-            units.extend(_candidates(batch, cfg, device))
-            tick()
         lora_bytes = sum(
             checkpoint.tensors[k].numel() * checkpoint.tensors[k].element_size()
             for p in pairs
             for k in (p.a_key, p.b_key)
         )
-        chosen = allocate(units, int(lora_bytes / cfg.ratio))
+        if cfg.k_fraction is not None:
+            chosen = [
+                _fixed_choice(batch.rank, n, cfg)
+                for batch in batches
+                for _ in batch.pairs
+                for n in (batch.n_in, batch.n_out)
+            ]
+            done += len(batches)
+        else:
+            units: list[list[Candidate]] = []
+            for batch in batches:
+                units.extend(_candidates(batch, cfg, device))
+                tick()
+            chosen = allocate(units, int(lora_bytes / cfg.ratio))
 
         records, codes, scales, module_errors = [], [], [], []
         offset = 0

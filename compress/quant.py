@@ -1,7 +1,7 @@
 """Coefficient quantization: symmetric uniform codes with one scale per group, packed into bytes.
 
-Coefficients of a factor form a matrix [rows, k]; each row is cut into ceil(k / group_size) groups of
-near-equal size (no padding), each with its own scale. Scales are searched per group for the least
+Coefficients of a factor form a matrix [rows, k]; each row is cut into groups of group_size (the last
+may be shorter), each with its own scale. Scales are searched per group for the least
 squared error (for few levels, clipping the largest values beats scaling to the maximum), then stored
 as fp16 relative to a power-of-two exponent per row (one int8), so rows of very different magnitude
 (the balanced gauge gives row j a norm of sqrt(sigma_j)) all keep full fp16 precision. Quantization
@@ -34,7 +34,14 @@ _LEVELS: dict[str, tuple[float, float, float, int]] = {
 }
 FORMATS = ("fp16", *_LEVELS)
 BITS: dict[str, float] = {"fp16": 16, "int8": 8, "int4": 4, "int3": 3, "int2": 2, "ternary": 1.6}
-_SCALE_FRACTIONS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35, 0.28, 0.22)
+# Scales tried per group, as fractions of max|x| / qmax: the fewer the levels, the more clipping pays.
+_SCALE_FRACTIONS = {
+    "int8": (1.0, 0.9),
+    "int4": (1.0, 0.9, 0.8, 0.7),
+    "int3": (1.0, 0.9, 0.8, 0.7, 0.6),
+    "int2": (1.0, 0.8, 0.7, 0.6, 0.5, 0.42, 0.35),
+    "ternary": (1.0, 0.7, 0.6, 0.5, 0.42, 0.35, 0.28),
+}
 
 
 @dataclass
@@ -86,8 +93,13 @@ def _row_exponents(peak: torch.Tensor) -> torch.Tensor:
     return torch.floor(torch.log2(safe)).clamp(-127, 127) * (peak > 0)
 
 
-def _group_index(k: int, groups: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(k, device=device) * groups // k  # [k] -> group of each column
+def _grouped(x: torch.Tensor, group_size: int) -> torch.Tensor:
+    """[rows, k] -> [rows, groups, group_size], the last group padded with zeros."""
+    rows, k = x.shape
+    groups = groups_per_row(k, group_size)
+    padded = torch.zeros(rows, groups * group_size, dtype=x.dtype, device=x.device)
+    padded[:, :k] = x
+    return padded.reshape(rows, groups, group_size)
 
 
 def _round(x: torch.Tensor, fmt: str) -> torch.Tensor:
@@ -97,14 +109,55 @@ def _round(x: torch.Tensor, fmt: str) -> torch.Tensor:
     return torch.round(x).clamp(lo, hi)
 
 
-def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
-    """Quantize a [rows, k] coefficient matrix."""
+def _check_args(x: torch.Tensor, fmt: str, group_size: int) -> None:
     if x.dim() != 2:
         raise ValueError(f"quantize takes a [rows, k] matrix, got shape {tuple(x.shape)}")
     if fmt not in FORMATS:
         raise ValueError(f"unknown coefficient format {fmt!r} (choose from {', '.join(FORMATS)})")
     if group_size <= 0:
         raise ValueError("group_size must be positive")
+
+
+def _fit_codes(x: torch.Tensor, fmt: str, group_size: int):
+    """Search each group's scale; returns (codes [rows, groups, gs] as levels, scales as stored
+    relative to 2**exponent [rows, groups], exponents [rows], 2**exponent [rows, 1, 1])."""
+    grouped = _grouped(x, group_size)  # [rows, groups, gs]
+    peak = grouped.abs().amax(dim=-1)  # [rows, groups]
+    qmax = _LEVELS[fmt][1]
+    exps = _row_exponents(peak.amax(dim=1) / qmax) if peak.numel() else torch.zeros(x.shape[0])
+    unit = torch.exp2(exps)[:, None]  # [rows, 1]
+    best_err = torch.full_like(peak, math.inf)
+    best_rel = torch.zeros_like(peak)
+    valid = _grouped(torch.ones(1, x.shape[1], dtype=x.dtype, device=x.device), group_size)  # padding: 0
+    for fraction in _SCALE_FRACTIONS[fmt]:
+        # The scale as stored (fp16 relative to the row's 2**exponent): the search sees what a reader gets.
+        rel = (peak * fraction / qmax / unit).to(torch.float16).to(x.dtype)
+        scale = (rel * unit)[..., None]
+        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+        err = (((grouped - _round(grouped / safe, fmt) * scale) ** 2) * valid).sum(-1)
+        better = err < best_err
+        best_err = torch.where(better, err, best_err)
+        best_rel = torch.where(better, rel, best_rel)
+    scale = (best_rel * unit)[..., None]
+    safe = torch.where(scale > 0, scale, torch.ones_like(scale))
+    levels = _round(grouped / safe, fmt) * (scale > 0)
+    return levels, best_rel, exps, unit
+
+
+def fake_quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> torch.Tensor:
+    """What `dequantize(quantize(x))` gives, without packing (for searching formats quickly)."""
+    _check_args(x, fmt, group_size)
+    if fmt == "fp16":
+        return dequantize(quantize(x, fmt, group_size), x.dtype)
+    xf = x.detach().to(torch.float32)
+    levels, rel, _, unit = _fit_codes(xf, fmt, group_size)
+    values = levels * (rel.to(torch.float16).to(torch.float32) * unit)[..., None]
+    return values.reshape(x.shape[0], -1)[:, : x.shape[1]].to(x.dtype)
+
+
+def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
+    """Quantize a [rows, k] coefficient matrix."""
+    _check_args(x, fmt, group_size)
     rows, k = x.shape
     x = x.detach().to(torch.float32).cpu()
     if fmt == "fp16":
@@ -113,28 +166,9 @@ def quantize(x: torch.Tensor, fmt: str, group_size: int = 64) -> Quantized:
         codes = values.reshape(-1).view(torch.uint8)
         empty = torch.empty(0, dtype=torch.float16)
         return Quantized(fmt, rows, k, group_size, exps.to(torch.int8), codes, empty)
-    groups = groups_per_row(k, group_size)
-    gidx = _group_index(k, groups, x.device).expand(rows, k)
-    peak = torch.zeros(rows, groups).scatter_reduce(1, gidx, x.abs(), "amax", include_self=True)
-    qmax = _LEVELS[fmt][1]
-    exps = _row_exponents(peak.amax(dim=1) / qmax)  # [rows]
-    unit = torch.exp2(exps)[:, None]  # [rows, 1]
-    best_err = torch.full((rows, groups), math.inf)
-    best_scale = torch.zeros(rows, groups)
-    for fraction in _SCALE_FRACTIONS:
-        # The scale as stored (fp16 relative to the row's 2**exponent): the search sees what a reader gets.
-        scale = (peak * fraction / qmax / unit).to(torch.float16).to(torch.float32) * unit
-        safe = torch.where(scale > 0, scale, torch.ones_like(scale))
-        err_elem = (x - _round(x / safe.gather(1, gidx), fmt) * safe.gather(1, gidx)) ** 2
-        err = torch.zeros(rows, groups).scatter_add(1, gidx, err_elem)
-        better = err < best_err
-        best_err = torch.where(better, err, best_err)
-        best_scale = torch.where(better, scale, best_scale)
-    safe = torch.where(best_scale > 0, best_scale, torch.ones_like(best_scale))
-    q = _round(x / safe.gather(1, gidx), fmt) * (best_scale.gather(1, gidx) > 0)
-    codes = _pack((q + _LEVELS[fmt][2]).to(torch.uint8).reshape(-1), fmt)
-    scales = (best_scale / unit).to(torch.float16).reshape(-1)
-    return Quantized(fmt, rows, k, group_size, exps.to(torch.int8), codes, scales)
+    levels, rel, exps, _ = _fit_codes(x, fmt, group_size)
+    codes = _pack((levels.reshape(rows, -1)[:, :k] + _LEVELS[fmt][2]).to(torch.uint8).reshape(-1), fmt)
+    return Quantized(fmt, rows, k, group_size, exps.to(torch.int8), codes, rel.to(torch.float16).reshape(-1))
 
 
 def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -155,9 +189,9 @@ def dequantize(q: Quantized, dtype: torch.dtype = torch.float32) -> torch.Tensor
     codes = _unpack(q.codes, q.fmt, q.rows * q.k).to(torch.float32) - offset
     if codes.numel() and (codes.min() < lo or codes.max() > -lo):
         raise ValueError("stored coefficient codes are out of range")
-    scales = q.scales.to(torch.float32).reshape(q.rows, groups) * unit
-    gidx = _group_index(q.k, groups, codes.device).expand(q.rows, q.k)
-    return (codes.reshape(q.rows, q.k) * scales.gather(1, gidx)).to(dtype)
+    scales = q.scales.to(torch.float32).reshape(q.rows, groups) * unit  # [rows, groups]
+    values = _grouped(codes.reshape(q.rows, q.k), q.group_size) * scales[..., None]
+    return values.reshape(q.rows, -1)[:, : q.k].to(dtype)
 
 
 def _pack(codes: torch.Tensor, fmt: str) -> torch.Tensor:
