@@ -273,124 +273,10 @@ class NolaCodec:
     def compress(
         self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
     ) -> CompressionReport:
-        cfg = self.config
-        device = resolve_device(cfg.device)
-        pairs = [p for p in checkpoint.pairs if p.kind == "linear"]
-        use_stats = cfg.fit in ("auto", "activation")
-        stats = {p.module: self.stats[p.module] for p in pairs if use_stats and p.module in self.stats}
-        if cfg.fit == "activation" and not stats:
-            raise CompressError("fit=activation needs input statistics for the adapter's modules")
-        batches = list(_batches(checkpoint, pairs, stats, device))
-        steps, done = 2 * len(batches) + 1, 0
-
-        def tick() -> None:
-            nonlocal done
-            done += 1
-            if progress:
-                progress(done, steps)
-
-        lora_bytes = sum(
-            checkpoint.tensors[k].numel() * checkpoint.tensors[k].element_size()
-            for p in pairs
-            for k in (p.a_key, p.b_key)
-        )
-        if cfg.k_fraction is not None:
-            chosen = [
-                _fixed_choice(batch.rank, n, cfg)
-                for batch in batches
-                for _ in batch.pairs
-                for n in (batch.n_in, batch.n_out)
-            ]
-            done += len(batches)
-        else:
-            units: list[list[Candidate]] = []
-            for batch in batches:
-                units.extend(_candidates(batch, cfg, device))
-                tick()
-            chosen = allocate(units, int(lora_bytes / cfg.ratio))
-
-        records, codes, scales, module_errors = [], [], [], []
-        offset = 0
-        for batch in batches:
-            picks = chosen[offset : offset + 2 * len(batch.pairs)]
-            offset += 2 * len(batch.pairs)
-            ka, kb = [c.k for c in picks[0::2]], [c.k for c in picks[1::2]]
-            metric = ColumnMetric.from_stats(batch.stats, batch.n_in, cfg.damp, device)
-            keys_a, keys_b = _keys(cfg.seed, batch.pairs, "A"), _keys(cfg.seed, batch.pairs, "B")
-            basis_a = make_basis(cfg.basis, batch.n_in, ka, keys_a, device, torch.float64)
-            basis_b = make_basis(cfg.basis, batch.n_out, kb, keys_b, device, torch.float64)
-            fitted = fit_group(
-                batch.a,
-                batch.b,
-                metric,
-                basis_a,
-                basis_b,
-                [c.fmt for c in picks[0::2]],
-                [c.fmt for c in picks[1::2]],
-                cfg.group_size,
-                cfg.rounds,
-            )
-            digests = list(zip(basis_a.digests(), basis_b.digests()))
-            for i, pair in enumerate(batch.pairs):
-                record = _module_record(pair, checkpoint, fitted.stored_a[i], fitted.stored_b[i], digests[i])
-                for side, q in (("A", fitted.stored_a[i]), ("B", fitted.stored_b[i])):
-                    payload = q.payload()
-                    record[side]["codes"] = [sum(t.numel() for t in codes), payload.numel()]
-                    record[side]["scales"] = [sum(t.numel() for t in scales), q.scales.numel()]
-                    codes.append(payload)
-                    scales.append(q.scales)
-                records.append(record)
-            module_errors.append(fitted)
-            tick()
-
-        source = canonical_bytes(checkpoint)
-        header: dict[str, Any] = {
-            "generator": {
-                "name": philox.GENERATOR,
-                "version": philox.GENERATOR_VERSION,
-                "seed": cfg.seed,
-                "fingerprint": philox.fingerprint(cfg.seed, device),
-            },
-            "basis": cfg.basis,
-            "layout": LAYOUT,
-            "group_size": cfg.group_size,
-            "source_digest": hashlib.sha256(source).hexdigest(),
-            "params": asdict(cfg),
-            "fit": "activation" if stats else "weight",
-            "modules": records,
-        }
-        extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
-        tensors = {
-            CODES_KEY: torch.cat(codes) if codes else torch.empty(0, dtype=torch.uint8),
-            SCALES_KEY: torch.cat(scales) if scales else torch.empty(0, dtype=torch.float16),
-            **extras,
-        }
-        # Fidelity is measured on exactly what a reader rebuilds from the stored coefficients.
-        decoded = _decode_tensors(header, tensors, device)
-        fidelity = measure(checkpoint, decoded, pairs, stats)
-        header["fidelity"] = {k: v for k, v in fidelity.items() if k != "modules"}
-        for record, errors in zip(records, fidelity["modules"]):
-            record["errors"] = errors
-        data = _serialize(checkpoint.config, header, tensors)
+        fitted = fit_adapter(checkpoint, self.config, self.stats, progress)
+        data, report = encode(checkpoint, fitted)
         Path(out_file).write_bytes(data)
-        tick()
-        report_params = {
-            **asdict(cfg),
-            "fit": header["fit"],
-            "layout": LAYOUT,
-            "bits_per_coefficient": _mean_bits(records),
-            "coefficients": sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records),
-        }
-        fidelity["lossless_tensors"] = len(extras)
-        fidelity["lora_bytes"] = lora_bytes
-        fidelity["coefficient_bytes"] = tensors[CODES_KEY].numel() + 2 * tensors[SCALES_KEY].numel()
-        return CompressionReport(
-            codec=self.name,
-            source_bytes=len(source),
-            artifact_bytes=len(data),
-            params=report_params,
-            fidelity=fidelity,
-        )
+        return report
 
     def decode(
         self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: dict[str, Any]
@@ -400,6 +286,183 @@ class NolaCodec:
         if HEADER_KEY not in metadata:
             raise InvalidArtifact("corrupt: the artifact has no NOLA header")
         return _decode_tensors(decode_header(metadata[HEADER_KEY]), tensors, resolve_device("auto"))
+
+
+@dataclass
+class ModuleFit:
+    """One module's stored coefficients."""
+
+    pair: LoraPair
+    stored_a: Quantized
+    stored_b: Quantized
+
+
+@dataclass
+class NolaFit:
+    """Every module's stored coefficients, with what produced them."""
+
+    config: NolaConfig
+    modules: list[ModuleFit]
+    method: str  # weight | activation | distill
+    stats: dict[str, InputStats]
+    lora_bytes: int
+    notes: dict[str, Any] = field(default_factory=dict)  # recorded in the header (e.g. distillation)
+
+
+def lora_pairs(checkpoint: LoraCheckpoint) -> list[LoraPair]:
+    """The pairs NOLA models: 2-D linear LoRA (embedding and conv LoRA travel losslessly)."""
+    return [p for p in checkpoint.pairs if p.kind == "linear"]
+
+
+def fit_adapter(
+    checkpoint: LoraCheckpoint,
+    cfg: NolaConfig,
+    stats: dict[str, InputStats] | None = None,
+    progress: Progress | None = None,
+) -> NolaFit:
+    """Choose (k, format) per factor under the byte budget and fit every module's coefficients."""
+    device = resolve_device(cfg.device)
+    pairs = lora_pairs(checkpoint)
+    use_stats = cfg.fit in ("auto", "activation")
+    stats = {p.module: stats[p.module] for p in pairs if use_stats and stats and p.module in stats}
+    if cfg.fit == "activation" and not stats:
+        raise CompressError("fit=activation needs input statistics for the adapter's modules")
+    batches = list(_batches(checkpoint, pairs, stats, device))
+    steps, done = 2 * len(batches), 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, steps)
+
+    lora_bytes = sum(
+        checkpoint.tensors[k].numel() * checkpoint.tensors[k].element_size()
+        for p in pairs
+        for k in (p.a_key, p.b_key)
+    )
+    if cfg.k_fraction is not None:
+        chosen = [
+            _fixed_choice(batch.rank, n, cfg)
+            for batch in batches
+            for _ in batch.pairs
+            for n in (batch.n_in, batch.n_out)
+        ]
+        done += len(batches)
+    else:
+        units: list[list[Candidate]] = []
+        for batch in batches:
+            units.extend(_candidates(batch, cfg, device))
+            tick()
+        chosen = allocate(units, int(lora_bytes / cfg.ratio))
+
+    modules: list[ModuleFit] = []
+    offset = 0
+    for batch in batches:
+        picks = chosen[offset : offset + 2 * len(batch.pairs)]
+        offset += 2 * len(batch.pairs)
+        metric = ColumnMetric.from_stats(batch.stats, batch.n_in, cfg.damp, device)
+        keys_a, keys_b = _keys(cfg.seed, batch.pairs, "A"), _keys(cfg.seed, batch.pairs, "B")
+        basis_a = make_basis(cfg.basis, batch.n_in, [c.k for c in picks[0::2]], keys_a, device, torch.float64)
+        basis_b = make_basis(
+            cfg.basis, batch.n_out, [c.k for c in picks[1::2]], keys_b, device, torch.float64
+        )
+        fitted = fit_group(
+            batch.a,
+            batch.b,
+            metric,
+            basis_a,
+            basis_b,
+            [c.fmt for c in picks[0::2]],
+            [c.fmt for c in picks[1::2]],
+            cfg.group_size,
+            cfg.rounds,
+        )
+        modules += [ModuleFit(p, qa, qb) for p, qa, qb in zip(batch.pairs, fitted.stored_a, fitted.stored_b)]
+        tick()
+    return NolaFit(cfg, modules, "activation" if stats else "weight", stats, lora_bytes)
+
+
+def _digests(modules: Sequence[ModuleFit], cfg: NolaConfig, device: torch.device) -> list[tuple[str, str]]:
+    """Each module's (A, B) basis digests, building the bases batched by size."""
+    out: dict[tuple[str, int], str] = {}
+    for side in ("A", "B"):
+        by_n: dict[int, list[int]] = defaultdict(list)
+        for i, m in enumerate(modules):
+            by_n[m.pair.in_features if side == "A" else m.pair.out_features].append(i)
+        for n, members in by_n.items():
+            ks = [(modules[i].stored_a if side == "A" else modules[i].stored_b).k for i in members]
+            keys = [basis_key(cfg.seed, modules[i].pair.module, side) for i in members]
+            for i, digest in zip(members, make_basis(cfg.basis, n, ks, keys, device).digests()):
+                out[(side, i)] = digest
+    return [(out[("A", i)], out[("B", i)]) for i in range(len(modules))]
+
+
+def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, CompressionReport]:
+    """The artifact for fitted coefficients, with fidelity measured on what a reader rebuilds."""
+    cfg = fitted.config
+    device = resolve_device(cfg.device)
+    records, codes, scales = [], [], []
+    for module, digests in zip(fitted.modules, _digests(fitted.modules, cfg, device)):
+        record = _module_record(module.pair, checkpoint, module.stored_a, module.stored_b, digests)
+        for side, q in (("A", module.stored_a), ("B", module.stored_b)):
+            payload = q.payload()
+            record[side]["codes"] = [sum(t.numel() for t in codes), payload.numel()]
+            record[side]["scales"] = [sum(t.numel() for t in scales), q.scales.numel()]
+            codes.append(payload)
+            scales.append(q.scales)
+        records.append(record)
+    source = canonical_bytes(checkpoint)
+    header: dict[str, Any] = {
+        "generator": {
+            "name": philox.GENERATOR,
+            "version": philox.GENERATOR_VERSION,
+            "seed": cfg.seed,
+            "fingerprint": philox.fingerprint(cfg.seed, device),
+        },
+        "basis": cfg.basis,
+        "layout": LAYOUT,
+        "group_size": cfg.group_size,
+        "source_digest": hashlib.sha256(source).hexdigest(),
+        "params": asdict(cfg),
+        "fit": fitted.method,
+        "modules": records,
+        **fitted.notes,
+    }
+    pairs = [m.pair for m in fitted.modules]
+    extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
+    tensors = {
+        CODES_KEY: torch.cat(codes) if codes else torch.empty(0, dtype=torch.uint8),
+        SCALES_KEY: torch.cat(scales) if scales else torch.empty(0, dtype=torch.float16),
+        **extras,
+    }
+    decoded = _decode_tensors(header, tensors, device)
+    fidelity = measure(checkpoint, decoded, pairs, fitted.stats)
+    header["fidelity"] = {k: v for k, v in fidelity.items() if k != "modules"}
+    for record, errors in zip(records, fidelity["modules"]):
+        record["errors"] = errors
+    data = _serialize(checkpoint.config, header, tensors)
+    params = {
+        **asdict(cfg),
+        "fit": fitted.method,
+        "layout": LAYOUT,
+        "bits_per_coefficient": _mean_bits(records),
+        "coefficients": sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records),
+    }
+    fidelity.update(
+        lossless_tensors=len(extras),
+        lora_bytes=fitted.lora_bytes,
+        coefficient_bytes=tensors[CODES_KEY].numel() + 2 * tensors[SCALES_KEY].numel(),
+        **{k: v for k, v in fitted.notes.items() if k == "distill"},
+    )
+    report = CompressionReport(
+        codec=NolaCodec.name,
+        source_bytes=len(source),
+        artifact_bytes=len(data),
+        params=params,
+        fidelity=fidelity,
+    )
+    return data, report
 
 
 def _lossless_keys(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> list[str]:
