@@ -164,6 +164,7 @@ class S3BlobStorage:
         multipart_threshold: int = 64 * 1024 * 1024,
         multipart_chunksize: int = 16 * 1024 * 1024,
         max_concurrency: int = 4,
+        max_pool_connections: int = 32,
     ) -> None:
         import boto3
         from boto3.s3.transfer import TransferConfig
@@ -179,6 +180,7 @@ class S3BlobStorage:
                 connect_timeout=connect_timeout,
                 read_timeout=read_timeout,
                 retries={"max_attempts": max_attempts, "mode": "standard"},
+                max_pool_connections=max_pool_connections,
             ),
         )
         self._transfer = TransferConfig(
