@@ -11,8 +11,11 @@ Advance = Callable[[int], None]
 
 
 class Reporter(Protocol):
-    def task(self, description: str, total: int | None = None) -> AbstractContextManager[Advance]:
-        """A unit of work: the context yields a function to call as it advances."""
+    def task(
+        self, description: str, total: int | None = None, *, unit: str = ""
+    ) -> AbstractContextManager[Advance]:
+        """A unit of work counted in `unit` ("bytes", "modules" or nothing): the context yields a
+        function to call as it advances."""
         ...
 
 
@@ -20,5 +23,5 @@ class SilentReporter:
     """Reports nothing (the default; also what tests and `--json` use)."""
 
     @contextmanager
-    def task(self, description: str, total: int | None = None) -> Iterator[Advance]:
+    def task(self, description: str, total: int | None = None, *, unit: str = "") -> Iterator[Advance]:
         yield lambda _n: None

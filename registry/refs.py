@@ -31,7 +31,9 @@ _REF = re.compile(
     r"(?P<namespace>[^/:@]*)/(?P<name>[^/:@]*)"
     r"(?::(?P<number>[^/:@]*)|@sha256:(?P<digest>[^/:@]*)|@(?P<alias>[^/:@]*))?"
 )
-NAME_RULE = "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64"
+NAME_RULE = (
+    "lower-case letters, digits, '.', '_' or '-', starting with a letter or digit, at most 64 characters"
+)
 REF_FORMS = "ns/name, ns/name:3, ns/name@alias or ns/name@sha256:<64 hex digits>"
 
 

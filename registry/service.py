@@ -156,7 +156,7 @@ def push(
     with tempfile.TemporaryDirectory(prefix="adapters-push-") as tmp:
         source = Path(tmp) / SOURCE_FILE
         source.write_bytes(data)
-        with reporter.task("uploading", total=len(data)) as advance:
+        with reporter.task("uploading", total=len(data), unit="bytes") as advance:
             storage.put_file(digest, source, progress=advance)
 
     with db.transaction() as session:
@@ -263,7 +263,9 @@ def process_version(
             storage.get_file(source_digest, source)
             checkpoint = reconstruct(source)
             codec = make_codec(requested["codec"], **requested.get("params", {}))
-            with reporter.task(f"compressing ({codec.name})", total=len(checkpoint.pairs)) as advance:
+            with reporter.task(
+                f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
+            ) as advance:
                 done = [0]
 
                 def progress(n: int, _total: int) -> None:
@@ -527,7 +529,7 @@ def pull(
         raise OutputError(f"cannot write to {out_dir}: {exc}") from None
     try:
         artifact = staging / ".artifact"
-        with reporter.task("downloading", total=size) as advance:
+        with reporter.task("downloading", total=size, unit="bytes") as advance:
             storage.get_file(digest, artifact, progress=advance)
         with reporter.task("reconstructing"):
             try:

@@ -5,15 +5,12 @@ from __future__ import annotations
 import json
 import math
 import shutil
-from typing import ClassVar
 
 import pytest
 import sqlalchemy as sa
 import torch
 from safetensors.torch import load_file, save_file
 
-from adapters.compress import stfile
-from adapters.compress.codec import CompressionReport, config_metadata, register_codec
 from adapters.compress.peft_io import BIN_FILE, CONFIG_FILE, SAFETENSORS_FILE
 from adapters.registry import models
 from adapters.registry.client import LocalRegistry
@@ -37,6 +34,7 @@ from adapters.registry.errors import (
 from adapters.registry.settings import Settings
 from adapters.registry.storage import LocalBlobStorage
 from tests.factories import make_adapter
+from tests.registry import codecs  # noqa: F401 - registers the test-gate codec
 
 
 def counts(registry: LocalRegistry) -> dict[str, int]:
@@ -353,35 +351,6 @@ def test_embedded_registries_create_their_schema_and_servers_must_be_migrated(tm
             registry.list()
         registry.db.upgrade()
         assert registry.list() == []
-
-
-@register_codec
-class GateCodec:
-    """A stand-in for a lossy codec with a fidelity gate: stores the tensors unchanged under its own
-    format name, and passes the gate only when asked to."""
-
-    name: ClassVar[str] = "test-gate"
-    format_version: ClassVar[int] = 1
-
-    def __init__(self, passes: bool = True) -> None:
-        self.passes = passes
-
-    @classmethod
-    def from_params(cls, passes: bool = True) -> GateCodec:
-        return cls(passes)
-
-    def compress(self, checkpoint, out_file, *, progress=None) -> CompressionReport:
-        size = stfile.write(out_file, checkpoint.tensors, config_metadata(self, checkpoint.config))
-        return CompressionReport(
-            codec=self.name,
-            source_bytes=checkpoint.nbytes(),
-            artifact_bytes=size,
-            params={"passes": self.passes},
-            fidelity={"gate_passed": self.passes, "max_rel_error": 0.5},
-        )
-
-    def decode(self, tensors, metadata, config):
-        return tensors
 
 
 def test_a_codec_artifact_is_stored_beside_the_source(registry, adapter_dir, tmp_path):
