@@ -12,6 +12,7 @@ them, so listing and resolving stay light.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 import tempfile
@@ -46,6 +47,9 @@ from .repository import AdapterRepository, AliasRepository, BlobRepository, Vers
 from .storage import BlobStorage, sha256_file
 
 GateFallback = Literal["raw", "reject"]
+# PEFT keeps these config fields as sets and writes them in arbitrary order; sorted, identical
+# adapters serialize identically.
+SET_VALUED_CONFIG_FIELDS = ("target_modules", "exclude_modules")
 SOURCE_FILE = "source.safetensors"
 ARTIFACT_FILE = "artifact.bin"
 
@@ -101,6 +105,17 @@ def as_ref(ref: str | Ref) -> Ref:
 # ---------------------------------------------------------------------------------------------- push
 
 
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with set-valued fields in sorted order (the same adapter saved twice by PEFT
+    can list its target modules in different orders)."""
+    normalized = dict(config)
+    for key in SET_VALUED_CONFIG_FIELDS:
+        value = normalized.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            normalized[key] = sorted(set(value))
+    return normalized
+
+
 def check_codec(name: str, params: dict[str, Any]) -> None:
     """Raise InvalidCodec unless the codec exists and accepts these parameters."""
     from adapters.compress.codec import make_codec
@@ -135,6 +150,7 @@ def push(
             checkpoint = read_adapter(request.path)
         except InvalidAdapter as exc:
             raise InvalidAdapterUpload(str(exc)) from None
+        checkpoint = dataclasses.replace(checkpoint, config=normalize_config(checkpoint.config))
         data = canonical_bytes(checkpoint)
     if max_bytes is not None and len(data) > max_bytes:
         raise AdapterTooLarge(

@@ -82,7 +82,8 @@ def test_push_stores_a_ready_version_and_pull_gives_it_back(registry, adapter_di
     assert version.artifact_digest == version.source_digest  # raw: the artifact is the source blob
     assert version.fidelity["lossless"] is True
     assert version.created_by == "ana"
-    assert version.peft_config == json.loads((adapter_dir / CONFIG_FILE).read_text())
+    pushed_config = json.loads((adapter_dir / CONFIG_FILE).read_text())
+    assert version.peft_config == pushed_config | {"target_modules": sorted(pushed_config["target_modules"])}
     assert counts(registry)["blobs"] == 1 and counts(registry)["stored blobs"] == 1
 
     pulled = registry.pull("acme/support-en", tmp_path / "out")
@@ -107,6 +108,18 @@ def test_pushing_the_same_content_twice_returns_the_existing_version(registry, a
     assert counts(registry) == before | {"aliases": 1}
     # Another adapter may hold the same content as its own version.
     assert registry.push(adapter_dir, "acme/y", task="t").created
+
+
+def test_the_order_of_target_modules_does_not_make_new_content(registry, adapter_dir, tmp_path):
+    """PEFT writes target_modules from a set, so one adapter saved twice may list them differently."""
+    first = registry.push(adapter_dir, "acme/x", task="t").version
+    reordered = copy_adapter(adapter_dir, tmp_path / "reordered")
+    config = json.loads((reordered / CONFIG_FILE).read_text())
+    config["target_modules"] = sorted(config["target_modules"], reverse=True)
+    (reordered / CONFIG_FILE).write_text(json.dumps(config))
+    again = registry.push(reordered, "acme/x")
+    assert not again.created and again.version.source_digest == first.source_digest
+    assert first.peft_config["target_modules"] == ["q_proj", "v_proj"]
 
 
 def test_versions_count_up_and_latest_is_the_newest_ready(registry, adapter_dir, other_adapter_dir):
