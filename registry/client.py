@@ -57,10 +57,9 @@ class LocalRegistry:
     def _ready(self) -> None:
         if self._schema_checked:
             return
-        if self.auto_upgrade:
+        if self.auto_upgrade and not self.db.at_head():
             self.db.upgrade()
-        else:
-            self.db.check_schema()
+        self.db.check_schema()
         self._schema_checked = True
 
     def _version_view(self, version_id: int) -> VersionView:

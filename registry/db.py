@@ -122,6 +122,9 @@ class Database:
         upgrade(self.engine, revision)
         return current_revision(self.engine)
 
+    def at_head(self) -> bool:
+        return current_revision(self.engine) == head_revision()
+
     def check_schema(self) -> None:
         """Raise SchemaOutdated unless the database is at the newest migration."""
         current, head = current_revision(self.engine), head_revision()

@@ -160,12 +160,16 @@ def push(
     # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
     config_base_model = checkpoint.config.get("base_model_name_or_path") or None
 
-    with db.transaction() as session:  # known content: no upload, no new version
+    # Before uploading: refuse what can be refused now, and return known content as it is.
+    # (The checks run again under the adapter's lock below, for pushes that race.)
+    with db.transaction() as session:
         adapter = AdapterRepository(session).get(request.name)
+        if adapter is None and request.task is None:
+            raise InvalidRequest(f"{request.name} is a new adapter: give its task (--task)")
         if adapter is not None:
+            _check_same_adapter(adapter, request.task, request.base_model)
             existing = VersionRepository(session).live_by_source(adapter, digest)
             if existing is not None:
-                _check_same_adapter(adapter, request.task, request.base_model)
                 _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
                 return Pushed(existing.id, created=False)
 
