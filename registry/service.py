@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -251,8 +252,31 @@ def _apply_push_aliases(
 
 
 def _gate_passed(fidelity: dict[str, Any]) -> bool:
-    """A codec that checks a fidelity gate reports `gate_passed`; without one there is no gate."""
+    """A codec that checks a fidelity gate reports `gate_passed` (and may describe the gate under
+    `gate`); without one there is no gate."""
     return fidelity.get("gate_passed", True) is not False
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON columns take no NaN or Infinity: such floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class Outcome:
+    """What a codec run produced, to be recorded on the version in one transaction."""
+
+    codec: str
+    codec_params: dict[str, Any]
+    fidelity: dict[str, Any]
+    artifact: tuple[str, int] | None = None  # (sha256, size) of the stored artifact
+    rejection: str | None = None  # why the version is rejected instead
 
 
 def process_version(
@@ -264,9 +288,6 @@ def process_version(
     and the push said `reject`) or failed (any error, with its text). If the gate is missed and the
     push said `raw`, the version is ready with the lossless source as its artifact. Returns the id.
     """
-    from adapters.compress.codec import make_codec, reconstruct
-
-    reporter = reporter or SilentReporter()
     with db.transaction() as session:
         version = VersionRepository(session).get(version_id, for_update=True)
         if version is None:
@@ -274,59 +295,63 @@ def process_version(
         if version.status != VersionStatus.PENDING.value:
             raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
         version.status = VersionStatus.COMPRESSING.value
-        source_digest, source_size = version.source_digest, version.source_size
-        requested = dict(version.requested)
-
+        source, requested = (version.source_digest, version.source_size), dict(version.requested)
     try:
-        with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
-            source, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
-            storage.get_file(source_digest, source)
-            checkpoint = reconstruct(source)
-            codec = make_codec(requested["codec"], **requested.get("params", {}))
-            with reporter.task(
-                f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
-            ) as advance:
-                done = [0]
-
-                def progress(n: int, _total: int) -> None:
-                    advance(n - done[0])
-                    done[0] = n
-
-                report = codec.compress(checkpoint, artifact, progress=progress)
-            outcome: dict[str, Any] = {
-                "codec": report.codec,
-                "codec_params": report.params,
-                "fidelity": {
-                    **report.fidelity,
-                    "source_bytes": report.source_bytes,
-                    "artifact_bytes": report.artifact_bytes,
-                    "ratio": round(report.ratio, 3),
-                },
-            }
-            if not _gate_passed(report.fidelity):
-                if requested.get("on_gate_fail") == "reject":
-                    outcome |= {"status": VersionStatus.REJECTED.value, "error": "missed the fidelity gate"}
-                else:  # keep the lossless source
-                    outcome |= {"codec": "raw", "codec_params": {}, "artifact": (source_digest, source_size)}
-                    outcome["fidelity"]["fallback"] = "raw"
-            if "status" not in outcome and "artifact" not in outcome:
-                digest, size = sha256_file(artifact)
-                if digest != source_digest:
-                    storage.put_file(digest, artifact)
-                outcome["artifact"] = (digest, size)
-    except BaseException as exc:
-        _mark_failed(db, version_id, exc)
-        if isinstance(exc, Exception):
-            return version_id
-        raise
-
-    try:
+        outcome = run_codec(storage, source, requested, reporter=reporter or SilentReporter())
         with db.transaction() as session:
             _record_outcome(session, version_id, outcome)
     except BaseException as exc:
         _mark_failed(db, version_id, exc)
-        raise
+        if not isinstance(exc, Exception):
+            raise
     return version_id
+
+
+def run_codec(
+    storage: BlobStorage, source: tuple[str, int], requested: dict[str, Any], *, reporter: Reporter
+) -> Outcome:
+    """Fetch the source blob (verified), run the requested codec, store the artifact if it is a new
+    blob, and apply the fidelity gate. Touches no database."""
+    from adapters.compress.codec import make_codec, reconstruct
+
+    source_digest = source[0]
+    with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
+        source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
+        storage.get_file(source_digest, source_file)
+        checkpoint = reconstruct(source_file)
+        codec = make_codec(requested["codec"], **requested.get("params", {}))
+        with reporter.task(
+            f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
+        ) as advance:
+            done = [0]
+
+            def progress(n: int, _total: int) -> None:
+                advance(n - done[0])
+                done[0] = n
+
+            report = codec.compress(checkpoint, artifact, progress=progress)
+        fidelity = _json_safe(
+            {
+                **report.fidelity,
+                "source_bytes": report.source_bytes,
+                "artifact_bytes": report.artifact_bytes,
+                "ratio": round(report.ratio, 3),
+            }
+        )
+        if _gate_passed(report.fidelity):
+            digest, size = sha256_file(artifact)
+            if digest != source_digest:
+                storage.put_file(digest, artifact)
+            return Outcome(report.codec, _json_safe(report.params), fidelity, artifact=(digest, size))
+        if requested.get("on_gate_fail") == "reject":
+            gate = f" ({report.fidelity['gate']})" if report.fidelity.get("gate") else ""
+            return Outcome(
+                report.codec, _json_safe(report.params), fidelity, rejection=f"missed the fidelity gate{gate}"
+            )
+        # Keep the lossless source; the fidelity of the attempt stays on record.
+        return Outcome(
+            "raw", {}, fidelity | {"fallback": "raw", "attempted_codec": report.codec}, artifact=source
+        )
 
 
 def _describe_error(exc: BaseException) -> str:
@@ -346,25 +371,25 @@ def _mark_failed(db: Database, version_id: int, exc: BaseException) -> None:
             version.processed_at = utcnow()
 
 
-def _record_outcome(session: Session, version_id: int, outcome: dict[str, Any]) -> None:
+def _record_outcome(session: Session, version_id: int, outcome: Outcome) -> None:
     version = VersionRepository(session).get(version_id, for_update=True)
     if version is None or version.status != VersionStatus.COMPRESSING.value:
         return  # someone else settled it (e.g. a lease expired and another run finished first)
-    version.codec = outcome["codec"]
-    version.codec_params = outcome["codec_params"]
-    version.fidelity = outcome["fidelity"]
+    version.codec = outcome.codec
+    version.codec_params = outcome.codec_params
+    version.fidelity = outcome.fidelity
     version.processed_at = utcnow()
-    if "artifact" in outcome:
-        digest, size = outcome["artifact"]
-        BlobRepository(session).ensure(digest, size)
-        version.artifact_digest, version.artifact_size = digest, size
-        version.status = VersionStatus.READY.value
-        session.flush()
-        for alias in version.requested.get("aliases", []):
-            _point_alias(session, version, alias, by=version.created_by)
-    else:
-        version.status = outcome["status"]
-        version.error = outcome["error"]
+    if outcome.artifact is None:
+        version.status = VersionStatus.REJECTED.value
+        version.error = outcome.rejection
+        return
+    digest, size = outcome.artifact
+    BlobRepository(session).ensure(digest, size)
+    version.artifact_digest, version.artifact_size = digest, size
+    version.status = VersionStatus.READY.value
+    session.flush()
+    for alias in version.requested.get("aliases", []):
+        _point_alias(session, version, alias, by=version.created_by)
 
 
 # ---------------------------------------------------------------------------------- resolve and read

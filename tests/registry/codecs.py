@@ -30,7 +30,11 @@ class GateCodec:
             source_bytes=checkpoint.nbytes(),
             artifact_bytes=size,
             params={"passes": self.passes},
-            fidelity={"gate_passed": self.passes, "max_rel_error": 0.5},
+            fidelity={
+                "gate": "max_rel_error <= 0.1",
+                "gate_passed": self.passes,
+                "max_rel_error": 0.0 if self.passes else float("inf"),
+            },
         )
 
     def decode(self, tensors, metadata, config):
