@@ -13,5 +13,8 @@ test:  ## run the test suite (needs PostgreSQL on 127.0.0.1:5432)
 lint:  ## ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
 
+example:  ## the quick start: train a tiny LoRA, push it, pull it, load it with PEFT
+	./examples/quickstart.sh
+
 bench:  ## benchmarks (slow; see bench/README.md)
 	$(PY) bench/run_all.py

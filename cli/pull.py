@@ -1,0 +1,36 @@
+"""adapters pull: write a version back out as a PEFT directory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .context import AppContext, json_option, pass_app
+
+
+@click.command()
+@click.argument("ref")
+@click.option(
+    "--output", "-o", required=True, type=click.Path(path_type=Path), help="The PEFT directory to write."
+)
+@click.option("--force", is_flag=True, help="Overwrite the adapter files in a folder that is not empty.")
+@json_option
+@pass_app
+def pull(app: AppContext, ref: str, output: Path, force: bool) -> None:
+    """Pull the version REF names into a PEFT directory that PEFT loads as is.
+
+    REF is ns/name (the latest ready version), ns/name:N, ns/name@alias or ns/name@sha256:<hex>.
+    The artifact is checked against its sha256 before anything is written.
+
+    \b
+    Example:
+      adapters pull acme/support-en@prod -o ./support-en
+    """
+    result = app.registry.pull(ref, output, force=force, reporter=app.reporter())
+    if result.version.yanked:
+        app.warn(f"{result.version.ref} is yanked: {result.version.yank_reason or 'no reason given'}")
+    app.emit(
+        result,
+        lambda: click.echo(f"pulled {result.version.ref} into {result.path} ({', '.join(result.files)})"),
+    )

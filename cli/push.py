@@ -1,0 +1,100 @@
+"""adapters push: validate a PEFT adapter directory and store it as the next version."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .context import AppContext, human_size, json_option, pass_app, short_digest
+
+
+def _params(values: tuple[str, ...]) -> dict[str, object]:
+    params: dict[str, object] = {}
+    for item in values:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@click.command()
+@click.argument("directory", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--name", "-n", required=True, help="Where it goes: namespace/name, e.g. acme/support-en.")
+@click.option("--task", "-t", help="What the adapter does (required for a new adapter), e.g. support.")
+@click.option("--base-model", help="The base model (default: base_model_name_or_path from the config).")
+@click.option("--description", help="A line about the adapter.")
+@click.option("--tag", "tags", multiple=True, help="A tag for lookups (repeatable).")
+@click.option(
+    "--alias", "-a", "aliases", multiple=True, help="Point this alias at the new version (repeatable)."
+)
+@click.option("--codec", default="raw", show_default=True, help="How to store the adapter.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A codec parameter (repeatable).")
+@click.option(
+    "--on-gate-fail",
+    type=click.Choice(["raw", "reject"]),
+    default="raw",
+    show_default=True,
+    help="When compression misses its fidelity gate: keep the lossless source, or reject the version.",
+)
+@json_option
+@pass_app
+def push(  # noqa: PLR0917 - click passes every option by keyword, in this order
+    app: AppContext,
+    directory: Path,
+    name: str,
+    task: str | None,
+    base_model: str | None,
+    description: str | None,
+    tags: tuple[str, ...],
+    aliases: tuple[str, ...],
+    codec: str,
+    params: tuple[str, ...],
+    on_gate_fail: str,
+) -> None:
+    """Push the PEFT LoRA adapter in DIRECTORY as the next version of NAME.
+
+    The directory must hold adapter_config.json and adapter_model.safetensors (or a .bin that
+    torch.load(weights_only=True) accepts). Pushing content the adapter already holds returns the
+    existing version.
+
+    \b
+    Example:
+      adapters push ./my-lora --name acme/support-en --task support --alias prod
+    """
+    result = app.registry.push(
+        directory,
+        name,
+        task=task,
+        base_model=base_model,
+        description=description,
+        tags=tags,
+        aliases=aliases,
+        codec=codec,
+        params=_params(params),
+        on_gate_fail=on_gate_fail,  # type: ignore[arg-type]
+        created_by=app.user,
+        reporter=app.reporter(),
+    )
+    version = result.version
+
+    def human() -> None:
+        if result.created:
+            size = human_size(version.artifact_size or version.source_size)
+            click.echo(
+                f"pushed {version.ref}: {version.status}, codec {version.codec or '-'}, {size}, "
+                f"{short_digest(version.source_digest)}"
+            )
+        else:
+            click.echo(f"{version.ref} already holds this content ({version.status}); nothing new stored")
+        if version.aliases:
+            click.echo(f"aliases: {', '.join(version.aliases)}")
+
+    app.emit(result, human)
+    if version.status in ("failed", "rejected"):
+        raise click.ClickException(f"{version.ref} is {version.status}: {version.error}")

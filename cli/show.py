@@ -1,0 +1,70 @@
+"""adapters show: an adapter, one of its versions in detail, and all its versions."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from .context import AppContext, echo_table, human_size, json_option, pass_app, short_digest
+
+
+@click.command()
+@click.argument("ref")
+@json_option
+@pass_app
+def show(app: AppContext, ref: str) -> None:
+    """Show the adapter REF belongs to and the version it names (for ns/name: the latest).
+
+    \b
+    Example:
+      adapters show acme/support-en:3
+    """
+    result = app.registry.show(ref)
+
+    def human() -> None:
+        a, v = result.adapter, result.version
+        click.echo(f"adapter     {a.name}")
+        click.echo(f"task        {a.task}")
+        click.echo(f"base model  {a.base_model or '-'}")
+        if a.description:
+            click.echo(f"description {a.description}")
+        click.echo(f"tags        {', '.join(a.tags) or '-'}")
+        click.echo(f"aliases     {', '.join(f'{k} -> {n}' for k, n in a.aliases.items()) or '-'}")
+        if v is not None:
+            click.echo("")
+            yanked = f" (yanked: {v.yank_reason or 'no reason given'})" if v.yanked else ""
+            click.echo(f"version     {v.ref}{yanked}")
+            click.echo(f"status      {v.status}{': ' + v.error if v.error else ''}")
+            params = json.dumps(v.codec_params) if v.codec_params else ""
+            click.echo(f"codec       {v.codec or '-'} {params}".rstrip())
+            click.echo(f"source      {short_digest(v.source_digest)}  {human_size(v.source_size)}")
+            click.echo(f"artifact    {short_digest(v.artifact_digest)}  {human_size(v.artifact_size)}")
+            if v.fidelity:
+                click.echo(f"fidelity    {json.dumps(v.fidelity, sort_keys=True)}")
+            config = v.peft_config
+            targets = config.get("target_modules")
+            targets = ",".join(sorted(targets)) if isinstance(targets, list) else targets
+            click.echo(
+                f"lora        r={config.get('r')} alpha={config.get('lora_alpha')} "
+                f"rslora={bool(config.get('use_rslora'))} targets={targets}"
+            )
+            click.echo(f"created     {v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by or '-'}")
+        click.echo("")
+        echo_table(
+            ["VERSION", "STATUS", "CODEC", "SIZE", "SOURCE", "ALIASES", "CREATED"],
+            [
+                (
+                    f"{x.number}{' (yanked)' if x.yanked else ''}",
+                    x.status,
+                    x.codec,
+                    human_size(x.artifact_size or x.source_size),
+                    short_digest(x.source_digest),
+                    ",".join(x.aliases),
+                    f"{x.created_at:%Y-%m-%d %H:%M}",
+                )
+                for x in result.versions
+            ],
+        )
+
+    app.emit(result, human)

@@ -1,0 +1,185 @@
+"""Database plumbing: the declarative base, portable column types, engines, transactions, migrations.
+
+The schema is made only by Alembic (`adapters.migrations`), on PostgreSQL and SQLite alike. SQLite
+connections get foreign keys on, a busy timeout, WAL, and real transactions (SQLAlchemy emits BEGIN
+IMMEDIATE itself instead of relying on the sqlite3 module's legacy transaction handling), so the
+same code behaves the same on both.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
+
+from .errors import ConfigurationError, SchemaOutdated
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_N_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# JSON documents: JSONB on PostgreSQL, JSON (text) on SQLite.
+JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """A timezone-aware UTC timestamp on both dialects (SQLite stores it naive; this reattaches UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime: pass an aware UTC datetime")
+        if value is not None and dialect.name == "sqlite":
+            return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value: dt.datetime | None, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=dt.timezone.utc)
+        return value
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _sqlite_connect(dbapi_connection: Any, _record: Any, *, foreign_keys: bool) -> None:
+    # Take transaction control away from the sqlite3 module; `_sqlite_begin` emits BEGIN itself.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys = {'ON' if foreign_keys else 'OFF'}")
+    cursor.execute("PRAGMA busy_timeout = 30000")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Connection) -> None:
+    # IMMEDIATE takes the write lock up front: two writers wait for each other (busy_timeout)
+    # instead of failing when a read lock cannot be upgraded.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def make_engine(url: str | sa.URL, *, foreign_keys: bool = True, **kwargs: Any) -> Engine:
+    """An engine for PostgreSQL (psycopg 3) or SQLite with this project's connection settings."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError:
+        raise ConfigurationError(f"invalid database URL {str(url)!r}") from None
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, **kwargs)
+        event.listen(engine, "connect", lambda c, r: _sqlite_connect(c, r, foreign_keys=foreign_keys))
+        event.listen(engine, "begin", _sqlite_begin)
+        return engine
+    if parsed.get_backend_name() != "postgresql":
+        raise ConfigurationError(
+            f"unsupported database {parsed.get_backend_name()!r}: use postgresql:// or sqlite:///"
+        )
+    kwargs.setdefault("pool_pre_ping", True)
+    return sa.create_engine(parsed, **kwargs)
+
+
+class Database:
+    """An engine and its sessions. `transaction()` is the unit of work: commit on success, else roll back."""
+
+    def __init__(self, url: str | sa.URL | Engine, **engine_kwargs: Any) -> None:
+        self.engine = url if isinstance(url, Engine) else make_engine(url, **engine_kwargs)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def dialect(self) -> str:
+        return self.engine.dialect.name
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        with self._sessions() as session, session.begin():
+            yield session
+
+    def upgrade(self, revision: str = "head") -> str | None:
+        """Migrate the schema to `revision`; returns the revision the database is at afterwards."""
+        upgrade(self.engine, revision)
+        return current_revision(self.engine)
+
+    def at_head(self) -> bool:
+        return current_revision(self.engine) == head_revision()
+
+    def check_schema(self) -> None:
+        """Raise SchemaOutdated unless the database is at the newest migration."""
+        current, head = current_revision(self.engine), head_revision()
+        if current != head:
+            raise SchemaOutdated(
+                f"the database schema is at revision {current or 'none (empty database)'} but this "
+                f"version of adapters needs {head}: run `adapters db upgrade`"
+            )
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    """An Alembic config pointing at the installed migrations (no alembic.ini needed)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(resources.files("adapters.migrations")))
+    if connection is not None:
+        config.attributes["connection"] = connection
+    return config
+
+
+def head_revision() -> str | None:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(bind: Engine | Connection) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    if isinstance(bind, Engine):
+        with bind.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    return MigrationContext.configure(bind).get_current_revision()
+
+
+def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
+    """Run `alembic upgrade <revision>` on an engine or an open connection."""
+    from alembic import command
+
+    if isinstance(bind, Connection):
+        command.upgrade(alembic_config(bind), revision)
+        return
+    # Migrations run with SQLite foreign keys off (batch mode copies tables); env.py checks them after.
+    engine = make_engine(bind.url, foreign_keys=False, poolclass=sa.NullPool) if _is_sqlite(bind) else bind
+    try:
+        with engine.begin() as conn:
+            command.upgrade(alembic_config(conn), revision)
+    finally:
+        if engine is not bind:
+            engine.dispose()
+
+
+def _is_sqlite(bind: Engine | Connection) -> bool:
+    return bind.dialect.name == "sqlite"

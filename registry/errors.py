@@ -1,0 +1,125 @@
+"""What can go wrong in the registry, in the registry's words.
+
+These errors know nothing of HTTP or terminals. Each has a stable machine `code` (the API renders it as
+the problem `type`, the CLI as a one-line message) and a readable message that names the thing involved.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class RegistryError(Exception):
+    """Base class: an expected failure that the caller can report to a user as is."""
+
+    code: ClassVar[str] = "registry-error"
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class NotFound(RegistryError):
+    code = "not-found"
+
+
+class AdapterNotFound(NotFound):
+    code = "adapter-not-found"
+
+
+class VersionNotFound(NotFound):
+    code = "version-not-found"
+
+
+class AliasNotFound(NotFound):
+    code = "alias-not-found"
+
+
+class BlobNotFound(NotFound):
+    code = "blob-not-found"
+
+
+class InvalidName(RegistryError):
+    """A namespace, adapter name, alias, task or tag that breaks the naming rule."""
+
+    code = "invalid-name"
+
+
+class InvalidRef(RegistryError):
+    """A reference to a version that cannot be parsed."""
+
+    code = "invalid-ref"
+
+
+class InvalidAdapterUpload(RegistryError):
+    """The PEFT directory (or upload) is not a valid LoRA adapter; the message says why."""
+
+    code = "invalid-adapter"
+
+
+class AdapterTooLarge(RegistryError):
+    code = "adapter-too-large"
+
+
+class InvalidCodec(RegistryError):
+    """An unknown codec, or parameters the codec refuses."""
+
+    code = "invalid-codec"
+
+
+class AdapterConflict(RegistryError):
+    """A push whose metadata contradicts the adapter it targets (another task or base model)."""
+
+    code = "adapter-conflict"
+
+
+class VersionNotReady(RegistryError):
+    """The version exists but cannot serve the request in its current status (pending, failed, ...)."""
+
+    code = "version-not-ready"
+
+
+class BlobCorrupted(RegistryError):
+    """A blob whose bytes do not hash to its address. Its content is never returned."""
+
+    code = "blob-corrupted"
+
+
+class StorageError(RegistryError):
+    """The blob store failed (unreachable, access denied, ...)."""
+
+    code = "storage-error"
+
+
+class SchemaOutdated(RegistryError):
+    code = "schema-outdated"
+
+
+class ConfigurationError(RegistryError):
+    code = "invalid-configuration"
+
+
+class OutputError(RegistryError):
+    """The destination of a pull cannot be written."""
+
+    code = "output-error"
+
+
+class OutputExists(OutputError):
+    code = "output-exists"
+
+
+class UnsupportedArtifact(RegistryError):
+    """A verified artifact that this build cannot decode (e.g. a codec or format version it lacks)."""
+
+    code = "unsupported-artifact"
+
+
+class InvalidRequest(RegistryError):
+    """A request that is well-formed but incomplete or contradictory (e.g. a new adapter without a task)."""
+
+    code = "invalid-request"

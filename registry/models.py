@@ -1,0 +1,193 @@
+"""The registry's tables. Invariants live in the database too: name and digest formats, one version
+number per adapter, one live version per source digest, aliases that point into their own adapter.
+
+The migrations in `adapters.migrations` create exactly this schema; a test fails if the two drift.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from .db import Base, JSONType, UTCDateTime
+from .refs import DIGEST_REGEX, NAME_REGEX
+
+
+class VersionStatus(str, enum.Enum):
+    PENDING = "pending"  # waiting for a codec run
+    COMPRESSING = "compressing"  # claimed by a codec run
+    READY = "ready"  # servable
+    REJECTED = "rejected"  # missed the fidelity gate and the push demanded compression
+    FAILED = "failed"  # an error; `error` says which
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUSES = tuple(s.value for s in VersionStatus)
+
+
+def _matches(column: str, regex: str) -> sa.ColumnElement[bool]:
+    return sa.column(column).regexp_match(regex)
+
+
+def _now() -> sa.FunctionElement[Any]:
+    return sa.func.now()
+
+
+class Adapter(Base):
+    __tablename__ = "adapters"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    namespace: Mapped[str] = mapped_column(sa.String(64))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    task: Mapped[str] = mapped_column(sa.String(64), index=True)
+    base_model: Mapped[str | None] = mapped_column(sa.String(256), index=True)
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    # The highest version number handed out; bumped with UPDATE ... RETURNING, which serializes pushes.
+    last_version: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+
+    tags: Mapped[list[AdapterTag]] = relationship(
+        back_populates="adapter", cascade="all, delete-orphan", order_by="AdapterTag.tag", lazy="selectin"
+    )
+
+    __table_args__ = (
+        sa.UniqueConstraint("namespace", "name"),
+        sa.CheckConstraint(_matches("namespace", NAME_REGEX), name="namespace_format"),
+        sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
+        sa.CheckConstraint(_matches("task", NAME_REGEX), name="task_format"),
+        sa.CheckConstraint("base_model IS NULL OR length(base_model) > 0", name="base_model_not_empty"),
+        sa.CheckConstraint("last_version >= 0", name="last_version_not_negative"),
+    )
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class AdapterTag(Base):
+    __tablename__ = "adapter_tags"
+
+    adapter_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    tag: Mapped[str] = mapped_column(sa.String(64), primary_key=True, index=True)
+
+    adapter: Mapped[Adapter] = relationship(back_populates="tags")
+
+    __table_args__ = (sa.CheckConstraint(_matches("tag", NAME_REGEX), name="tag_format"),)
+
+
+class Blob(Base):
+    """A content-addressed blob in storage. The row is written only after the blob is stored."""
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+
+    __table_args__ = (
+        sa.CheckConstraint(_matches("sha256", DIGEST_REGEX), name="sha256_format"),
+        sa.CheckConstraint("size >= 0", name="size_not_negative"),
+    )
+
+
+class Version(Base):
+    __tablename__ = "versions"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(sa.ForeignKey("adapters.id", ondelete="CASCADE"))
+    number: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16), server_default=VersionStatus.PENDING.value)
+    # The canonical raw serialization of the adapter as pushed (compress.codec.canonical_bytes).
+    source_digest: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"))
+    source_size: Mapped[int] = mapped_column(sa.BigInteger)
+    # What the push asked for:
+    # {"codec": ..., "params": {...}, "on_gate_fail": "raw" | "reject", "aliases": [...]}
+    requested: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # What was stored: the artifact (for codec raw, the source blob itself) and how it was made.
+    artifact_digest: Mapped[str | None] = mapped_column(
+        sa.String(64), sa.ForeignKey("blobs.sha256"), index=True
+    )
+    artifact_size: Mapped[int | None] = mapped_column(sa.BigInteger)
+    codec: Mapped[str | None] = mapped_column(sa.String(32))
+    codec_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
+    peft_config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    error: Mapped[str | None] = mapped_column(sa.Text)
+    yanked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    yank_reason: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    created_by: Mapped[str | None] = mapped_column(sa.String(128))
+    processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
+
+    __table_args__ = (
+        sa.UniqueConstraint("adapter_id", "number"),
+        # The target of aliases' composite foreign key (an alias points into its own adapter).
+        sa.UniqueConstraint("adapter_id", "id"),
+        # Idempotent pushes: one live (not failed) version per content per adapter.
+        sa.Index(
+            "uq_versions_adapter_id_source_digest_live",
+            "adapter_id",
+            "source_digest",
+            unique=True,
+            postgresql_where=sa.text("status <> 'failed'"),
+            sqlite_where=sa.text("status <> 'failed'"),
+        ),
+        sa.CheckConstraint("number >= 1", name="number_positive"),
+        sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status_known"),
+        sa.CheckConstraint(
+            "source_size >= 0 AND (artifact_size IS NULL OR artifact_size >= 0)", name="sizes"
+        ),
+        sa.CheckConstraint(
+            "status <> 'ready' OR (artifact_digest IS NOT NULL AND artifact_size IS NOT NULL "
+            "AND codec IS NOT NULL)",
+            name="ready_has_artifact",
+        ),
+        sa.CheckConstraint("yanked_at IS NULL OR status = 'ready'", name="only_ready_yanked"),
+    )
+
+    @property
+    def yanked(self) -> bool:
+        return self.yanked_at is not None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.adapter.full_name}:{self.number}"
+
+
+class Alias(Base):
+    """A movable name for one version of an adapter (`latest` is implicit and never stored)."""
+
+    __tablename__ = "aliases"
+
+    adapter_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("adapters.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    version_id: Mapped[int] = mapped_column(index=True)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    updated_by: Mapped[str | None] = mapped_column(sa.String(128))
+
+    version: Mapped[Version] = relationship(
+        primaryjoin="Alias.version_id == Version.id", foreign_keys=[version_id], viewonly=True, lazy="joined"
+    )
+
+    __table_args__ = (
+        sa.ForeignKeyConstraint(
+            ["adapter_id", "version_id"],
+            ["versions.adapter_id", "versions.id"],
+            name="fk_aliases_adapter_id_version_id_versions",
+        ),
+        sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
+        sa.CheckConstraint("name <> 'latest'", name="name_not_reserved"),
+    )

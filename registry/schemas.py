@@ -1,0 +1,125 @@
+"""What the registry's operations return: plain, serializable views of adapters and versions.
+
+The CLI prints them (`--json` dumps them as they are) and the API will return them; neither sees ORM
+objects. Build views inside the transaction that loaded the rows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import BaseModel
+
+from .models import Adapter, Version
+
+
+class View(BaseModel):
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class VersionView(View):
+    ref: str
+    adapter: str
+    number: int
+    status: str
+    source_digest: str
+    source_size: int
+    artifact_digest: str | None
+    artifact_size: int | None
+    codec: str | None
+    codec_params: dict[str, Any] | None
+    fidelity: dict[str, Any] | None
+    requested: dict[str, Any]
+    error: str | None
+    yanked: bool
+    yank_reason: str | None
+    yanked_at: dt.datetime | None
+    aliases: list[str]
+    peft_config: dict[str, Any]
+    created_at: dt.datetime
+    created_by: str | None
+    processed_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, version: Version, aliases: list[str] | None = None) -> VersionView:
+        return cls(
+            ref=version.ref,
+            adapter=version.adapter.full_name,
+            number=version.number,
+            status=version.status,
+            source_digest=version.source_digest,
+            source_size=version.source_size,
+            artifact_digest=version.artifact_digest,
+            artifact_size=version.artifact_size,
+            codec=version.codec,
+            codec_params=version.codec_params,
+            fidelity=version.fidelity,
+            requested=version.requested,
+            error=version.error,
+            yanked=version.yanked,
+            yank_reason=version.yank_reason,
+            yanked_at=version.yanked_at,
+            aliases=sorted(aliases or []),
+            peft_config=version.peft_config,
+            created_at=version.created_at,
+            created_by=version.created_by,
+            processed_at=version.processed_at,
+        )
+
+
+class AdapterView(View):
+    name: str
+    namespace: str
+    task: str
+    base_model: str | None
+    description: str | None
+    tags: list[str]
+    versions: int
+    latest: int | None
+    aliases: dict[str, int]
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+    @classmethod
+    def of(
+        cls, adapter: Adapter, *, versions: int, latest: int | None, aliases: dict[str, int]
+    ) -> AdapterView:
+        return cls(
+            name=adapter.full_name,
+            namespace=adapter.namespace,
+            task=adapter.task,
+            base_model=adapter.base_model,
+            description=adapter.description,
+            tags=[t.tag for t in adapter.tags],
+            versions=versions,
+            latest=latest,
+            aliases=dict(sorted(aliases.items())),
+            created_at=adapter.created_at,
+            updated_at=adapter.updated_at,
+        )
+
+
+class PushResult(View):
+    created: bool
+    version: VersionView
+
+
+class PullResult(View):
+    version: VersionView
+    path: str
+    files: list[str]
+
+
+class ShowResult(View):
+    adapter: AdapterView
+    version: VersionView | None
+    versions: list[VersionView]
+
+
+class AliasResult(View):
+    adapter: str
+    alias: str
+    version: int | None
+    previous: int | None

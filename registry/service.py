@@ -1,0 +1,600 @@
+"""The registry's operations: push, process, resolve, pull, list, aliases, yank.
+
+Single-transaction operations take the caller's `Session` and never commit. The operations that move
+blobs (push, process_version, pull) take the `Database` and run their own short transactions around
+the storage work, in the order the contracts need: a blob is stored before any row points to it, a
+version becomes `ready` only with its artifact recorded, and any failure while processing leaves the
+version `failed` with the reason, never half-written.
+
+The numerics (`adapters.compress`, which loads torch) are imported only by the operations that need
+them, so listing and resolving stay light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from sqlalchemy.orm import Session
+
+from .db import Database, utcnow
+from .errors import (
+    AdapterConflict,
+    AdapterNotFound,
+    AdapterTooLarge,
+    AliasNotFound,
+    InvalidAdapterUpload,
+    InvalidCodec,
+    InvalidName,
+    InvalidRequest,
+    OutputError,
+    OutputExists,
+    RegistryError,
+    UnsupportedArtifact,
+    VersionNotFound,
+    VersionNotReady,
+)
+from .models import Adapter, Alias, Version, VersionStatus
+from .progress import Reporter, SilentReporter
+from .refs import AdapterName, Ref, check_alias, check_name
+from .repository import AdapterRepository, AliasRepository, BlobRepository, VersionRepository
+from .storage import BlobStorage, sha256_file
+
+GateFallback = Literal["raw", "reject"]
+# PEFT keeps these config fields as sets and writes them in arbitrary order; sorted, identical
+# adapters serialize identically.
+SET_VALUED_CONFIG_FIELDS = ("target_modules", "exclude_modules")
+SOURCE_FILE = "source.safetensors"
+ARTIFACT_FILE = "artifact.bin"
+
+
+@dataclass(frozen=True)
+class PushRequest:
+    """A push: the PEFT directory, where it goes, and how it should be stored."""
+
+    path: Path
+    name: AdapterName
+    task: str | None = None
+    base_model: str | None = None
+    description: str | None = None
+    tags: tuple[str, ...] = ()
+    aliases: tuple[str, ...] = ()
+    codec: str = "raw"
+    params: dict[str, Any] = field(default_factory=dict)
+    on_gate_fail: GateFallback = "raw"
+    created_by: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task is not None:
+            check_name(self.task, "task")
+        for tag in self.tags:
+            check_name(tag, "tag")
+        for alias in self.aliases:
+            check_alias(alias)
+        if self.base_model is not None and not self.base_model.strip():
+            raise InvalidName("base model must not be empty")
+        if self.on_gate_fail not in ("raw", "reject"):
+            raise InvalidCodec(f"on_gate_fail must be 'raw' or 'reject', got {self.on_gate_fail!r}")
+
+    @property
+    def requested(self) -> dict[str, Any]:
+        return {
+            "codec": self.codec,
+            "params": dict(self.params),
+            "on_gate_fail": self.on_gate_fail,
+            "aliases": sorted(set(self.aliases)),
+        }
+
+
+@dataclass(frozen=True)
+class Pushed:
+    version_id: int
+    created: bool
+
+
+def as_ref(ref: str | Ref) -> Ref:
+    return ref if isinstance(ref, Ref) else Ref.parse(ref)
+
+
+# ---------------------------------------------------------------------------------------------- push
+
+
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with set-valued fields in sorted order (the same adapter saved twice by PEFT
+    can list its target modules in different orders)."""
+    normalized = dict(config)
+    for key in SET_VALUED_CONFIG_FIELDS:
+        value = normalized.get(key)
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            normalized[key] = sorted(set(value))
+    return normalized
+
+
+def check_codec(name: str, params: dict[str, Any]) -> None:
+    """Raise InvalidCodec unless the codec exists and accepts these parameters."""
+    from adapters.compress.codec import make_codec
+
+    try:
+        make_codec(name, **params)
+    except (ImportError, ValueError, TypeError) as exc:
+        raise InvalidCodec(f"codec {name!r} with parameters {params}: {exc}") from None
+
+
+def push(
+    db: Database,
+    storage: BlobStorage,
+    request: PushRequest,
+    *,
+    max_bytes: int | None = None,
+    reporter: Reporter | None = None,
+) -> Pushed:
+    """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`).
+
+    Pushing content the adapter already holds (in a version that has not failed) returns that version
+    with `created=False`. Nothing is written for input that fails validation.
+    """
+    from adapters.compress.codec import canonical_bytes
+    from adapters.compress.errors import InvalidAdapter
+    from adapters.compress.peft_io import read_adapter
+
+    reporter = reporter or SilentReporter()
+    check_codec(request.codec, request.params)
+    with reporter.task("validating"):
+        try:
+            checkpoint = read_adapter(request.path)
+        except InvalidAdapter as exc:
+            raise InvalidAdapterUpload(str(exc)) from None
+        checkpoint = dataclasses.replace(checkpoint, config=normalize_config(checkpoint.config))
+        data = canonical_bytes(checkpoint)
+    if max_bytes is not None and len(data) > max_bytes:
+        raise AdapterTooLarge(
+            f"{request.path}: adapter is {len(data)} bytes, more than the limit of {max_bytes}"
+        )
+    digest = hashlib.sha256(data).hexdigest()
+    # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
+    config_base_model = checkpoint.config.get("base_model_name_or_path") or None
+
+    # Before uploading: refuse what can be refused now, and return known content as it is.
+    # (The checks run again under the adapter's lock below, for pushes that race.)
+    with db.transaction() as session:
+        adapter = AdapterRepository(session).get(request.name)
+        if adapter is None and request.task is None:
+            raise InvalidRequest(f"{request.name} is a new adapter: give its task (--task)")
+        if adapter is not None:
+            _check_same_adapter(adapter, request.task, request.base_model)
+            existing = VersionRepository(session).live_by_source(adapter, digest)
+            if existing is not None:
+                _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
+                return Pushed(existing.id, created=False)
+
+    with tempfile.TemporaryDirectory(prefix="adapters-push-") as tmp:
+        source = Path(tmp) / SOURCE_FILE
+        source.write_bytes(data)
+        with reporter.task("uploading", total=len(data), unit="bytes") as advance:
+            storage.put_file(digest, source, progress=advance)
+
+    with db.transaction() as session:
+        adapters, versions = AdapterRepository(session), VersionRepository(session)
+        adapter = adapters.get(request.name)
+        if adapter is None:
+            if request.task is None:
+                raise InvalidRequest(f"{request.name} is a new adapter: give its task (--task)")
+            adapter = adapters.ensure(
+                request.name,
+                task=request.task,
+                base_model=request.base_model or config_base_model,
+                description=request.description,
+            )
+        adapter = adapters.lock(adapter)
+        _check_same_adapter(adapter, request.task, request.base_model)
+        existing = versions.live_by_source(adapter, digest)  # pushed while we uploaded?
+        if existing is not None:
+            _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
+            return Pushed(existing.id, created=False)
+        if adapter.base_model is None:
+            adapter.base_model = request.base_model or config_base_model
+        if request.description is not None:
+            adapter.description = request.description
+        adapters.add_tags(adapter, request.tags)
+        number = adapters.next_version_number(adapter)
+        BlobRepository(session).ensure(digest, len(data))
+        version = versions.add(
+            Version(
+                adapter_id=adapter.id,
+                number=number,
+                status=VersionStatus.PENDING.value,
+                source_digest=digest,
+                source_size=len(data),
+                requested=request.requested,
+                peft_config=checkpoint.config,
+                created_by=request.created_by,
+            )
+        )
+        return Pushed(version.id, created=True)
+
+
+def _check_same_adapter(adapter: Adapter, task: str | None, base_model: str | None) -> None:
+    if task is not None and task != adapter.task:
+        raise AdapterConflict(
+            f"{adapter.full_name} holds adapters for task {adapter.task!r}, not {task!r}: "
+            "push under another name"
+        )
+    if base_model is not None and adapter.base_model is not None and base_model != adapter.base_model:
+        raise AdapterConflict(
+            f"{adapter.full_name} holds adapters for base model {adapter.base_model!r}, not {base_model!r}: "
+            "push under another name"
+        )
+
+
+def _apply_push_aliases(
+    session: Session, version: Version, aliases: tuple[str, ...], *, by: str | None
+) -> None:
+    """Aliases asked for by a push that found its content already stored."""
+    if not aliases:
+        return
+    if version.status in (VersionStatus.PENDING.value, VersionStatus.COMPRESSING.value):
+        requested = dict(version.requested)
+        requested["aliases"] = sorted(set(requested.get("aliases", [])) | set(aliases))
+        version.requested = requested
+        return
+    for alias in aliases:
+        _point_alias(session, version, alias, by=by)
+
+
+# ------------------------------------------------------------------------------------------ process
+
+
+def _gate_passed(fidelity: dict[str, Any]) -> bool:
+    """A codec that checks a fidelity gate reports `gate_passed` (and may describe the gate under
+    `gate`); without one there is no gate."""
+    return fidelity.get("gate_passed", True) is not False
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON columns take no NaN or Infinity: such floats become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+@dataclass
+class Outcome:
+    """What a codec run produced, to be recorded on the version in one transaction."""
+
+    codec: str
+    codec_params: dict[str, Any]
+    fidelity: dict[str, Any]
+    artifact: tuple[str, int] | None = None  # (sha256, size) of the stored artifact
+    rejection: str | None = None  # why the version is rejected instead
+
+
+def process_version(
+    db: Database, storage: BlobStorage, version_id: int, *, reporter: Reporter | None = None
+) -> int:
+    """Run the requested codec on a `pending` version and record the outcome.
+
+    pending -> compressing -> ready (artifact stored and recorded), rejected (missed the fidelity gate
+    and the push said `reject`) or failed (any error, with its text). If the gate is missed and the
+    push said `raw`, the version is ready with the lossless source as its artifact. Returns the id.
+    """
+    with db.transaction() as session:
+        version = VersionRepository(session).get(version_id, for_update=True)
+        if version is None:
+            raise VersionNotFound(f"no version with id {version_id}")
+        if version.status != VersionStatus.PENDING.value:
+            raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
+        version.status = VersionStatus.COMPRESSING.value
+        source, requested = (version.source_digest, version.source_size), dict(version.requested)
+    try:
+        outcome = run_codec(storage, source, requested, reporter=reporter or SilentReporter())
+        with db.transaction() as session:
+            _record_outcome(session, version_id, outcome)
+    except BaseException as exc:
+        _mark_failed(db, version_id, exc)
+        if not isinstance(exc, Exception):
+            raise
+    return version_id
+
+
+def run_codec(
+    storage: BlobStorage, source: tuple[str, int], requested: dict[str, Any], *, reporter: Reporter
+) -> Outcome:
+    """Fetch the source blob (verified), run the requested codec, store the artifact if it is a new
+    blob, and apply the fidelity gate. Touches no database."""
+    from adapters.compress.codec import make_codec, reconstruct
+
+    source_digest = source[0]
+    with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
+        source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
+        storage.get_file(source_digest, source_file)
+        checkpoint = reconstruct(source_file)
+        codec = make_codec(requested["codec"], **requested.get("params", {}))
+        with reporter.task(
+            f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
+        ) as advance:
+            done = [0]
+
+            def progress(n: int, _total: int) -> None:
+                advance(n - done[0])
+                done[0] = n
+
+            report = codec.compress(checkpoint, artifact, progress=progress)
+        fidelity = _json_safe(
+            {
+                **report.fidelity,
+                "source_bytes": report.source_bytes,
+                "artifact_bytes": report.artifact_bytes,
+                "ratio": round(report.ratio, 3),
+            }
+        )
+        if _gate_passed(report.fidelity):
+            digest, size = sha256_file(artifact)
+            if digest != source_digest:
+                storage.put_file(digest, artifact)
+            return Outcome(report.codec, _json_safe(report.params), fidelity, artifact=(digest, size))
+        if requested.get("on_gate_fail") == "reject":
+            gate = f" ({report.fidelity['gate']})" if report.fidelity.get("gate") else ""
+            return Outcome(
+                report.codec, _json_safe(report.params), fidelity, rejection=f"missed the fidelity gate{gate}"
+            )
+        # Keep the lossless source; the fidelity of the attempt stays on record.
+        return Outcome(
+            "raw", {}, fidelity | {"fallback": "raw", "attempted_codec": report.codec}, artifact=source
+        )
+
+
+def _describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RegistryError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _mark_failed(db: Database, version_id: int, exc: BaseException) -> None:
+    with db.transaction() as session:
+        version = VersionRepository(session).get(version_id, for_update=True)
+        if version is not None and version.status == VersionStatus.COMPRESSING.value:
+            version.status = VersionStatus.FAILED.value
+            version.error = _describe_error(exc)
+            version.processed_at = utcnow()
+
+
+def _record_outcome(session: Session, version_id: int, outcome: Outcome) -> None:
+    version = VersionRepository(session).get(version_id, for_update=True)
+    if version is None or version.status != VersionStatus.COMPRESSING.value:
+        return  # someone else settled it (e.g. a lease expired and another run finished first)
+    version.codec = outcome.codec
+    version.codec_params = outcome.codec_params
+    version.fidelity = outcome.fidelity
+    version.processed_at = utcnow()
+    if outcome.artifact is None:
+        version.status = VersionStatus.REJECTED.value
+        version.error = outcome.rejection
+        return
+    digest, size = outcome.artifact
+    BlobRepository(session).ensure(digest, size)
+    version.artifact_digest, version.artifact_size = digest, size
+    version.status = VersionStatus.READY.value
+    session.flush()
+    for alias in version.requested.get("aliases", []):
+        _point_alias(session, version, alias, by=version.created_by)
+
+
+# ---------------------------------------------------------------------------------- resolve and read
+
+
+def get_adapter(session: Session, name: AdapterName | str) -> Adapter:
+    name = name if isinstance(name, AdapterName) else AdapterName.parse(name)
+    adapter = AdapterRepository(session).get(name)
+    if adapter is None:
+        raise AdapterNotFound(f"adapter {name} not found")
+    return adapter
+
+
+def resolve(session: Session, ref: str | Ref) -> Version:
+    """The version a ref names. Bare names skip yanked versions; explicit refs do not."""
+    ref = as_ref(ref)
+    adapter = get_adapter(session, ref.adapter)
+    versions = VersionRepository(session)
+    if ref.number is not None:
+        version = versions.by_number(adapter, ref.number)
+        if version is None:
+            highest = f" (the highest is {adapter.last_version})" if adapter.last_version else ""
+            raise VersionNotFound(f"{adapter.full_name} has no version {ref.number}{highest}")
+        return version
+    if ref.alias is not None:
+        alias = AliasRepository(session).get(adapter, ref.alias)
+        if alias is None:
+            known = ", ".join(a.name for a in AliasRepository(session).for_adapter(adapter)) or "none"
+            raise AliasNotFound(f"{adapter.full_name} has no alias {ref.alias!r} (aliases: {known})")
+        return alias.version
+    if ref.digest is not None:
+        version = versions.by_digest(adapter, ref.digest)
+        if version is None:
+            raise VersionNotFound(f"{adapter.full_name} has no version with sha256:{ref.digest}")
+        return version
+    version = versions.latest_ready(adapter)
+    if version is None:
+        raise VersionNotFound(f"{adapter.full_name} has no ready version that is not yanked")
+    return version
+
+
+def require_ready(version: Version) -> Version:
+    if version.status != VersionStatus.READY.value:
+        reason = f": {version.error}" if version.error else ""
+        raise VersionNotReady(f"{version.ref} is {version.status}{reason}")
+    return version
+
+
+def version_aliases(session: Session, version: Version) -> list[str]:
+    return [
+        a.name for a in AliasRepository(session).for_adapter(version.adapter) if a.version_id == version.id
+    ]
+
+
+def summarize(
+    session: Session, adapters: Sequence[Adapter]
+) -> list[tuple[Adapter, int, int | None, dict[str, int]]]:
+    """Each adapter with its number of versions, its latest version number and its aliases."""
+    ids = [a.id for a in adapters]
+    summary = VersionRepository(session).summary(ids)
+    aliases = AliasRepository(session).by_adapter_ids(ids)
+    return [(a, *summary.get(a.id, (0, None)), aliases.get(a.id, {})) for a in adapters]
+
+
+def search(
+    session: Session,
+    *,
+    namespace: str | None = None,
+    task: str | None = None,
+    base_model: str | None = None,
+    tag: str | None = None,
+) -> list[tuple[Adapter, int, int | None, dict[str, int]]]:
+    """Adapters matching every given filter, summarized (see `summarize`)."""
+    found = AdapterRepository(session).search(namespace=namespace, task=task, base_model=base_model, tag=tag)
+    return summarize(session, found)
+
+
+# --------------------------------------------------------------------------------------- aliases
+
+
+def _point_alias(
+    session: Session, version: Version, alias: str, *, by: str | None
+) -> tuple[Alias, int | None]:
+    check_alias(alias)
+    if version.status != VersionStatus.READY.value:
+        reason = f" ({version.error})" if version.error else ""
+        raise VersionNotReady(
+            f"cannot point alias {alias!r} at {version.ref}: it is {version.status}{reason}"
+        )
+    if version.yanked:
+        raise VersionNotReady(f"cannot point alias {alias!r} at {version.ref}: it is yanked")
+    aliases = AliasRepository(session)
+    previous = aliases.get(version.adapter, alias)
+    previous_number = previous.version.number if previous is not None else None
+    return aliases.set(version.adapter, alias, version, by=by), previous_number
+
+
+def set_alias(
+    session: Session, target: str | Ref, alias: str, *, by: str | None = None
+) -> tuple[Version, int | None]:
+    """Create or move `alias` to the version `target` names (which must be ready and not yanked)."""
+    check_alias(alias)
+    version = resolve(session, target)
+    _, previous = _point_alias(session, version, alias, by=by)
+    return version, previous
+
+
+def remove_alias(session: Session, name: AdapterName | str, alias: str) -> int:
+    """Delete an alias; returns the number of the version it pointed to."""
+    check_alias(alias)
+    adapter = get_adapter(session, name)
+    aliases = AliasRepository(session)
+    found = aliases.get(adapter, alias)
+    if found is None:
+        raise AliasNotFound(f"{adapter.full_name} has no alias {alias!r}")
+    number = found.version.number
+    aliases.delete(found)
+    return number
+
+
+# ------------------------------------------------------------------------------------------- yank
+
+
+def yank(session: Session, ref: str | Ref, reason: str | None = None) -> Version:
+    """Mark a ready version yanked: it stops being `latest`, but `ns/name:N` still resolves to it."""
+    version = require_ready(resolve(session, ref))
+    if not version.yanked:
+        version.yanked_at = utcnow()
+        version.yank_reason = reason
+    return version
+
+
+def unyank(session: Session, ref: str | Ref) -> Version:
+    version = resolve(session, ref)
+    version.yanked_at = None
+    version.yank_reason = None
+    return version
+
+
+# ------------------------------------------------------------------------------------------- pull
+
+
+def _prepare_output(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExists(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise OutputExists(f"{out_dir} is not empty (use --force to overwrite the adapter files in it)")
+
+
+def pull(
+    db: Database,
+    storage: BlobStorage,
+    ref: str | Ref,
+    out_dir: Path,
+    *,
+    force: bool = False,
+    reporter: Reporter | None = None,
+) -> tuple[int, list[str]]:
+    """Write the PEFT directory of the version `ref` names to `out_dir`. The artifact is verified
+    against its sha256 before it is decoded, and `out_dir` is only touched once everything succeeded.
+    Returns the version id and the files written."""
+    from adapters.compress.codec import reconstruct
+    from adapters.compress.errors import CompressError
+    from adapters.compress.peft_io import BIN_FILE, write_adapter
+
+    reporter = reporter or SilentReporter()
+    out_dir = Path(out_dir)
+    with db.transaction() as session:
+        version = require_ready(resolve(session, ref))
+        version_id, digest, size, label = (
+            version.id,
+            version.artifact_digest,
+            version.artifact_size,
+            version.ref,
+        )
+    assert digest is not None
+    _prepare_output(out_dir, force)
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out_dir}: {exc}") from None
+    try:
+        artifact = staging / ".artifact"
+        with reporter.task("downloading", total=size, unit="bytes") as advance:
+            storage.get_file(digest, artifact, progress=advance)
+        with reporter.task("reconstructing"):
+            try:
+                checkpoint = reconstruct(artifact)
+            except CompressError as exc:
+                raise UnsupportedArtifact(f"{label}: its artifact cannot be decoded: {exc}") from None
+            artifact.unlink()
+            write_adapter(checkpoint, staging)
+        files = sorted(p.name for p in staging.iterdir())
+        try:
+            if out_dir.is_dir() and not any(out_dir.iterdir()):
+                out_dir.rmdir()
+            if not out_dir.exists():
+                staging.rename(out_dir)
+            else:  # --force into a folder with files: replace the adapter's files, drop a stale .bin
+                (out_dir / BIN_FILE).unlink(missing_ok=True)
+                for name in files:
+                    (staging / name).replace(out_dir / name)
+        except OSError as exc:
+            raise OutputError(f"cannot write {out_dir}: {exc}") from None
+        return version_id, files
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

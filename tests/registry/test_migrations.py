@@ -1,0 +1,140 @@
+"""The schema comes from Alembic alone, identical on PostgreSQL and SQLite, and enforces invariants."""
+
+from __future__ import annotations
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.orm import Session
+
+from adapters.registry import models
+from adapters.registry.db import Database, current_revision, head_revision, upgrade
+from adapters.registry.errors import SchemaOutdated
+
+DIGEST = "a" * 64
+OTHER = "b" * 64
+
+
+def _drift(engine: sa.Engine) -> list:
+    with engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        return compare_metadata(context, models.Base.metadata)
+
+
+def test_upgrade_head_matches_the_models(fresh_db_url):
+    db = Database(fresh_db_url)
+    with pytest.raises(SchemaOutdated, match="adapters db upgrade"):
+        db.check_schema()
+    assert db.upgrade() == head_revision()
+    db.check_schema()
+    assert _drift(db.engine) == []
+    db.dispose()
+
+
+def test_drift_check_notices_a_model_change(fresh_db_url):
+    db = Database(fresh_db_url)
+    db.upgrade()
+    extra = sa.Table("not_migrated", models.Base.metadata, sa.Column("id", sa.Integer, primary_key=True))
+    try:
+        assert any(diff[0] == "add_table" and diff[1].name == "not_migrated" for diff in _drift(db.engine))
+    finally:
+        models.Base.metadata.remove(extra)
+    db.dispose()
+
+
+def test_downgrade_to_base_and_back(fresh_db_url):
+    from alembic import command
+
+    from adapters.registry.db import alembic_config
+
+    db = Database(fresh_db_url)
+    db.upgrade()
+    with db.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "base")
+    assert current_revision(db.engine) is None
+    assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    upgrade(db.engine)
+    assert _drift(db.engine) == []
+    db.dispose()
+
+
+def _adapter(session: Session, namespace: str = "acme", name: str = "x", **kw) -> int:
+    return session.execute(
+        sa.insert(models.Adapter)
+        .values(namespace=namespace, name=name, task="t", **kw)
+        .returning(models.Adapter.id)
+    ).scalar_one()
+
+
+def _blob(session: Session, digest: str = DIGEST) -> str:
+    session.execute(sa.insert(models.Blob).values(sha256=digest, size=10))
+    return digest
+
+
+def _version_row(adapter_id: int, number: int, **kw) -> sa.Insert:
+    values = {
+        "adapter_id": adapter_id,
+        "number": number,
+        "source_digest": DIGEST,
+        "source_size": 10,
+        "requested": {"codec": "raw"},
+        "peft_config": {"peft_type": "LORA"},
+    } | kw
+    return sa.insert(models.Version).values(**values).returning(models.Version.id)
+
+
+def _version(session: Session, adapter_id: int, number: int, **kw) -> int:
+    return session.execute(_version_row(adapter_id, number, **kw)).scalar_one()
+
+
+# Constraint violations; PostgreSQL reports an over-long value as a DataError before any CHECK runs.
+REFUSED = (sa.exc.IntegrityError, sa.exc.DataError)
+
+
+def _rejected(session: Session, statement) -> None:
+    with pytest.raises(REFUSED), session.begin_nested():
+        session.execute(statement)
+
+
+def test_database_rejects_bad_names_and_digests(session):
+    for namespace, name in [
+        ("Acme", "x"),
+        ("acme", "-x"),
+        ("acme", "x/y"),
+        ("acme", "a" * 65),
+        ("acme", "x\n"),
+    ]:
+        _rejected(session, sa.insert(models.Adapter).values(namespace=namespace, name=name, task="t"))
+    for digest in ["A" * 64, "a" * 63, "g" * 64, "a" * 64 + "\n"]:
+        _rejected(session, sa.insert(models.Blob).values(sha256=digest, size=1))
+    _rejected(session, sa.insert(models.Blob).values(sha256=DIGEST, size=-1))
+    adapter_id = _adapter(session)
+    _rejected(session, sa.insert(models.AdapterTag).values(adapter_id=adapter_id, tag="Bad Tag"))
+    _rejected(session, sa.insert(models.Adapter).values(namespace="acme", name="x", task="t"))  # unique
+
+
+def test_database_enforces_version_invariants(session):
+    adapter_id, _ = _adapter(session), _blob(session)
+    version_id = _version(session, adapter_id, 1)
+    _blob(session, OTHER)
+    _rejected(session, _version_row(adapter_id, 1, source_digest=OTHER))  # number taken
+    _rejected(session, _version_row(adapter_id, 2))  # a second live version of the same content
+    _rejected(session, _version_row(adapter_id, 2, source_digest="c" * 64))  # blob never recorded
+    _rejected(session, _version_row(adapter_id, 0, source_digest=OTHER))  # numbers start at 1
+    version = sa.update(models.Version).where(models.Version.id == version_id)
+    _rejected(session, version.values(status="ready"))  # ready without an artifact
+    _rejected(session, version.values(status="done"))
+    _rejected(session, version.values(yanked_at=sa.func.now()))  # only ready versions are yanked
+    # A failed version frees its content for a new push.
+    session.execute(version.values(status="failed", error="boom"))
+    _version(session, adapter_id, 2)
+
+
+def test_aliases_point_into_their_own_adapter(session):
+    first, second, _ = _adapter(session, name="one"), _adapter(session, name="two"), _blob(session)
+    version_id = _version(session, first, 1)
+    session.execute(sa.insert(models.Alias).values(adapter_id=first, name="prod", version_id=version_id))
+    _rejected(session, sa.insert(models.Alias).values(adapter_id=second, name="prod", version_id=version_id))
+    _rejected(session, sa.insert(models.Alias).values(adapter_id=first, name="latest", version_id=version_id))
+    _rejected(session, sa.insert(models.Alias).values(adapter_id=first, name="Prod!", version_id=version_id))
