@@ -17,6 +17,10 @@ COMMANDS: dict[str, str] = {
     "alias": "alias:alias",
     "yank": "yank:yank",
     "db": "db:db",
+    "compress": "compress:compress",
+    "reconstruct": "reconstruct:reconstruct",
+    "inspect": "inspect:inspect",
+    "calibrate": "calibrate:calibrate",
 }
 
 

@@ -57,6 +57,7 @@ def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> t
 
 def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
     """A local transformers model (with its task head when the config names one) and its tokenizer."""
+    import transformers
     from transformers import (
         AutoConfig,
         AutoModel,
@@ -65,6 +66,8 @@ def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
         AutoTokenizer,
     )
 
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     path = Path(path)
     if not (path / "config.json").is_file():
         raise CompressError(f"{path}: not a model directory (no config.json)")

@@ -51,6 +51,7 @@ CODES_KEY = "nola.codes"
 SCALES_KEY = "nola.scales"
 LAYOUT = "rows"
 FITS = ("auto", "weight", "activation")
+WEIGHTINGS = ("absolute", "relative", "balanced")
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
 # Modules per batch are bounded so the largest intermediate stays near this many numbers.
@@ -70,6 +71,13 @@ class NolaConfig:
     damp: float = field(default=0.01, metadata={"help": "added to C: damp * mean(diag C) * I"})
     rounds: int = field(default=4, metadata={"help": "alternating quantized least-squares rounds"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
+    weighting: str = field(
+        default="absolute",
+        metadata={
+            "help": "how module errors add up in the byte allocation: absolute (output energy lost), "
+            "relative (each module's relative error counts the same) or balanced (between the two)"
+        },
+    )
     k_fraction: float | None = field(
         default=None,
         metadata={"help": "fixed k = k_fraction * n for every factor (with fixed bits), no search"},
@@ -92,6 +100,8 @@ class NolaConfig:
             raise ValueError("damp must be a small non-negative number")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.k_fraction is not None:
             if not 0 < self.k_fraction <= 1:
                 raise ValueError(f"k_fraction must lie in (0, 1], got {self.k_fraction!r}")
@@ -187,6 +197,10 @@ def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[li
     a_bal, b_bal, sigma = balance(batch.a, batch.b, metric)
     total = (sigma**2).sum(-1)
     scale2 = torch.tensor([p.scale**2 for p in batch.pairs], dtype=torch.float64, device=device)
+    energy = (scale2 * total).clamp_min(1e-300)  # each module's output energy, in the fit metric
+    weight = {"absolute": scale2, "relative": scale2 / energy, "balanced": scale2 / energy.sqrt()}[
+        cfg.weighting
+    ]
     units: list[list[Candidate]] = [[] for _ in range(2 * len(batch.pairs))]
     sides = (
         (0, "A", a_bal, metric, batch.n_in),
@@ -199,7 +213,7 @@ def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[li
             flat = x0.reshape(-1, k)  # groups never span rows, so one call serves every module
             for fmt in cfg.formats:
                 xq = fake_quantize(flat, fmt, cfg.group_size).reshape(x0.shape)
-                err = (base + weighted_quad(x0 - xq, m, sigma)).clamp_min(0) * scale2
+                err = (base + weighted_quad(x0 - xq, m, sigma)).clamp_min(0) * weight
                 nbytes = stored_nbytes(batch.rank, k, fmt, cfg.group_size)
                 for i, e in enumerate(err.tolist()):
                     units[2 * i + side].append(Candidate(k, fmt, e, nbytes))

@@ -210,9 +210,23 @@ def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
             raise InvalidAdapter(f"{key}: contains NaN or Inf values")
 
 
+# PEFT keeps these config fields as sets and writes them in arbitrary order.
+SET_VALUED_FIELDS = ("target_modules", "exclude_modules")
+
+
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with set-valued fields sorted, so identical adapters serialize identically."""
+    out = dict(config)
+    for name in SET_VALUED_FIELDS:
+        if isinstance(out.get(name), list) and all(isinstance(v, str) for v in out[name]):
+            out[name] = sorted(set(out[name]))
+    return out
+
+
 def validate(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> LoraCheckpoint:
     """Check a config and its tensors together and return the checkpoint with its LoRA pairs."""
     check_config(config)
+    config = normalize_config(config)
     check_tensors(tensors)
     return LoraCheckpoint(config=config, tensors=tensors, pairs=find_pairs(config, tensors))
 

@@ -192,3 +192,12 @@ def test_bin_pickles_that_run_code_are_refused(adapter_dir, tmp_path, capsys):
     with pytest.raises(InvalidAdapter, match="weights_only"):
         read_adapter(path)
     assert "must never run" not in capsys.readouterr().out
+
+
+def test_set_valued_config_fields_are_sorted(adapter_dir, tmp_path):
+    path = _copy(adapter_dir, tmp_path)
+    _edit_config(path, lambda c: c.update(target_modules=["v_proj", "q_proj", "down_proj"]))
+    first = canonical_bytes(read_adapter(path))
+    _edit_config(path, lambda c: c.update(target_modules=["down_proj", "q_proj", "v_proj"]))
+    assert canonical_bytes(read_adapter(path)) == first
+    assert read_adapter(path).config["target_modules"] == ["down_proj", "q_proj", "v_proj"]

@@ -1,0 +1,83 @@
+"""adapters inspect: what an artifact holds, module by module."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from .context import AppContext, echo_table, human_size, json_option, pass_app
+
+
+def _summary(path: Path) -> dict:
+    from adapters.compress.codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
+    from adapters.compress.errors import InvalidArtifact
+    from adapters.compress.nola import HEADER_KEY, decode_header
+    from adapters.compress.stfile import read_metadata
+
+    metadata = read_metadata(path)
+    if FORMAT_KEY not in metadata:
+        raise InvalidArtifact(f"{path}: not an adapter artifact")
+    out = {
+        "file": str(path),
+        "bytes": path.stat().st_size,
+        "format": metadata[FORMAT_KEY],
+        "format_version": metadata.get(VERSION_KEY),
+        "peft_config": json.loads(metadata.get(CONFIG_KEY, "{}")),
+    }
+    if HEADER_KEY in metadata:
+        out["nola"] = decode_header(metadata[HEADER_KEY])
+    return out
+
+
+@click.command()
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@json_option
+@pass_app
+def inspect(app: AppContext, artifact: Path) -> None:
+    """Show an artifact: format, generator, sizes, and per module the subspace size k, coefficient
+    format and errors (reads the header only; nothing is reconstructed).
+
+    \b
+    Example:
+      adapters inspect my-lora.nola
+    """
+    info = _summary(artifact)
+
+    def human() -> None:
+        click.echo(f"{artifact}: {info['format']} v{info['format_version']}, {human_size(info['bytes'])}")
+        nola = info.get("nola")
+        if not nola:
+            return
+        gen, fid = nola["generator"], nola.get("fidelity", {})
+        click.echo(
+            f"generator {gen['name']} v{gen['version']} seed {gen['seed']} fingerprint {gen['fingerprint']}; "
+            f"basis {nola['basis']}, fit {nola['fit']}, group size {nola['group_size']}"
+        )
+        worst = fid.get("weight_rel_error_max", 0)
+        line = f"weight error {fid.get('weight_rel_error', 0):.4f} (worst {worst:.4f})"
+        if "output_rel_error" in fid:
+            line += f", output error {fid['output_rel_error']:.4f} (worst {fid['output_rel_error_max']:.4f})"
+        click.echo(line)
+        rows = []
+        for m in nola["modules"]:
+            nbytes = m["A"]["codes"][1] + m["B"]["codes"][1] + 2 * (m["A"]["scales"][1] + m["B"]["scales"][1])
+            errors = m.get("errors", {})
+            rows.append(
+                [
+                    m["module"],
+                    m["rank"],
+                    f"{m['in']}x{m['out']}",
+                    f"{m['A']['k']} {m['A']['format']}",
+                    f"{m['B']['k']} {m['B']['format']}",
+                    nbytes,
+                    f"{errors.get('weight', 0):.4f}",
+                    f"{errors['output']:.4f}" if "output" in errors else None,
+                ]
+            )
+        echo_table(
+            ["module", "r", "in x out", "A: k fmt", "B: k fmt", "bytes", "weight err", "output err"], rows
+        )
+
+    app.emit(info, human)
