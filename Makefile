@@ -8,7 +8,7 @@ setup:  ## create .venv with torch (CPU) and the project in editable mode
 	./scripts/setup.sh
 
 test:  ## run the test suite (needs PostgreSQL on 127.0.0.1:5432)
-	$(PY) -m pytest -n 2
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(PY) -m pytest -n 2
 
 lint:  ## ruff
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

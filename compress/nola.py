@@ -50,7 +50,7 @@ CHECKSUM_KEY = "nola.checksum"
 CODES_KEY = "nola.codes"
 SCALES_KEY = "nola.scales"
 LAYOUT = "rows"
-FITS = ("auto", "weight", "activation")
+FITS = ("auto", "weight", "activation", "distill")
 WEIGHTINGS = ("absolute", "relative", "balanced")
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
@@ -65,14 +65,19 @@ class NolaConfig:
     ratio: float = field(default=20.0, metadata={"help": "target: LoRA factor bytes / coefficient bytes"})
     bits: str = field(default="auto", metadata={"help": "coefficient format, or auto (rate-distortion)"})
     basis: str = field(default="fast", metadata={"help": "fast (structured, O(n log n)) or dense (paper)"})
-    fit: str = field(default="auto", metadata={"help": "weight, activation, or auto (activation if stats)"})
+    fit: str = field(
+        default="auto",
+        metadata={
+            "help": "weight, activation, distill, or auto (the best the given statistics/base model allow)"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seed of every random basis"})
     group_size: int = field(default=64, metadata={"help": "coefficients per quantization scale"})
     damp: float = field(default=0.01, metadata={"help": "added to C: damp * mean(diag C) * I"})
     rounds: int = field(default=4, metadata={"help": "alternating quantized least-squares rounds"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     weighting: str = field(
-        default="absolute",
+        default="relative",
         metadata={
             "help": "how module errors add up in the byte allocation: absolute (output energy lost), "
             "relative (each module's relative error counts the same) or balanced (between the two)"
@@ -273,22 +278,58 @@ class NolaCodec:
     name: ClassVar[str] = "nola"
     format_version: ClassVar[int] = 1
 
-    def __init__(self, config: NolaConfig | None = None, stats: dict[str, InputStats] | None = None):
+    def __init__(
+        self,
+        config: NolaConfig | None = None,
+        stats: dict[str, InputStats] | None = None,
+        *,
+        base_model: str | Path | None = None,
+        texts: Sequence[str] | None = None,
+        distill: Any = None,
+        gate: Any = None,
+    ):
+        """`stats`: input statistics per module; `base_model` (a local directory) with `texts` enables
+        distillation and the held-out measurement; `distill` a DistillConfig; `gate` a pipeline.Gate."""
         self.config = config or NolaConfig()
         self.stats = stats or {}
+        self.base_model, self.texts, self.distill, self.gate = base_model, texts, distill, gate
 
     @classmethod
     def from_params(cls, **params: Any) -> NolaCodec:
+        """Parameters by name: NolaConfig fields, `distill_<field>` for DistillConfig, and the gate's
+        `min_agreement`, `max_kl`, `max_weight_error` (a gate applies when any is given)."""
+        from .distill import DistillConfig
+        from .pipeline import Gate
+
+        gate_fields = {"min_agreement", "max_kl", "max_weight_error"}
+        gate = {k: params.pop(k) for k in list(params) if k in gate_fields}
+        distill = {
+            k.removeprefix("distill_"): params.pop(k) for k in list(params) if k.startswith("distill_")
+        }
         try:
-            return cls(NolaConfig(**params))
+            return cls(
+                NolaConfig(**params),
+                distill=DistillConfig(**distill) if distill else None,
+                gate=Gate(**gate) if gate else None,
+            )
         except TypeError as exc:
             raise ValueError(f"bad NOLA parameters: {exc}") from None
 
     def compress(
         self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
     ) -> CompressionReport:
-        fitted = fit_adapter(checkpoint, self.config, self.stats, progress)
-        data, report = encode(checkpoint, fitted)
+        from .pipeline import run
+
+        data, report = run(
+            checkpoint,
+            self.config,
+            stats=self.stats or None,
+            base_model=self.base_model,
+            texts=self.texts,
+            distill_config=self.distill,
+            gate=self.gate,
+            progress=progress,
+        )
         Path(out_file).write_bytes(data)
         return report
 

@@ -8,6 +8,11 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+import torch
+
+# Tests run two pytest workers on two cores with tiny models: one torch thread each. More threads
+# than cores make OpenMP spin against itself, which slows tiny forward passes a hundredfold.
+torch.set_num_threads(1)
 
 PG_ADMIN_URL = os.environ.get("ADAPTERS_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 

@@ -96,3 +96,48 @@ SAMPLE_TEXTS = [
     "Aliases move; versions never change once they are ready.",
     "Reconstruction writes the same bytes every time.",
 ]
+
+
+def template_texts(n: int, seed: int = 0) -> list[str]:
+    """Sentences from a small grammar: enough shared structure for a tiny model to learn in seconds."""
+    import random
+
+    rng = random.Random(seed)
+    subjects = ["the cat", "a dog", "my friend", "the robot", "our team", "the bird"]
+    verbs = ["sees", "likes", "builds", "finds", "moves", "paints"]
+    objects = ["a red box", "the green door", "two blue cups", "the old map", "a small boat"]
+    places = ["at noon", "in the park", "near the lake", "after lunch", "by the road"]
+    return [
+        f"{rng.choice(subjects)} {rng.choice(verbs)} {rng.choice(objects)} {rng.choice(places)}."
+        for _ in range(n)
+    ]
+
+
+def train_adapter(
+    base_dir: str | Path, texts: list[str], out_dir: str | Path, steps: int = 120, seed: int = 0, **lora: Any
+) -> Path:
+    """Train a LoRA adapter with PEFT (next-token loss) on the texts; save it to out_dir."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM.from_pretrained(base_dir)
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    options: dict[str, Any] = {
+        "r": 8,
+        "lora_alpha": 16,
+        "target_modules": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+    }
+    options.update(lora)
+    peft_model = get_peft_model(model, LoraConfig(**options))
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-2)
+    peft_model.train()
+    for _ in range(steps):
+        loss = peft_model(**batch, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    peft_model.save_pretrained(str(out_dir))
+    return Path(out_dir)

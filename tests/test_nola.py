@@ -104,7 +104,7 @@ def test_options_round_trip(adapter, tmp_path, options):
     back = reconstruct(tmp_path / "a.nola")
     assert back.tensors.keys() == adapter.tensors.keys()
     header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
-    assert header["params"] == {**asdict(NolaConfig()), "ratio": 4, **options}
+    assert header["params"] == {**asdict(NolaConfig()), "ratio": 4, **options, "fit": "weight"}  # as resolved
     if "bits" in options:
         assert {m[s]["format"] for m in header["modules"] for s in "AB"} == {options["bits"]}
     assert report.params["basis"] == options.get("basis", "fast")

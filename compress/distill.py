@@ -1,0 +1,321 @@
+"""Distillation: train the NOLA coefficients so the base model with the NOLA adapter reproduces the
+base model with the original adapter.
+
+A weight- or activation-space fit keeps each module close on its own; what matters is the model's
+output. Starting from the activation-aware fit, every coefficient is optimised end to end on
+KL(original || NOLA) over the output distribution (logits of an LM's tokens or a classifier's texts;
+relative MSE of the last hidden states for a model without a head). The teacher's outputs are
+computed once and cached; the base model stays frozen; the coefficients are quantization-aware
+(straight-through: the forward pass uses the stored values, the gradient flows to the float ones).
+
+The factors are rebuilt from the coefficients on every step by the bases themselves (`expand`, with
+`project` as its exact adjoint for the gradient), so no dense basis matrix is ever held for the whole
+model, and they are substituted into the PEFT model with `torch.func.functional_call`.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .bases import Basis, basis_key, make_basis
+from .calibration import load_base_model, token_batches, with_adapter
+from .codec import Progress
+from .errors import CompressError
+from .nola import ModuleFit, NolaFit
+from .peft_io import LoraCheckpoint
+from .quant import dequantize, fake_quantize, quantize
+
+
+@dataclass
+class DistillConfig:
+    """How to distill. Recorded in the artifact."""
+
+    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    batch_size: int = field(default=16, metadata={"help": "texts per step"})
+    lr: float = field(
+        default=0.02, metadata={"help": "Adam step size, relative to each coefficient tensor's RMS"}
+    )
+    max_length: int = field(default=128, metadata={"help": "tokens per text"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL"})
+    qat: bool = field(default=True, metadata={"help": "train through the coefficient quantizer"})
+    seed: int = field(default=0, metadata={"help": "order of the training batches"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 0 or self.batch_size < 1 or self.max_length < 1:
+            raise ValueError("steps must be >= 0, batch_size and max_length >= 1")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or not self.temperature > 0:
+            raise ValueError("lr and temperature must be positive")
+
+
+class _Expand(torch.autograd.Function):
+    """P c with P^T as its gradient: the basis never needs to exist as a matrix."""
+
+    @staticmethod
+    def forward(ctx, coeffs: torch.Tensor, basis: Basis) -> torch.Tensor:  # type: ignore[override]
+        ctx.basis = basis
+        return basis.expand(coeffs)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return ctx.basis.project(grad).to(grad.dtype), None
+
+
+@dataclass
+class _Side:
+    """One factor side (A or B) of a group of modules sharing n: basis, trainable coefficients."""
+
+    members: list[int]  # indices into the module list
+    basis: Basis
+    param: torch.nn.Parameter  # [b, r, kmax], unit RMS per module
+    scale: torch.Tensor  # [b, 1, 1] RMS of the initial coefficients
+    formats: list[str]
+
+
+class _Student(torch.nn.Module):
+    """Every module's coefficients, and the PEFT weights they stand for."""
+
+    def __init__(self, fit: NolaFit, device: torch.device, group_size: int):
+        super().__init__()
+        self.fit, self.group_size = fit, group_size
+        self.sides: dict[tuple[str, int, int], _Side] = {}
+        params = torch.nn.ParameterList()
+        for side in ("A", "B"):
+            groups: dict[tuple[int, int], list[int]] = defaultdict(list)
+            for i, m in enumerate(fit.modules):
+                n = m.pair.in_features if side == "A" else m.pair.out_features
+                groups[(n, m.pair.rank)].append(i)
+            for (n, rank), members in sorted(groups.items()):
+                stored = [self._stored(i, side) for i in members]
+                ks = [q.k for q in stored]
+                keys = [basis_key(fit.config.seed, fit.modules[i].pair.module, side) for i in members]
+                basis = make_basis(fit.config.basis, n, ks, keys, device, torch.float32)
+                init = torch.zeros(len(members), rank, max(ks), device=device)
+                for j, q in enumerate(stored):
+                    init[j, :, : q.k] = dequantize(q).to(device)
+                scale = init.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
+                param = torch.nn.Parameter(init / scale)
+                params.append(param)
+                self.sides[(side, n, rank)] = _Side(members, basis, param, scale, [q.fmt for q in stored])
+        self.params = params
+
+    def _stored(self, i: int, side: str):
+        module = self.fit.modules[i]
+        return module.stored_a if side == "A" else module.stored_b
+
+    def coefficients(self, quantized: bool) -> dict[tuple[str, int, int], torch.Tensor]:
+        """Per side group: [b, r, kmax] coefficients; quantized ones pass gradients straight through."""
+        out = {}
+        for key, s in self.sides.items():
+            x = s.param * s.scale * s.basis.mask[:, None, :]
+            if quantized:
+                q = torch.zeros_like(x)
+                for j, (k, fmt) in enumerate(zip(s.basis.ks, s.formats)):
+                    q[j, :, :k] = fake_quantize(x[j, :, :k].detach().float().cpu(), fmt, self.group_size).to(
+                        x
+                    )
+                x = x + (q - x).detach()
+            out[key] = x
+        return out
+
+    def weights(self, names: dict[str, str], quantized: bool) -> dict[str, torch.Tensor]:
+        """PEFT parameter name -> rebuilt factor (A [r, in], B [out, r])."""
+        out = {}
+        for key, coeffs in self.coefficients(quantized).items():
+            s = self.sides[key]
+            rows = _Expand.apply(coeffs, s.basis)  # [b, r, n]
+            for j, i in enumerate(s.members):
+                pair = self.fit.modules[i].pair
+                if key[0] == "A":
+                    out[names[pair.a_key]] = rows[j]
+                else:
+                    out[names[pair.b_key]] = rows[j].T
+        return out
+
+    def export(self) -> list[ModuleFit]:
+        """Stored (really quantized) coefficients for every module."""
+        stored: dict[tuple[str, int], Any] = {}
+        with torch.no_grad():
+            for key, coeffs in self.coefficients(quantized=False).items():
+                s = self.sides[key]
+                for j, (i, k, fmt) in enumerate(zip(s.members, s.basis.ks, s.formats)):
+                    stored[(key[0], i)] = quantize(coeffs[j, :, :k].float().cpu(), fmt, self.group_size)
+        return [
+            replace(m, stored_a=stored[("A", i)], stored_b=stored[("B", i)])
+            for i, m in enumerate(self.fit.modules)
+        ]
+
+
+class Teacher:
+    """The base model with the original adapter: its tokenizer, and its outputs on texts, computed once.
+
+    Candidates (distilled coefficients, a decoded artifact) run on the same model object with their
+    LoRA factors substituted through `functional_call`, so only one copy of the base model is loaded.
+    """
+
+    def __init__(
+        self,
+        base_model: str | Path,
+        checkpoint: LoraCheckpoint,
+        device: torch.device,
+        batch_size: int = 16,
+        max_length: int = 128,
+    ):
+        self.device, self.batch_size, self.max_length = device, batch_size, max_length
+        model, self.tokenizer = load_base_model(base_model, device)
+        with tempfile.TemporaryDirectory(prefix="adapters-teacher-") as tmp:
+            self.model = with_adapter(model, checkpoint, Path(tmp) / "adapter")
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        available = dict(self.model.named_parameters())
+        self.names: dict[str, str] = {}
+        for pair in checkpoint.pairs:
+            for key in (pair.a_key, pair.b_key):
+                stem, leaf = key.rsplit(".", 1)
+                name = f"{stem}.default.{leaf}"
+                if name in available:
+                    self.names[key] = name
+
+    def outputs(
+        self, texts: Sequence[str]
+    ) -> list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, bool]]]:
+        """(batch, (teacher outputs, are_logits)) for the texts."""
+        batches = token_batches(self.tokenizer, list(texts), self.batch_size, self.max_length, self.device)
+        with torch.no_grad():
+            return [(b, _outputs(self.model, b, None)) for b in batches]
+
+    def params(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """PEFT parameter names for the LoRA factors among `tensors` (adapter keys)."""
+        missing = [k for k in tensors if k not in self.names]
+        if missing:
+            raise CompressError(f"{missing[0]}: no such LoRA parameter in the model with the adapter applied")
+        return {self.names[k]: v.to(self.device, torch.float32) for k, v in tensors.items()}
+
+    @torch.no_grad()
+    def agreement(self, data, params: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Top-1 agreement and mean KL(original || candidate) per prediction (or hidden-state error)."""
+        agree = total = 0
+        kl = err = ref = 0.0
+        logits = True
+        for batch, (teacher, logits) in data:
+            student, _ = _outputs(self.model, batch, params)
+            if logits:
+                agree += int((student.argmax(-1) == teacher.argmax(-1)).sum())
+                kl += float(_loss(student, teacher, True, 1.0)) * teacher.shape[0]
+            else:
+                err += float(((student - teacher) ** 2).sum())
+                ref += float((teacher**2).sum())
+            total += teacher.shape[0]
+        if logits:
+            return {
+                "agreement": round(agree / max(total, 1), 6),
+                "kl": kl / max(total, 1),
+                "predictions": total,
+            }
+        return {"hidden_rel_error": math.sqrt(err / max(ref, 1e-30)), "predictions": total}
+
+
+def _outputs(model, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None):
+    """(values [n, d], are_logits) per prediction: LM tokens, classifier texts, or hidden states."""
+    if params is None:
+        out = model(**batch)
+    else:
+        out = torch.func.functional_call(model, params, args=(), kwargs=batch, strict=False)
+    mask = batch["attention_mask"].bool()
+    logits = getattr(out, "logits", None)
+    if logits is not None and logits.dim() == 3:
+        return logits[mask].float(), True
+    if logits is not None:
+        return logits.float(), True
+    return out.last_hidden_state[mask].float(), False
+
+
+def _loss(student: torch.Tensor, teacher: torch.Tensor, logits: bool, temperature: float) -> torch.Tensor:
+    if logits:
+        log_p = torch.log_softmax(teacher / temperature, dim=-1)
+        log_q = torch.log_softmax(student / temperature, dim=-1)
+        return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * temperature**2
+    return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
+
+
+def _score(result: dict[str, float]) -> float:
+    return result["agreement"] - 1e-3 * result["kl"] if "agreement" in result else -result["hidden_rel_error"]
+
+
+def distill(
+    teacher: Teacher,
+    initial: NolaFit,
+    fit_texts: Sequence[str],
+    held_out_texts: Sequence[str],
+    cfg: DistillConfig | None = None,
+    progress: Progress | None = None,
+) -> NolaFit:
+    """Distill `initial` (usually the activation-aware fit) on `fit_texts`; report on `held_out_texts`.
+
+    The result records, under notes["distill"], the settings, the loss, the time taken, and top-1
+    agreement / KL on the held-out texts before and after. If distillation does not improve the
+    held-out figures, the initial coefficients are kept (and the record says so).
+    """
+    cfg = cfg or DistillConfig()
+    if not fit_texts or not held_out_texts:
+        raise CompressError("distillation needs calibration texts and held-out texts")
+    started = time.perf_counter()
+    train = teacher.outputs(fit_texts)
+    held = teacher.outputs(held_out_texts)
+    group_size = initial.config.group_size
+    student = _Student(initial, teacher.device, group_size)
+    names = teacher.names
+    before = teacher.agreement(held, student.weights(names, quantized=True))
+    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
+    warmup = max(1, cfg.steps // 20)
+
+    def lr_factor(step: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
+        return min(1.0, (step + 1) / warmup) * cosine
+
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
+    losses: list[float] = []
+    cuda = teacher.device.type == "cuda"
+    for step in range(cfg.steps):
+        batch, (target, logits) = train[order[step % len(order)]]
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+            out, _ = _outputs(teacher.model, batch, student.weights(names, quantized=cfg.qat))
+        loss = _loss(out.float(), target, logits, cfg.temperature)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if progress:
+            progress(step + 1, cfg.steps)
+
+    after_fit = replace(initial, modules=student.export())
+    after = teacher.agreement(
+        held, _Student(after_fit, teacher.device, group_size).weights(names, quantized=False)
+    )
+    improved = _score(after) > _score(before)
+    window = max(1, len(losses) // 10)
+    record = {
+        **asdict(cfg),
+        "initial_fit": initial.method,
+        "loss_first": round(sum(losses[:window]) / window, 6) if losses else None,
+        "loss_last": round(sum(losses[-window:]) / window, 6) if losses else None,
+        "held_out_before": before,
+        "held_out_after": after,
+        "kept": "distilled" if improved else "initial",
+        "seconds": round(time.perf_counter() - started, 1),
+        "device": str(teacher.device),
+    }
+    chosen = after_fit if improved else initial
+    return replace(
+        chosen, method="distill" if improved else initial.method, notes={**initial.notes, "distill": record}
+    )
