@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "reconstruct": "reconstruct:reconstruct",
     "inspect": "inspect:inspect",
     "calibrate": "calibrate:calibrate",
+    "ci": "ci:ci",
 }
 
 

@@ -46,6 +46,19 @@ def read_texts(path: str | Path) -> list[str]:
     return texts
 
 
+DEFAULT_CORPUS = "calibration.txt"
+
+
+def default_texts() -> list[str]:
+    """The packaged general-purpose corpus (145 short texts: prose, instructions, dialogue, questions,
+    code and numbers), for when the user gives no calibration texts. Texts from the adapter's own
+    domain are better; this keeps compression usable without them."""
+    from importlib.resources import files
+
+    data = files("adapters.compress").joinpath("data", DEFAULT_CORPUS).read_text(encoding="utf-8")
+    return [line.strip() for line in data.splitlines() if line.strip()]
+
+
 def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:
     """A seeded split into (fit, held-out) texts; both non-empty when there are two or more texts."""
     order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
@@ -89,13 +102,16 @@ def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
 def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path | None = None):
     """The base model with a PEFT adapter applied (a directory, or a checkpoint written to workdir)."""
     import tempfile
+    import warnings
 
     from peft import PeftModel
 
     if isinstance(adapter, LoraCheckpoint):
         workdir = Path(workdir or tempfile.mkdtemp(prefix="adapters-"))
         adapter = write_adapter(adapter, workdir)
-    return PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations PEFT trips
+        return PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()
 
 
 def token_batches(

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from . import service
+from .codecs import CodecEnvironment
 from .db import Database
 from .progress import Reporter
 from .refs import AdapterName, Ref
@@ -27,9 +28,11 @@ class LocalRegistry:
         *,
         max_upload_bytes: int | None = None,
         auto_upgrade: bool = False,
+        environment: CodecEnvironment | None = None,
     ) -> None:
         self.db = database
         self.storage = storage
+        self.environment = environment
         self.max_upload_bytes = max_upload_bytes
         self.auto_upgrade = auto_upgrade
         self._schema_checked = False
@@ -43,6 +46,7 @@ class LocalRegistry:
             storage_from_url(settings.storage_url),
             max_upload_bytes=settings.max_upload_bytes,
             auto_upgrade=settings.embedded,
+            environment=CodecEnvironment.from_settings(settings),
         )
 
     def close(self) -> None:
@@ -106,7 +110,9 @@ class LocalRegistry:
             self.db, self.storage, request, max_bytes=self.max_upload_bytes, reporter=reporter
         )
         if pushed.created and process:
-            service.process_version(self.db, self.storage, pushed.version_id, reporter=reporter)
+            service.process_version(
+                self.db, self.storage, pushed.version_id, reporter=reporter, environment=self.environment
+            )
         return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
 
     def process(self, ref: str | Ref, *, reporter: Reporter | None = None) -> VersionView:
@@ -114,7 +120,9 @@ class LocalRegistry:
         self._ready()
         with self.db.transaction() as session:
             version_id = service.resolve(session, ref).id
-        service.process_version(self.db, self.storage, version_id, reporter=reporter)
+        service.process_version(
+            self.db, self.storage, version_id, reporter=reporter, environment=self.environment
+        )
         return self._version_view(version_id)
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:

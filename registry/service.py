@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
+from .codecs import CodecEnvironment, build_codec
 from .db import Database, utcnow
 from .errors import (
     AdapterConflict,
@@ -280,7 +281,12 @@ class Outcome:
 
 
 def process_version(
-    db: Database, storage: BlobStorage, version_id: int, *, reporter: Reporter | None = None
+    db: Database,
+    storage: BlobStorage,
+    version_id: int,
+    *,
+    reporter: Reporter | None = None,
+    environment: CodecEnvironment | None = None,
 ) -> int:
     """Run the requested codec on a `pending` version and record the outcome.
 
@@ -296,8 +302,11 @@ def process_version(
             raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
         version.status = VersionStatus.COMPRESSING.value
         source, requested = (version.source_digest, version.source_size), dict(version.requested)
+        requested.setdefault("base_model", version.adapter.base_model)
     try:
-        outcome = run_codec(storage, source, requested, reporter=reporter or SilentReporter())
+        outcome = run_codec(
+            storage, source, requested, reporter=reporter or SilentReporter(), environment=environment
+        )
         with db.transaction() as session:
             _record_outcome(session, version_id, outcome)
     except BaseException as exc:
@@ -308,18 +317,25 @@ def process_version(
 
 
 def run_codec(
-    storage: BlobStorage, source: tuple[str, int], requested: dict[str, Any], *, reporter: Reporter
+    storage: BlobStorage,
+    source: tuple[str, int],
+    requested: dict[str, Any],
+    *,
+    reporter: Reporter,
+    environment: CodecEnvironment | None = None,
 ) -> Outcome:
-    """Fetch the source blob (verified), run the requested codec, store the artifact if it is a new
-    blob, and apply the fidelity gate. Touches no database."""
-    from adapters.compress.codec import make_codec, reconstruct
+    """Fetch the source blob (verified), run the requested codec (with the base model, where this
+    machine has it), store the artifact if it is a new blob, and apply the fidelity gate. Touches no
+    database."""
+    from adapters.compress.codec import reconstruct
 
     source_digest = source[0]
     with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
         source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
         storage.get_file(source_digest, source_file)
         checkpoint = reconstruct(source_file)
-        codec = make_codec(requested["codec"], **requested.get("params", {}))
+        base_model = requested.get("base_model") or checkpoint.config.get("base_model_name_or_path")
+        codec, setup = build_codec(requested, base_model, environment)
         with reporter.task(
             f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
         ) as advance:
@@ -333,6 +349,7 @@ def run_codec(
         fidelity = _json_safe(
             {
                 **report.fidelity,
+                **({"setup": setup} if setup else {}),
                 "source_bytes": report.source_bytes,
                 "artifact_bytes": report.artifact_bytes,
                 "ratio": round(report.ratio, 3),

@@ -29,6 +29,16 @@ class Settings(BaseSettings):
     url: str = Field(default="", description="Base URL of a remote registry API; empty means embedded mode.")
     token: SecretStr | None = Field(default=None, description="Bearer token for the remote API.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, description="Largest accepted adapter upload.")
+    models_dir: Path | None = Field(
+        default=None,
+        description="Base models on this machine, as <dir>/<org>/<name> or <dir>/<org>--<name>: compression "
+        "distills against them and gates on held-out agreement.",
+    )
+    calibration_texts: Path | None = Field(
+        default=None,
+        description="Calibration texts (.txt or .jsonl) for compression; default: the packaged corpus.",
+    )
+    device: str | None = Field(default=None, description="Device for compression: cpu, cuda (default: auto).")
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
