@@ -11,9 +11,9 @@ from .context import AppContext, echo_table, human_size, json_option, pass_app
 
 
 def _summary(path: Path) -> dict:
+    from adapters.compress.artifact import HEADER_KEY, decode_header
     from adapters.compress.codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
     from adapters.compress.errors import InvalidArtifact
-    from adapters.compress.nola import HEADER_KEY, decode_header
     from adapters.compress.stfile import read_metadata
 
     metadata = read_metadata(path)

@@ -1,24 +1,13 @@
 """The NOLA codec: LoRA factors as quantized coefficients over seeded random bases.
 
-Artifact (one safetensors file):
-  tensors   `nola.codes` (uint8, every factor's packed codes), `nola.scales` (fp16 group scales), and
-            every tensor NOLA does not model under its PEFT key (lossless).
-  metadata  format name/version and the PEFT config (see codec.py); `nola.header`: JSON (zlib, then
-            base64, since per-module records would otherwise outweigh a small adapter's
-            coefficients) with the generator (name, version, seed, fingerprint), basis family,
-            layout, group size, the source digest, the codec parameters and fidelity summary, and
-            one record per module (shapes, dtypes, and per factor: k, format, byte
-            ranges, basis digest, errors); `nola.checksum`: sha256 of everything else, so any
-            corruption or edit is caught. `adapters inspect` prints the header.
+This module chooses and fits the coefficients (configuration, rate-distortion search, closed-form
+fits with quantized refinement) and makes the codec; `artifact.py` writes and reads the file.
 """
 
 from __future__ import annotations
 
-import base64
 import hashlib
-import json
 import math
-import zlib
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -28,34 +17,24 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import philox, stfile
+from . import artifact, philox
 from .allocate import Candidate, allocate, k_grid
 from .bases import FAMILIES, FastBasis, basis_key, make_basis, positions_for
 from .codec import (
     CompressionReport,
     Progress,
     canonical_bytes,
-    config_metadata,
     register_codec,
 )
-from .errors import CompressError, InvalidArtifact
+from .errors import CompressError
 from .fidelity import measure
 from .fit import BasisMetric, ColumnMetric, balance, fit_group, subspace_fit, weighted_quad
-from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair
-from .quant import BITS, FORMATS, Quantized, dequantize, fake_quantize, stored_nbytes
+from .peft_io import LoraCheckpoint, LoraPair
+from .quant import BITS, FORMATS, Quantized, fake_quantize, stored_nbytes
 from .stats import InputStats
 
-HEADER_KEY = "nola.header"
-CHECKSUM_KEY = "nola.checksum"
-CODES_KEY = "nola.codes"
-SCALES_KEY = "nola.scales"
-LAYOUT = "rows"
 FITS = ("auto", "weight", "activation", "distill")
 WEIGHTINGS = ("absolute", "relative", "balanced")
-_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
-_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
-# Modules per batch are bounded so the largest intermediate stays near this many numbers.
-_BATCH_ELEMENTS = 1 << 25
 
 
 @dataclass
@@ -157,7 +136,7 @@ def _batches(
     for (rank, n_in, n_out), members in sorted(groups.items()):
         full = any(stats.get(p.module) is not None and not stats[p.module].low_rank for p in members)
         width = n_in * n_in * 3 if full else max(n_in, n_out) * (rank + 512)
-        size = max(1, _BATCH_ELEMENTS // width)
+        size = max(1, artifact.BATCH_ELEMENTS // width)
         for start in range(0, len(members), size):
             chunk = members[start : start + size]
             yield _Batch(
@@ -230,53 +209,10 @@ def _fixed_choice(rank: int, n: int, cfg: NolaConfig) -> Candidate:
     return Candidate(k, cfg.bits, 0.0, stored_nbytes(rank, k, cfg.bits, cfg.group_size))
 
 
-def _module_record(
-    pair: LoraPair, checkpoint: LoraCheckpoint, qa: Quantized, qb: Quantized, digests: tuple[str, str]
-) -> dict[str, Any]:
-    record = {
-        "module": pair.module,
-        "rank": pair.rank,
-        "in": pair.in_features,
-        "out": pair.out_features,
-        "dtype_a": _DTYPE_NAMES[checkpoint.tensors[pair.a_key].dtype],
-        "dtype_b": _DTYPE_NAMES[checkpoint.tensors[pair.b_key].dtype],
-        "A": {"k": qa.k, "format": qa.fmt, "digest": digests[0]},
-        "B": {"k": qb.k, "format": qb.fmt, "digest": digests[1]},
-    }
-    default_a, default_b = _default_keys(pair.module)
-    if (pair.a_key, pair.b_key) != (default_a, default_b):
-        record.update(a_key=pair.a_key, b_key=pair.b_key)
-    return record
-
-
-def _default_keys(module: str) -> tuple[str, str]:
-    return f"{KEY_PREFIX}{module}.lora_A.weight", f"{KEY_PREFIX}{module}.lora_B.weight"
-
-
-def encode_header(header: dict[str, Any]) -> str:
-    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
-    return base64.b64encode(zlib.compress(text, 9)).decode()
-
-
-def decode_header(value: str) -> dict[str, Any]:
-    try:
-        header = json.loads(zlib.decompress(base64.b64decode(value, validate=True)))
-    except (ValueError, zlib.error):
-        raise InvalidArtifact("corrupt: the NOLA header cannot be read") from None
-    if not isinstance(header, dict):
-        raise InvalidArtifact("corrupt: the NOLA header is not an object")
-    return header
-
-
-def _checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
-    meta = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
-    return hashlib.sha256(stfile.dumps(tensors, meta)).hexdigest()
-
-
 @register_codec
 class NolaCodec:
-    name: ClassVar[str] = "nola"
-    format_version: ClassVar[int] = 1
+    name: ClassVar[str] = artifact.FORMAT
+    format_version: ClassVar[int] = artifact.FORMAT_VERSION
 
     def __init__(
         self,
@@ -336,11 +272,7 @@ class NolaCodec:
     def decode(
         self, tensors: dict[str, torch.Tensor], metadata: dict[str, str], config: dict[str, Any]
     ) -> dict[str, torch.Tensor]:
-        if metadata.get(CHECKSUM_KEY) != _checksum(tensors, metadata):
-            raise InvalidArtifact("checksum mismatch: the artifact was corrupted or edited")
-        if HEADER_KEY not in metadata:
-            raise InvalidArtifact("corrupt: the artifact has no NOLA header")
-        return _decode_tensors(decode_header(metadata[HEADER_KEY]), tensors, resolve_device("auto"))
+        return artifact.decode(tensors, metadata, resolve_device("auto"))
 
 
 @dataclass
@@ -438,35 +370,13 @@ def fit_adapter(
     return NolaFit(cfg, modules, "activation" if stats else "weight", stats, lora_bytes)
 
 
-def _digests(modules: Sequence[ModuleFit], cfg: NolaConfig, device: torch.device) -> list[tuple[str, str]]:
-    """Each module's (A, B) basis digests, building the bases batched by size."""
-    out: dict[tuple[str, int], str] = {}
-    for side in ("A", "B"):
-        by_n: dict[int, list[int]] = defaultdict(list)
-        for i, m in enumerate(modules):
-            by_n[m.pair.in_features if side == "A" else m.pair.out_features].append(i)
-        for n, members in by_n.items():
-            ks = [(modules[i].stored_a if side == "A" else modules[i].stored_b).k for i in members]
-            keys = [basis_key(cfg.seed, modules[i].pair.module, side) for i in members]
-            for i, digest in zip(members, make_basis(cfg.basis, n, ks, keys, device).digests()):
-                out[(side, i)] = digest
-    return [(out[("A", i)], out[("B", i)]) for i in range(len(modules))]
-
-
 def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, CompressionReport]:
     """The artifact for fitted coefficients, with fidelity measured on what a reader rebuilds."""
     cfg = fitted.config
     device = resolve_device(cfg.device)
-    records, codes, scales = [], [], []
-    for module, digests in zip(fitted.modules, _digests(fitted.modules, cfg, device)):
-        record = _module_record(module.pair, checkpoint, module.stored_a, module.stored_b, digests)
-        for side, q in (("A", module.stored_a), ("B", module.stored_b)):
-            payload = q.payload()
-            record[side]["codes"] = [sum(t.numel() for t in codes), payload.numel()]
-            record[side]["scales"] = [sum(t.numel() for t in scales), q.scales.numel()]
-            codes.append(payload)
-            scales.append(q.scales)
-        records.append(record)
+    stored = [(m.pair, m.stored_a, m.stored_b) for m in fitted.modules]
+    digests = artifact.basis_digests(stored, cfg.basis, cfg.seed, device)
+    records, codes, scales = artifact.pack(checkpoint, stored, digests)
     source = canonical_bytes(checkpoint)
     header: dict[str, Any] = {
         "generator": {
@@ -476,7 +386,7 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
             "fingerprint": philox.fingerprint(cfg.seed, device),
         },
         "basis": cfg.basis,
-        "layout": LAYOUT,
+        "layout": artifact.LAYOUT,
         "group_size": cfg.group_size,
         "source_digest": hashlib.sha256(source).hexdigest(),
         "params": asdict(cfg),
@@ -486,28 +396,24 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
     }
     pairs = [m.pair for m in fitted.modules]
     extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
-    tensors = {
-        CODES_KEY: torch.cat(codes) if codes else torch.empty(0, dtype=torch.uint8),
-        SCALES_KEY: torch.cat(scales) if scales else torch.empty(0, dtype=torch.float16),
-        **extras,
-    }
-    decoded = _decode_tensors(header, tensors, device)
+    tensors = {artifact.CODES_KEY: codes, artifact.SCALES_KEY: scales, **extras}
+    decoded = artifact.decode_tensors(header, tensors, device)
     fidelity = measure(checkpoint, decoded, pairs, fitted.stats)
     header["fidelity"] = {k: v for k, v in fidelity.items() if k != "modules"}
     for record, errors in zip(records, fidelity["modules"]):
         record["errors"] = errors
-    data = _serialize(checkpoint.config, header, tensors)
+    data = artifact.serialize(checkpoint.config, header, tensors)
     params = {
         **asdict(cfg),
         "fit": fitted.method,
-        "layout": LAYOUT,
+        "layout": artifact.LAYOUT,
         "bits_per_coefficient": _mean_bits(records),
         "coefficients": sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records),
     }
     fidelity.update(
         lossless_tensors=len(extras),
         lora_bytes=fitted.lora_bytes,
-        coefficient_bytes=tensors[CODES_KEY].numel() + 2 * tensors[SCALES_KEY].numel(),
+        coefficient_bytes=codes.numel() + 2 * scales.numel(),
         **{k: v for k, v in fitted.notes.items() if k == "distill"},
     )
     report = CompressionReport(
@@ -529,99 +435,3 @@ def _mean_bits(records: Sequence[dict]) -> float:
     coeffs = sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records)
     bits = sum(r["rank"] * r[s]["k"] * BITS[r[s]["format"]] for r in records for s in ("A", "B"))
     return round(bits / coeffs, 3) if coeffs else 0.0
-
-
-def _serialize(config: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
-    metadata = config_metadata(NolaCodec, config)
-    metadata[HEADER_KEY] = encode_header(header)
-    metadata[CHECKSUM_KEY] = _checksum(tensors, metadata)
-    return stfile.dumps(tensors, metadata)
-
-
-def _decode_tensors(
-    header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device
-) -> dict[str, torch.Tensor]:
-    """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
-    try:
-        generator = header["generator"]
-        family, layout, group_size = header["basis"], header["layout"], int(header["group_size"])
-        records = header["modules"]
-        seed = int(generator["seed"])
-    except (KeyError, TypeError, ValueError):
-        raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
-    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
-        raise InvalidArtifact(
-            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
-            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
-        )
-    if generator.get("fingerprint") != philox.fingerprint(seed, device):
-        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
-    if layout != LAYOUT or family not in FAMILIES:
-        raise InvalidArtifact(f"unsupported basis {family!r} / layout {layout!r}")
-    codes, scales = tensors.get(CODES_KEY), tensors.get(SCALES_KEY)
-    if codes is None or scales is None or codes.dtype != torch.uint8 or scales.dtype != torch.float16:
-        raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
-    out = {k: v for k, v in tensors.items() if k not in (CODES_KEY, SCALES_KEY)}
-    by_shape: dict[tuple[int, int, int], list[dict]] = defaultdict(list)
-    try:
-        for record in records:
-            by_shape[(int(record["rank"]), int(record["in"]), int(record["out"]))].append(record)
-        for (rank, n_in, n_out), members in sorted(by_shape.items()):
-            size = max(1, _BATCH_ELEMENTS // (max(n_in, n_out) * (rank + 64)))
-            for start in range(0, len(members), size):
-                chunk = members[start : start + size]
-                a_hat = _expand_side(chunk, "A", n_in, rank, family, seed, group_size, codes, scales, device)
-                b_hat = _expand_side(chunk, "B", n_out, rank, family, seed, group_size, codes, scales, device)
-                for record, a, b in zip(chunk, a_hat, b_hat):
-                    default_a, default_b = _default_keys(record["module"])
-                    out[record.get("a_key", default_a)] = a.to(_DTYPES[record["dtype_a"]]).cpu()
-                    out[record.get("b_key", default_b)] = (
-                        b.T.to(_DTYPES[record["dtype_b"]]).contiguous().cpu()
-                    )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise InvalidArtifact(f"corrupt module record: {exc}") from None
-    return out
-
-
-def _expand_side(
-    records: Sequence[dict],
-    side: str,
-    n: int,
-    rank: int,
-    family: str,
-    seed: int,
-    group_size: int,
-    codes: torch.Tensor,
-    scales: torch.Tensor,
-    device: torch.device,
-) -> torch.Tensor:
-    """Rows of one factor for a batch of modules: A^ [b, r, in] or B^T [b, r, out]."""
-    ks = [int(r[side]["k"]) for r in records]
-    if any(k < 1 or k > n for k in ks):
-        raise InvalidArtifact(f"corrupt: a subspace size lies outside 1..{n}")
-    basis = make_basis(family, n, ks, [basis_key(seed, r["module"], side) for r in records], device)
-    coeffs = torch.zeros(len(records), rank, basis.kmax, dtype=torch.float32, device=device)
-    for i, record in enumerate(records):
-        entry = record[side]
-        if entry["format"] not in FORMATS:
-            raise InvalidArtifact(f"corrupt: unknown coefficient format {entry['format']!r}")
-        stored = Quantized.from_payload(
-            entry["format"],
-            rank,
-            ks[i],
-            group_size,
-            _slice(codes, entry["codes"]),
-            _slice(scales, entry["scales"]),
-        )
-        coeffs[i, :, : ks[i]] = dequantize(stored).to(device)
-    for record, digest in zip(records, basis.digests()):
-        if record[side]["digest"] != digest:
-            raise InvalidArtifact(f"{record['module']}: basis digest mismatch (generator or k differ)")
-    return basis.expand(coeffs)  # [b, r, n]
-
-
-def _slice(flat: torch.Tensor, span: Sequence[int]) -> torch.Tensor:
-    start, length = int(span[0]), int(span[1])
-    if start < 0 or length < 0 or start + length > flat.numel():
-        raise InvalidArtifact("corrupt: a coefficient range lies outside the stored data")
-    return flat[start : start + length]

@@ -6,11 +6,12 @@ import pytest
 import torch
 
 from adapters.compress import stfile
+from adapters.compress.artifact import HEADER_KEY, decode_header
 from adapters.compress.calibration import collect_stats, split_texts
 from adapters.compress.codec import reconstruct
 from adapters.compress.distill import DistillConfig, Teacher, distill
 from adapters.compress.errors import CompressError
-from adapters.compress.nola import HEADER_KEY, NolaCodec, NolaConfig, decode_header, fit_adapter, lora_pairs
+from adapters.compress.nola import NolaCodec, NolaConfig, fit_adapter, lora_pairs
 from adapters.compress.peft_io import read_adapter
 from adapters.compress.pipeline import Gate, run
 from tests.factories import save_tiny_llama, template_texts, train_adapter

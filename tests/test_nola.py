@@ -9,6 +9,8 @@ import pytest
 import torch
 
 from adapters.compress import stfile
+from adapters.compress.artifact import CHECKSUM_KEY, CODES_KEY, HEADER_KEY, decode_header, encode_header
+from adapters.compress.artifact import checksum as _checksum
 from adapters.compress.codec import (
     FORMAT_KEY,
     VERSION_KEY,
@@ -17,16 +19,7 @@ from adapters.compress.codec import (
     reconstruct_to_dir,
 )
 from adapters.compress.errors import CompressError, InvalidArtifact
-from adapters.compress.nola import (
-    CHECKSUM_KEY,
-    CODES_KEY,
-    HEADER_KEY,
-    NolaCodec,
-    NolaConfig,
-    _checksum,
-    decode_header,
-    encode_header,
-)
+from adapters.compress.nola import NolaCodec, NolaConfig
 from adapters.compress.peft_io import SAFETENSORS_FILE, read_adapter
 from adapters.compress.stats import InputStats, load_stats, save_stats
 from tests.factories import make_adapter, tiny_llama, token_batch

@@ -1,0 +1,227 @@
+"""The NOLA artifact: one safetensors file, written and read here.
+
+tensors   `nola.codes` (uint8: every factor's exponents and packed codes), `nola.scales` (fp16 group
+          scales), and every tensor NOLA does not model under its PEFT key (lossless).
+metadata  format name/version and the PEFT config (see codec.py); `nola.header`: JSON (zlib, then
+          base64, since per-module records would otherwise outweigh a small adapter's coefficients)
+          with the generator (name, version, seed, fingerprint), basis family, layout, group size,
+          the source digest, the codec parameters and fidelity summary, and one record per module
+          (shapes, dtypes, and per factor: k, format, byte ranges, basis digest, errors);
+          `nola.checksum`: sha256 of everything else, so any corruption or edit is caught.
+`adapters inspect` prints the header.
+
+Reading checks, in order: the checksum, the generator's name, version and fingerprint on this device,
+every byte range, every coefficient format, and every module's basis digest: only then are the
+factors rebuilt, batch by batch of same-shaped modules (bounded memory).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import zlib
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from . import philox, stfile
+from .bases import FAMILIES, basis_key, make_basis
+from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
+from .errors import InvalidArtifact
+from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair
+from .quant import FORMATS, Quantized, dequantize
+
+FORMAT = "nola"
+FORMAT_VERSION = 1
+HEADER_KEY = "nola.header"
+CHECKSUM_KEY = "nola.checksum"
+CODES_KEY = "nola.codes"
+SCALES_KEY = "nola.scales"
+LAYOUT = "rows"
+_DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
+_DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
+# Modules decoded together are bounded so the largest intermediate stays near this many numbers.
+BATCH_ELEMENTS = 1 << 25
+
+
+def default_keys(module: str) -> tuple[str, str]:
+    return f"{KEY_PREFIX}{module}.lora_A.weight", f"{KEY_PREFIX}{module}.lora_B.weight"
+
+
+def encode_header(header: dict[str, Any]) -> str:
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    return base64.b64encode(zlib.compress(text, 9)).decode()
+
+
+def decode_header(value: str) -> dict[str, Any]:
+    try:
+        header = json.loads(zlib.decompress(base64.b64decode(value, validate=True)))
+    except (ValueError, zlib.error):
+        raise InvalidArtifact("corrupt: the NOLA header cannot be read") from None
+    if not isinstance(header, dict):
+        raise InvalidArtifact("corrupt: the NOLA header is not an object")
+    return header
+
+
+def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    meta = {k: v for k, v in metadata.items() if k != CHECKSUM_KEY}
+    return hashlib.sha256(stfile.dumps(tensors, meta)).hexdigest()
+
+
+def basis_digests(
+    modules: Sequence[tuple[LoraPair, Quantized, Quantized]], family: str, seed: int, device: torch.device
+) -> list[tuple[str, str]]:
+    """Each module's (A, B) basis digests, building the bases batched by size."""
+    out: dict[tuple[str, int], str] = {}
+    for side in ("A", "B"):
+        by_n: dict[int, list[int]] = defaultdict(list)
+        for i, (pair, _, _) in enumerate(modules):
+            by_n[pair.in_features if side == "A" else pair.out_features].append(i)
+        for n, members in by_n.items():
+            ks = [modules[i][1 if side == "A" else 2].k for i in members]
+            keys = [basis_key(seed, modules[i][0].module, side) for i in members]
+            for i, digest in zip(members, make_basis(family, n, ks, keys, device).digests()):
+                out[(side, i)] = digest
+    return [(out[("A", i)], out[("B", i)]) for i in range(len(modules))]
+
+
+def pack(
+    checkpoint: LoraCheckpoint,
+    modules: Sequence[tuple[LoraPair, Quantized, Quantized]],
+    digests: Sequence[tuple[str, str]],
+) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
+    """Module records and the concatenated byte and scale tensors they point into."""
+    records, codes, scales = [], [], []
+    offsets = [0, 0]
+    for (pair, qa, qb), (digest_a, digest_b) in zip(modules, digests):
+        record: dict[str, Any] = {
+            "module": pair.module,
+            "rank": pair.rank,
+            "in": pair.in_features,
+            "out": pair.out_features,
+            "dtype_a": _DTYPE_NAMES[checkpoint.tensors[pair.a_key].dtype],
+            "dtype_b": _DTYPE_NAMES[checkpoint.tensors[pair.b_key].dtype],
+        }
+        if (pair.a_key, pair.b_key) != default_keys(pair.module):
+            record.update(a_key=pair.a_key, b_key=pair.b_key)
+        for side, q, digest in (("A", qa, digest_a), ("B", qb, digest_b)):
+            payload = q.payload()
+            record[side] = {
+                "k": q.k,
+                "format": q.fmt,
+                "digest": digest,
+                "codes": [offsets[0], payload.numel()],
+                "scales": [offsets[1], q.scales.numel()],
+            }
+            offsets[0] += payload.numel()
+            offsets[1] += q.scales.numel()
+            codes.append(payload)
+            scales.append(q.scales)
+        records.append(record)
+    codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.uint8)
+    scales_t = torch.cat(scales) if scales else torch.empty(0, dtype=torch.float16)
+    return records, codes_t, scales_t
+
+
+def serialize(config: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
+    metadata = {
+        FORMAT_KEY: FORMAT,
+        VERSION_KEY: str(FORMAT_VERSION),
+        CONFIG_KEY: json.dumps(config, sort_keys=True),
+        HEADER_KEY: encode_header(header),
+    }
+    metadata[CHECKSUM_KEY] = checksum(tensors, metadata)
+    return stfile.dumps(tensors, metadata)
+
+
+def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: torch.device):
+    """Every PEFT tensor an artifact stands for, after checking everything that can be checked."""
+    if metadata.get(CHECKSUM_KEY) != checksum(tensors, metadata):
+        raise InvalidArtifact("checksum mismatch: the artifact was corrupted or edited")
+    if HEADER_KEY not in metadata:
+        raise InvalidArtifact("corrupt: the artifact has no NOLA header")
+    return decode_tensors(decode_header(metadata[HEADER_KEY]), tensors, device)
+
+
+def decode_tensors(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device
+) -> dict[str, torch.Tensor]:
+    """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
+    try:
+        generator = header["generator"]
+        family, layout, group_size = header["basis"], header["layout"], int(header["group_size"])
+        records = header["modules"]
+        seed = int(generator["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
+    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
+        raise InvalidArtifact(
+            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
+            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
+        )
+    if generator.get("fingerprint") != philox.fingerprint(seed, device):
+        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
+    if layout != LAYOUT or family not in FAMILIES:
+        raise InvalidArtifact(f"unsupported basis {family!r} / layout {layout!r}")
+    codes, scales = tensors.get(CODES_KEY), tensors.get(SCALES_KEY)
+    if codes is None or scales is None or codes.dtype != torch.uint8 or scales.dtype != torch.float16:
+        raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
+    out = {k: v for k, v in tensors.items() if k not in (CODES_KEY, SCALES_KEY)}
+    by_shape: dict[tuple[int, int, int], list[dict]] = defaultdict(list)
+    try:
+        for record in records:
+            by_shape[(int(record["rank"]), int(record["in"]), int(record["out"]))].append(record)
+        for (rank, n_in, n_out), members in sorted(by_shape.items()):
+            size = max(1, BATCH_ELEMENTS // (max(n_in, n_out) * (rank + 64)))
+            for start in range(0, len(members), size):
+                chunk = members[start : start + size]
+                a_hat = _expand_side(chunk, "A", n_in, rank, family, seed, group_size, codes, scales, device)
+                b_hat = _expand_side(chunk, "B", n_out, rank, family, seed, group_size, codes, scales, device)
+                for record, a, b in zip(chunk, a_hat, b_hat):
+                    key_a, key_b = default_keys(record["module"])
+                    out[record.get("a_key", key_a)] = a.to(_DTYPES[record["dtype_a"]]).cpu()
+                    out[record.get("b_key", key_b)] = b.T.to(_DTYPES[record["dtype_b"]]).contiguous().cpu()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArtifact(f"corrupt module record: {exc}") from None
+    return out
+
+
+def _expand_side(
+    records: Sequence[dict],
+    side: str,
+    n: int,
+    rank: int,
+    family: str,
+    seed: int,
+    group_size: int,
+    codes: torch.Tensor,
+    scales: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """Rows of one factor for a batch of modules: A^ [b, r, in] or B^T [b, r, out]."""
+    ks = [int(r[side]["k"]) for r in records]
+    if any(k < 1 or k > n for k in ks):
+        raise InvalidArtifact(f"corrupt: a subspace size lies outside 1..{n}")
+    basis = make_basis(family, n, ks, [basis_key(seed, r["module"], side) for r in records], device)
+    for record, digest in zip(records, basis.digests()):
+        if record[side]["digest"] != digest:
+            raise InvalidArtifact(f"{record['module']}: basis digest mismatch (generator or k differ)")
+    coeffs = torch.zeros(len(records), rank, basis.kmax, dtype=torch.float32, device=device)
+    for i, record in enumerate(records):
+        entry = record[side]
+        if entry["format"] not in FORMATS:
+            raise InvalidArtifact(f"corrupt: unknown coefficient format {entry['format']!r}")
+        codes_i, scales_i = _slice(codes, entry["codes"]), _slice(scales, entry["scales"])
+        stored = Quantized.from_payload(entry["format"], rank, ks[i], group_size, codes_i, scales_i)
+        coeffs[i, :, : ks[i]] = dequantize(stored).to(device)
+    return basis.expand(coeffs)  # [b, r, n]
+
+
+def _slice(flat: torch.Tensor, span: Sequence[int]) -> torch.Tensor:
+    start, length = int(span[0]), int(span[1])
+    if start < 0 or length < 0 or start + length > flat.numel():
+        raise InvalidArtifact("corrupt: a coefficient range lies outside the stored data")
+    return flat[start : start + length]
