@@ -89,15 +89,35 @@ def power_of_two_blocks(n: int) -> list[tuple[int, int]]:
     return blocks
 
 
-def _keys_tensor(keys: Sequence[tuple[int, int]], device: torch.device) -> torch.Tensor:
-    return torch.tensor([list(k) for k in keys], dtype=torch.int64, device=device).reshape(-1, 2)
+class _Batched:
+    """What every batched basis holds: n, each module's k and key, the slot mask, device and dtype."""
+
+    def __init__(
+        self,
+        n: int,
+        ks: Sequence[int],
+        keys: Sequence[tuple[int, int]],
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        if n <= 0:
+            raise ValueError(f"basis dimension must be positive, got {n}")
+        if not ks or len(ks) != len(keys):
+            raise ValueError("one k and one key per module are needed")
+        if any(k <= 0 or k > n for k in ks):
+            raise ValueError(f"every k must lie in 1..{n}, got {list(ks)}")
+        self.n, self.ks, self.kmax = n, list(ks), max(ks)
+        self.device, self.dtype = torch.device(device), dtype
+        self.keys = torch.tensor([list(k) for k in keys], dtype=torch.int64, device=self.device).reshape(
+            -1, 2
+        )
+        self.mask = (
+            torch.arange(self.kmax, device=self.device)[None, :]
+            < torch.tensor(self.ks, device=self.device)[:, None]
+        )
 
 
-def _mask(ks: Sequence[int], kmax: int, device: torch.device) -> torch.Tensor:
-    return torch.arange(kmax, device=device)[None, :] < torch.tensor(list(ks), device=device)[:, None]
-
-
-class FastBasis:
+class FastBasis(_Batched):
     """Subsampled randomized Hadamard basis; see the module docstring."""
 
     column_norm2 = 1.0
@@ -110,11 +130,8 @@ class FastBasis:
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
     ):
-        _check(n, ks, keys)
-        self.n, self.ks, self.kmax = n, list(ks), max(ks)
-        self.device, self.dtype = torch.device(device), dtype
-        key = _keys_tensor(keys, self.device)
-        self.mask = _mask(self.ks, self.kmax, self.device)
+        super().__init__(n, ks, keys, device, dtype)
+        key = self.keys
         # Random signs, 32 per word: [batch, n] each, from streams 0 and 1.
         self.d1 = _signs(key, n, 0, self.device, dtype)
         self.d2 = _signs(key, n, 1, self.device, dtype)
@@ -209,7 +226,7 @@ def positions_for(n: int, ks: Sequence[int], kmax: int | None = None) -> torch.T
     return positions
 
 
-class DenseBasis:
+class DenseBasis(_Batched):
     """The paper's dense basis: column i of P is uniform(-1, 1)^n / sqrt(k), from stream 0, row i."""
 
     def __init__(
@@ -221,11 +238,7 @@ class DenseBasis:
         dtype: torch.dtype = torch.float32,
         chunk_elements: int = DENSE_CACHE_ELEMENTS,
     ):
-        _check(n, ks, keys)
-        self.n, self.ks, self.kmax = n, list(ks), max(ks)
-        self.device, self.dtype = torch.device(device), dtype
-        self.keys = _keys_tensor(keys, self.device)
-        self.mask = _mask(self.ks, self.kmax, self.device)
+        super().__init__(n, ks, keys, device, dtype)
         self.column_norm2 = n / 3 / (sum(self.ks) / len(self.ks))  # E[u^2] = 1/3 for u ~ U(-1, 1)
         self._scale = (1.0 / torch.tensor(self.ks, dtype=torch.float64).sqrt()).to(dtype).to(self.device)
         batch = len(self.ks)
@@ -293,15 +306,6 @@ def share_out(k: int, sizes: Sequence[int]) -> list[int]:
     for i in by_remainder[: k - sum(parts)]:
         parts[i] += 1
     return parts
-
-
-def _check(n: int, ks: Sequence[int], keys: Sequence[tuple[int, int]]) -> None:
-    if n <= 0:
-        raise ValueError(f"basis dimension must be positive, got {n}")
-    if not ks or len(ks) != len(keys):
-        raise ValueError("one k and one key per module are needed")
-    if any(k <= 0 or k > n for k in ks):
-        raise ValueError(f"every k must lie in 1..{n}, got {list(ks)}")
 
 
 def make_basis(
