@@ -60,6 +60,15 @@ def inspect(app: AppContext, artifact: Path) -> None:
         if "output_rel_error" in fid:
             line += f", output error {fid['output_rel_error']:.4f} (worst {fid['output_rel_error_max']:.4f})"
         click.echo(line)
+        def sizes(entry: dict) -> str:
+            kept = [k for k in entry["k"] if k]
+            if not kept:
+                return "dropped"
+            formats = "/".join(sorted({f for k, f in zip(entry["k"], entry["format"]) if k}))
+            span = f"{min(kept)}" if min(kept) == max(kept) else f"{min(kept)}-{max(kept)}"
+            dropped = len(entry["k"]) - len(kept)
+            return f"{span} {formats}" + (f" ({dropped} dropped)" if dropped else "")
+
         rows = []
         for m in nola["modules"]:
             nbytes = m["A"]["codes"][1] + m["B"]["codes"][1] + 2 * (m["A"]["scales"][1] + m["B"]["scales"][1])
@@ -69,8 +78,8 @@ def inspect(app: AppContext, artifact: Path) -> None:
                     m["module"],
                     m["rank"],
                     f"{m['in']}x{m['out']}",
-                    f"{m['A']['k']} {m['A']['format']}",
-                    f"{m['B']['k']} {m['B']['format']}",
+                    sizes(m["A"]),
+                    sizes(m["B"]),
                     nbytes,
                     f"{errors.get('weight', 0):.4f}",
                     f"{errors['output']:.4f}" if "output" in errors else None,

@@ -6,7 +6,8 @@ metadata  format name/version and the PEFT config (see codec.py); `nola.header`:
           base64, since per-module records would otherwise outweigh a small adapter's coefficients)
           with the generator (name, version, seed, fingerprint), basis family, layout, group size,
           the source digest, the codec parameters and fidelity summary, and one record per module
-          (shapes, dtypes, and per factor: k, format, byte ranges, basis digest, errors);
+          (shapes, dtypes, and per factor: each row's k and format, byte ranges, basis digest,
+          errors);
           `nola.checksum`: sha256 of everything else, so any corruption or edit is caught.
 `adapters inspect` prints the header.
 
@@ -32,7 +33,7 @@ from .bases import FAMILIES, basis_key, make_basis
 from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair
-from .quant import FORMATS, Quantized, dequantize
+from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
 FORMAT_VERSION = 1
@@ -72,7 +73,7 @@ def checksum(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
 
 
 def basis_digests(
-    modules: Sequence[tuple[LoraPair, Quantized, Quantized]], family: str, seed: int, device: torch.device
+    modules: Sequence[tuple[LoraPair, FactorCode, FactorCode]], family: str, seed: int, device: torch.device
 ) -> list[tuple[str, str]]:
     """Each module's (A, B) basis digests, building the bases batched by size."""
     out: dict[tuple[str, int], str] = {}
@@ -81,7 +82,7 @@ def basis_digests(
         for i, (pair, _, _) in enumerate(modules):
             by_n[pair.in_features if side == "A" else pair.out_features].append(i)
         for n, members in by_n.items():
-            ks = [modules[i][1 if side == "A" else 2].k for i in members]
+            ks = [max(1, modules[i][1 if side == "A" else 2].kmax) for i in members]
             keys = [basis_key(seed, modules[i][0].module, side) for i in members]
             for i, digest in zip(members, make_basis(family, n, ks, keys, device).digests()):
                 out[(side, i)] = digest
@@ -90,7 +91,7 @@ def basis_digests(
 
 def pack(
     checkpoint: LoraCheckpoint,
-    modules: Sequence[tuple[LoraPair, Quantized, Quantized]],
+    modules: Sequence[tuple[LoraPair, FactorCode, FactorCode]],
     digests: Sequence[tuple[str, str]],
 ) -> tuple[list[dict[str, Any]], torch.Tensor, torch.Tensor]:
     """Module records and the concatenated byte and scale tensors they point into."""
@@ -107,19 +108,19 @@ def pack(
         }
         if (pair.a_key, pair.b_key) != default_keys(pair.module):
             record.update(a_key=pair.a_key, b_key=pair.b_key)
-        for side, q, digest in (("A", qa, digest_a), ("B", qb, digest_b)):
-            payload = q.payload()
+        for side, code, digest in (("A", qa, digest_a), ("B", qb, digest_b)):
+            payload, row_scales = code.payload(), code.scales()
             record[side] = {
-                "k": q.k,
-                "format": q.fmt,
+                "k": code.ks,
+                "format": code.fmts,
                 "digest": digest,
                 "codes": [offsets[0], payload.numel()],
-                "scales": [offsets[1], q.scales.numel()],
+                "scales": [offsets[1], row_scales.numel()],
             }
             offsets[0] += payload.numel()
-            offsets[1] += q.scales.numel()
+            offsets[1] += row_scales.numel()
             codes.append(payload)
-            scales.append(q.scales)
+            scales.append(row_scales)
         records.append(record)
     codes_t = torch.cat(codes) if codes else torch.empty(0, dtype=torch.uint8)
     scales_t = torch.cat(scales) if scales else torch.empty(0, dtype=torch.float16)
@@ -202,21 +203,24 @@ def _expand_side(
     device: torch.device,
 ) -> torch.Tensor:
     """Rows of one factor for a batch of modules: A^ [b, r, in] or B^T [b, r, out]."""
-    ks = [int(r[side]["k"]) for r in records]
-    if any(k < 1 or k > n for k in ks):
-        raise InvalidArtifact(f"corrupt: a subspace size lies outside 1..{n}")
-    basis = make_basis(family, n, ks, [basis_key(seed, r["module"], side) for r in records], device)
+    row_ks = [[int(k) for k in r[side]["k"]] for r in records]
+    fmts = [list(r[side]["format"]) for r in records]
+    for ks, fs in zip(row_ks, fmts):
+        if len(ks) != rank or len(fs) != rank or any(k < 0 or k > n for k in ks):
+            raise InvalidArtifact(f"corrupt: row sizes must be {rank} values in 0..{n}")
+        if any(k and f not in FORMATS for k, f in zip(ks, fs)):
+            raise InvalidArtifact("corrupt: unknown coefficient format")
+    kmax = [max(1, *ks) for ks in row_ks]
+    basis = make_basis(family, n, kmax, [basis_key(seed, r["module"], side) for r in records], device)
     for record, digest in zip(records, basis.digests()):
         if record[side]["digest"] != digest:
             raise InvalidArtifact(f"{record['module']}: basis digest mismatch (generator or k differ)")
     coeffs = torch.zeros(len(records), rank, basis.kmax, dtype=torch.float32, device=device)
     for i, record in enumerate(records):
         entry = record[side]
-        if entry["format"] not in FORMATS:
-            raise InvalidArtifact(f"corrupt: unknown coefficient format {entry['format']!r}")
-        codes_i, scales_i = _slice(codes, entry["codes"]), _slice(scales, entry["scales"])
-        stored = Quantized.from_payload(entry["format"], rank, ks[i], group_size, codes_i, scales_i)
-        coeffs[i, :, : ks[i]] = dequantize(stored).to(device)
+        payload, row_scales = _slice(codes, entry["codes"]), _slice(scales, entry["scales"])
+        code = FactorCode.decode(row_ks[i], fmts[i], group_size, payload, row_scales)
+        coeffs[i, :, : kmax[i]] = code.values(kmax[i]).to(device)
     return basis.expand(coeffs)  # [b, r, n]
 
 

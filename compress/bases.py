@@ -6,8 +6,9 @@ Two families behind one interface, both generated only from Philox streams keyed
 - `dense`: the paper's basis, k matrices with entries uniform(-1, 1) / sqrt(k). Building and applying
   it costs O(k * n) time and memory, which grows with the square of the module size at a fixed ratio.
 - `fast`: a subsampled randomized Hadamard transform. n is split into power-of-two blocks (its binary
-  expansion); in each block of size N, P = D2 H Pi D1 S: S puts the k_b coefficients of the block
-  (k shared out in proportion to block size) at its first k_b positions, D1 and D2 are seeded random
+  expansion); in each block of size N, P = D2 H Pi D1 S: S puts the k coefficients at the first k
+  positions of a fixed slot order that interleaves the blocks in proportion to their size (so the
+  subspace for any k is a prefix of the one for a larger k), D1 and D2 are seeded random
   signs, Pi is a seeded affine permutation i -> (a i + b) mod N (a odd), and H is the orthonormal
   Walsh-Hadamard transform. The columns are the Walsh functions at positions Pi^-1(0..k_b), signed
   by D2: an orthonormal basis of a random subspace, as in SRHT, from 2 bits per entry plus two words
@@ -145,7 +146,8 @@ class FastBasis(_Batched):
             a_inv = [pow(x, -1, size) if size > 1 else 0 for x in a]
             b_inv = [(-ai * bi) % size if size > 1 else 0 for ai, bi in zip(a_inv, b)]
             self._affine.append((a, b, a_inv, b_inv))
-        self.positions = positions_for(n, self.ks, self.kmax).to(self.device)
+        order = slot_order(n)[: self.kmax].to(self.device)
+        self.positions = order.expand(len(self.ks), -1)  # [batch, kmax]: the same slots for every module
 
     def _perm(self, j: int, size: int, inverse: bool) -> torch.Tensor:
         a, b, a_inv, b_inv = self._affine[j]
@@ -213,17 +215,15 @@ class FastBasis(_Batched):
         return self.select(self.rotate_t(x))
 
 
-def positions_for(n: int, ks: Sequence[int], kmax: int | None = None) -> torch.Tensor:
-    """[batch, kmax] slot -> position in [0, n): the first k_b positions of each power-of-two block.
-    Padded slots (beyond a module's k) point at 0; their coefficients are always zero."""
-    kmax = kmax or max(ks)
-    blocks = power_of_two_blocks(n)
-    positions = torch.zeros(len(ks), kmax, dtype=torch.int64)
-    for i, k in enumerate(ks):
-        per_block = share_out(k, [size for _, size in blocks])
-        chosen = [torch.arange(off, off + kb) for (off, _), kb in zip(blocks, per_block)]
-        positions[i, :k] = torch.cat(chosen)
-    return positions
+def slot_order(n: int) -> torch.Tensor:
+    """Positions 0..n-1 in the order coefficient slots use them: block b's t-th position comes at
+    (t + 1/2) / N_b, so the first k slots take k * N_b / n positions of each block, for every k."""
+    keys, positions = [], []
+    for offset, size in power_of_two_blocks(n):
+        keys.append((torch.arange(size, dtype=torch.float64) + 0.5) / size)
+        positions.append(torch.arange(offset, offset + size))
+    order = torch.argsort(torch.cat(keys), stable=True)  # ties: earlier (larger) block first
+    return torch.cat(positions)[order]
 
 
 class DenseBasis(_Batched):
@@ -295,17 +295,6 @@ def _signs(key: torch.Tensor, n: int, stream: int, device: torch.device, dtype: 
     words = philox.random_words(key, 0, (n + 31) // 32, stream=stream, device=device)  # [batch, w]
     bits = (words[..., :, None] >> torch.arange(32, device=device)) & 1  # [batch, w, 32]
     return (bits.flatten(-2)[..., :n] * 2 - 1).to(dtype)
-
-
-def share_out(k: int, sizes: Sequence[int]) -> list[int]:
-    """Split k into parts proportional to sizes (largest remainders first), each part <= its size."""
-    total = sum(sizes)
-    exact = [k * s / total for s in sizes]
-    parts = [math.floor(x) for x in exact]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: (parts[i] - exact[i], i))
-    for i in by_remainder[: k - sum(parts)]:
-        parts[i] += 1
-    return parts
 
 
 def make_basis(

@@ -22,7 +22,6 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -32,7 +31,7 @@ from .codec import Progress
 from .errors import CompressError
 from .nola import ModuleFit, NolaFit
 from .peft_io import LoraCheckpoint
-from .quant import dequantize, fake_quantize, quantize
+from .quant import FactorCode, fake_quantize
 
 
 @dataclass
@@ -71,13 +70,16 @@ class _Expand(torch.autograd.Function):
 
 @dataclass
 class _Side:
-    """One factor side (A or B) of a group of modules sharing n: basis, trainable coefficients."""
+    """One factor side (A or B) of a group of modules sharing n and rank: basis, trainable coefficients."""
 
     members: list[int]  # indices into the module list
     basis: Basis
     param: torch.nn.Parameter  # [b, r, kmax], unit RMS per module
     scale: torch.Tensor  # [b, 1, 1] RMS of the initial coefficients
-    formats: list[str]
+    mask: torch.Tensor  # [b, r, kmax]: slot s of row j is used (s < k_j)
+    codes: list[FactorCode]  # sizes and formats per row (the values are what gets trained)
+    # rows sharing (k, format), for quantizing them together: (k, fmt) -> (module index, row) pairs
+    buckets: dict[tuple[int, str], tuple[list[int], list[int]]]
 
 
 class _Student(torch.nn.Module):
@@ -94,20 +96,27 @@ class _Student(torch.nn.Module):
                 n = m.pair.in_features if side == "A" else m.pair.out_features
                 groups[(n, m.pair.rank)].append(i)
             for (n, rank), members in sorted(groups.items()):
-                stored = [self._stored(i, side) for i in members]
-                ks = [q.k for q in stored]
+                codes = [self._stored(i, side) for i in members]
+                kmax = [max(1, c.kmax) for c in codes]
                 keys = [basis_key(fit.config.seed, fit.modules[i].pair.module, side) for i in members]
-                basis = make_basis(fit.config.basis, n, ks, keys, device, torch.float32)
-                init = torch.zeros(len(members), rank, max(ks), device=device)
-                for j, q in enumerate(stored):
-                    init[j, :, : q.k] = dequantize(q).to(device)
+                basis = make_basis(fit.config.basis, n, kmax, keys, device, torch.float32)
+                init = torch.stack([c.values(basis.kmax) for c in codes]).to(device)  # [b, r, kmax]
+                slots = torch.arange(basis.kmax, device=device)
+                ks = torch.tensor([c.ks for c in codes], device=device)
+                mask = slots[None, None, :] < ks[:, :, None]
+                buckets: dict[tuple[int, str], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+                for j, code in enumerate(codes):
+                    for row, (k, fmt) in enumerate(zip(code.ks, code.fmts)):
+                        if k:
+                            buckets[(k, fmt)][0].append(j)
+                            buckets[(k, fmt)][1].append(row)
                 scale = init.pow(2).mean(dim=(1, 2), keepdim=True).sqrt().clamp_min(1e-12)
                 param = torch.nn.Parameter(init / scale)
                 params.append(param)
-                self.sides[(side, n, rank)] = _Side(members, basis, param, scale, [q.fmt for q in stored])
+                self.sides[(side, n, rank)] = _Side(members, basis, param, scale, mask, codes, dict(buckets))
         self.params = params
 
-    def _stored(self, i: int, side: str):
+    def _stored(self, i: int, side: str) -> FactorCode:
         module = self.fit.modules[i]
         return module.stored_a if side == "A" else module.stored_b
 
@@ -115,13 +124,12 @@ class _Student(torch.nn.Module):
         """Per side group: [b, r, kmax] coefficients; quantized ones pass gradients straight through."""
         out = {}
         for key, s in self.sides.items():
-            x = s.param * s.scale * s.basis.mask[:, None, :]
+            x = s.param * s.scale * s.mask
             if quantized:
                 q = torch.zeros_like(x)
-                for j, (k, fmt) in enumerate(zip(s.basis.ks, s.formats)):
-                    q[j, :, :k] = fake_quantize(x[j, :, :k].detach().float().cpu(), fmt, self.group_size).to(
-                        x
-                    )
+                for (k, fmt), (modules, rows) in s.buckets.items():
+                    chosen = x[modules, rows, :k].detach().float().cpu()  # [rows in bucket, k]
+                    q[modules, rows, :k] = fake_quantize(chosen, fmt, self.group_size).to(x)
                 x = x + (q - x).detach()
             out[key] = x
         return out
@@ -141,13 +149,15 @@ class _Student(torch.nn.Module):
         return out
 
     def export(self) -> list[ModuleFit]:
-        """Stored (really quantized) coefficients for every module."""
-        stored: dict[tuple[str, int], Any] = {}
+        """Stored (really quantized) coefficients for every module, with the same sizes and formats."""
+        stored: dict[tuple[str, int], FactorCode] = {}
         with torch.no_grad():
             for key, coeffs in self.coefficients(quantized=False).items():
                 s = self.sides[key]
-                for j, (i, k, fmt) in enumerate(zip(s.members, s.basis.ks, s.formats)):
-                    stored[(key[0], i)] = quantize(coeffs[j, :, :k].float().cpu(), fmt, self.group_size)
+                for j, (i, code) in enumerate(zip(s.members, s.codes)):
+                    stored[(key[0], i)] = FactorCode.encode(
+                        coeffs[j].float().cpu(), code.ks, code.fmts, self.group_size
+                    )
         return [
             replace(m, stored_a=stored[("A", i)], stored_b=stored[("B", i)])
             for i, m in enumerate(self.fit.modules)

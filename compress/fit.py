@@ -2,7 +2,9 @@
 
 Notation for one module: delta-W = s * B A with A [r, in], B [out, r]. Each factor's rows live in a
 seeded random subspace: A^ = XA QA^T (QA [in, kA], coefficients XA [r, kA]) and B^T = XB QB^T
-(QB [out, kB], XB [r, kB]). The loss is the output error on the module's inputs,
+(QB [out, kB], XB [r, kB]); row j may use only the first k_j columns of its Q (a smaller subspace
+of the same basis), so important rank components can get more coefficients than the rest. The loss
+is the output error on the module's inputs,
 
     E || (B A - B^ A^) x ||^2 = || (B A - B^ A^) C^(1/2) ||_F^2,      C = E[x x^T] (+ damping),
 
@@ -13,9 +15,11 @@ best pair in the two subspaces separates exactly:
 
 two closed-form least-squares solves. They are done in the *balanced gauge*: B A is rewritten as
 B' A' with A' C A'^T = B'^T B' = diag(sigma), so both factors carry each component's weight equally
-and quantization errors on either side cost the same. Quantized coefficients are then improved by
-alternating least squares on the bilinear problem: refit B given the quantized A, quantize, refit A
-given the quantized B, and so on, each half an exact r x r solve; the best round is kept.
+and quantization errors on either side cost the same; in that gauge the rows decouple, so each row
+is solved on its own subspace. Quantized coefficients are then improved by alternating least squares
+on the bilinear problem: refit B given the quantized A, quantize, refit A given the quantized B, and
+so on, each half an exact least-squares solve under the rows' subspace constraints (Gauss-Seidel over
+the r rows); the best round is kept.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 import torch
 
 from .bases import Basis, FastBasis
-from .quant import Quantized, dequantize, quantize
+from .quant import FactorCode
 from .stats import InputStats
 
 _EPS = 1e-12
@@ -129,10 +133,29 @@ class BasisMetric:
         return cls(mask=mask, w=w, iso=metric.iso, small=torch.linalg.cholesky(small))
 
     @classmethod
+    def rotated_full(cls, metric: ColumnMetric, basis: FastBasis) -> BasisMetric:
+        """For the fast basis and a full K: T^T K T by two rotations (O(n^2 log n)), its rows and
+        columns in slot order, one Cholesky factor. Every smaller k's metric and factor are leading
+        blocks of these (the slots of a smaller k are a prefix), so `prefix` costs a slice."""
+        once = basis.rotate_t(metric.full)  # rows of K T
+        both = basis.rotate_t(once.transpose(1, 2).contiguous()).to(metric.full.dtype)  # T^T K T
+        order = basis.positions  # [b, kmax]: slots -> positions
+        rows = both.gather(1, order[:, :, None].expand(-1, -1, both.shape[2]))
+        matrix = rows.gather(2, order[:, None, :].expand(-1, order.shape[1], -1))
+        matrix = 0.5 * (matrix + matrix.transpose(1, 2))
+        pad = ~basis.mask
+        matrix = matrix.masked_fill(pad[:, :, None] | pad[:, None, :], 0.0) + torch.diag_embed(
+            pad.to(matrix.dtype)
+        )
+        return cls(mask=basis.mask, matrix=matrix, cholesky=_robust_cholesky(matrix))
+
+    @classmethod
     def build(cls, metric: ColumnMetric, basis: Basis) -> BasisMetric:
         mask = basis.mask
         dtype = metric.full.dtype if metric.full is not None else torch.float64
         if isinstance(basis, FastBasis):
+            if metric.full is not None:
+                return cls.rotated_full(metric, basis)
             rotated = basis.rotate_t(metric.eigvecs.transpose(1, 2)) if metric.eigvecs is not None else None
             quick = cls.from_rotated(metric, mask, basis.select, rotated)
             if quick is not None:
@@ -146,6 +169,21 @@ class BasisMetric:
         matrix = matrix.masked_fill(pad[:, :, None] | pad[:, None, :], 0.0)
         matrix = matrix + torch.diag_embed(pad.to(dtype))
         return cls(mask=mask, matrix=matrix, cholesky=_robust_cholesky(matrix))
+
+    def prefix(self, k: int) -> BasisMetric:
+        """M restricted to the first k slots: the metric of the smaller, nested subspace."""
+        mask = self.mask[:, :k]
+        if (
+            self.matrix is not None
+        ):  # the Cholesky factor of a leading block is the leading block of the factor
+            return BasisMetric(mask=mask, matrix=self.matrix[:, :k, :k], cholesky=self.cholesky[:, :k, :k])
+        if self.w is not None:
+            w = self.w[:, :, :k]
+            small = self.iso[:, None, None] * torch.eye(w.shape[1], dtype=w.dtype, device=w.device)
+            return BasisMetric(
+                mask=mask, w=w, iso=self.iso, small=torch.linalg.cholesky(small + w @ w.transpose(1, 2))
+            )
+        return BasisMetric(mask=mask)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         """x M for x [b, r, k]."""
@@ -209,52 +247,96 @@ def subspace_fit(rows: torch.Tensor, metric: ColumnMetric, basis: Basis) -> tupl
 
 
 def weighted_quad(x: torch.Tensor, m: BasisMetric, weights: torch.Tensor) -> torch.Tensor:
-    """sum_j w_j x_j M x_j^T for x [b, r, k], weights [b, r] -> [b]."""
-    return ((m.apply(x) * x).sum(-1) * weights).sum(-1)
+    """Per row, w_j x_j M x_j^T for x [b, r, k], weights [b, r] -> [b, r]."""
+    return (m.apply(x) * x).sum(-1) * weights
 
 
-def quantize_rows(
-    x: torch.Tensor, ks: Sequence[int], fmts: Sequence[str], group_size: int
-) -> tuple[list[Quantized], torch.Tensor]:
-    """Quantize each module's [r, k_i] coefficients; returns the stored forms and their values."""
-    stored, values = [], torch.zeros_like(x)
-    for i, (k, fmt) in enumerate(zip(ks, fmts)):
-        q = quantize(x[i, :, :k], fmt, group_size)
-        stored.append(q)
-        values[i, :, :k] = dequantize(q, x.dtype).to(x.device)
-    return stored, values
+class Prefixes:
+    """A metric in a basis and its restrictions to the first k slots, built once per k."""
+
+    def __init__(self, full: BasisMetric):
+        self.full = full
+        self._cache: dict[int, BasisMetric] = {full.mask.shape[1]: full}
+
+    def __call__(self, k: int) -> BasisMetric:
+        if k not in self._cache:
+            self._cache[k] = self.full.prefix(k)
+        return self._cache[k]
+
+
+def solve_rows(rhs: torch.Tensor, metric: Prefixes, ks: torch.Tensor) -> torch.Tensor:
+    """Row j of rhs [b, r, kmax] solved on its own first k_j slots (ks [b, r]); rows independent."""
+    out = torch.zeros_like(rhs)
+    for k in sorted(set(ks.flatten().tolist()) - {0}):
+        solution = metric(k).solve(rhs[..., :k])
+        chosen = (ks == k)[..., None]
+        out[..., :k] = torch.where(chosen, solution, out[..., :k])
+    return out
+
+
+def refit_rows(
+    n: torch.Tensor,
+    rhs: torch.Tensor,
+    metric: Prefixes,
+    ks: torch.Tensor,
+    init: torch.Tensor,
+    sweeps: int = 3,
+) -> torch.Tensor:
+    """argmin over X of tr(N X M X^T) - 2 tr(X^T R), row j of X on its first k_j slots.
+
+    Gauss-Seidel over the rows: with the others fixed, row j solves N_jj x_j M = R_j - sum_i N_ji x_i M
+    exactly on its subspace. N [b, r, r] is symmetric positive definite, so each sweep lowers the
+    objective; when every row has the same k this converges to the unconstrained solve.
+    """
+    x = init.clone()
+    xm = metric.full.apply(x)  # X M, kept current row by row
+    rows = x.shape[1]
+    diag = n.diagonal(dim1=1, dim2=2).clamp_min(_EPS)  # [b, r]
+    for _ in range(sweeps):
+        for j in range(rows):
+            others = (n[:, j, :, None] * xm).sum(1) - n[:, j, j, None] * xm[:, j]  # sum_{i != j} N_ji x_i M
+            target = ((rhs[:, j] - others) / diag[:, j, None])[:, None, :]  # [b, 1, kmax]
+            row = solve_rows(target, metric, ks[:, j : j + 1])
+            x[:, j] = row[:, 0]
+            xm[:, j] = metric.full.apply(row)[:, 0]
+    return x
 
 
 @dataclass
 class GroupFit:
     """Result for a group: stored coefficients per module and the product error in the fit metric."""
 
-    stored_a: list[Quantized]
-    stored_b: list[Quantized]
+    stored_a: list[FactorCode]
+    stored_b: list[FactorCode]
     xa: torch.Tensor  # dequantized [b, r, kA]
     xb: torch.Tensor  # dequantized [b, r, kB]
     rel_error: torch.Tensor  # [b], relative squared error in the fit metric
     rounds: int
 
 
-def product_error(
-    xa: torch.Tensor,
-    xb: torch.Tensor,
-    xa0: torch.Tensor,
-    xb0: torch.Tensor,
-    ma: BasisMetric,
-    mb: BasisMetric,
-    total: torch.Tensor,
-) -> torch.Tensor:
-    """|| B'A' - B^ A^ ||^2 in the fit metric, relative to || B'A' ||^2 = total, using only r x r products.
+def _encode(
+    x: torch.Tensor, choices: Sequence[Choice], group_size: int
+) -> tuple[list[FactorCode], torch.Tensor]:
+    """Quantize each module's rows as chosen; returns the stored forms and their values."""
+    stored, values = [], torch.zeros_like(x)
+    for i, (ks, fmts) in enumerate(choices):
+        code = FactorCode.encode(x[i].detach().cpu(), ks, fmts, group_size)
+        stored.append(code)
+        values[i] = code.values(x.shape[2], x.dtype).to(x.device)
+    return stored, values
 
-    Cross terms use the normal equations: A' K QA = XA0 MA and QB^T B' = MB XB0^T.
-    """
-    na = ma.apply(xa)  # [b, r, kA]
-    nb = mb.apply(xb)
-    cross = ((nb @ xb0.transpose(1, 2)) * (xa0 @ na.transpose(1, 2)).transpose(1, 2)).sum((1, 2))
-    quad = ((nb @ xb.transpose(1, 2)) * (xa @ na.transpose(1, 2)).transpose(1, 2)).sum((1, 2))
+
+def product_error(xa, xb, ra, pb, ma: BasisMetric, mb: BasisMetric, total: torch.Tensor) -> torch.Tensor:
+    """|| B'A' - B^ A^ ||^2 in the fit metric, relative to || B'A' ||^2 = total, from r x r products:
+    <B'A', B^A^> = tr((XB PB^T)(RA XA^T)) with RA = A' K QA and PB = B'^T QB (full projections)."""
+    cross = ((xb @ pb.transpose(1, 2)) * (ra @ xa.transpose(1, 2)).transpose(1, 2)).sum((1, 2))
+    quad = ((mb.apply(xb) @ xb.transpose(1, 2)) * (ma.apply(xa) @ xa.transpose(1, 2)).transpose(1, 2)).sum(
+        (1, 2)
+    )
     return ((total - 2 * cross + quad) / total.clamp_min(_EPS)).clamp_min(0.0)
+
+
+Choice = tuple[Sequence[int], Sequence[str]]  # per row: k_j and format
 
 
 def fit_group(
@@ -263,37 +345,46 @@ def fit_group(
     metric: ColumnMetric,
     basis_a: Basis,
     basis_b: Basis,
-    fmts_a: Sequence[str],
-    fmts_b: Sequence[str],
+    choices_a: Sequence[Choice],
+    choices_b: Sequence[Choice],
     group_size: int = 64,
     rounds: int = 4,
 ) -> GroupFit:
-    """Fit and quantize the coefficients of a group of modules. a [n, r, in], b [n, out, r] (fp64)."""
+    """Fit and quantize the coefficients of a group of modules. a [n, r, in], b [n, out, r] (fp64).
+
+    choices_*: per module, each row's k (within the basis's k for that module; 0 drops the row) and
+    coefficient format.
+    """
     a_bal, b_bal, sigma = balance(a, b, metric)
     total = (sigma**2).sum(-1)
-    xa0, ma = subspace_fit(a_bal, metric, basis_a)
     identity = ColumnMetric(basis_b.n, len(basis_b.ks))
-    xb0, mb = subspace_fit(b_bal.transpose(1, 2), identity, basis_b)
+    ra = basis_a.project(metric.apply(a_bal)).to(a.dtype)  # A' K QA: [n, r, kA]
+    pb = basis_b.project(b_bal.transpose(1, 2)).to(a.dtype)  # B'^T QB: [n, r, kB]
+    ma, mb = Prefixes(metric.in_basis(basis_a)), Prefixes(identity.in_basis(basis_b))
+    ks_a = torch.tensor([list(ks) for ks, _ in choices_a], device=a.device)
+    ks_b = torch.tensor([list(ks) for ks, _ in choices_b], device=a.device)
+    # In the balanced gauge the rows decouple: each row's best coefficients on its own subspace.
+    xa0, xb0 = solve_rows(ra, ma, ks_a), solve_rows(pb, mb, ks_b)
 
-    # Round 0 quantizes the closed-form optimum; each later round refits one side given the other
-    # quantized (an exact r x r least-squares solve) and quantizes the result. Per module, the round
-    # with the least error wins.
-    stored_a, xa = quantize_rows(xa0, basis_a.ks, fmts_a, group_size)
-    stored_b, xb = quantize_rows(xb0, basis_b.ks, fmts_b, group_size)
-    best_err = product_error(xa, xb, xa0, xb0, ma, mb, total)
+    # Round 0 quantizes that optimum; each later round refits one side given the other quantized
+    # (least squares under the row constraints) and quantizes the result. Per module, the round with
+    # the least error wins.
+    stored_a, xa = _encode(xa0, choices_a, group_size)
+    stored_b, xb = _encode(xb0, choices_b, group_size)
+    best_err = product_error(xa, xb, ra, pb, ma.full, mb.full, total)
     best_a, best_b, best_xa, best_xb = list(stored_a), list(stored_b), xa.clone(), xb.clone()
     eye = torch.eye(a.shape[1], dtype=a.dtype, device=a.device)
     ridge = 1e-12 * total[:, None, None] * eye
     for round_ in range(1, rounds):
-        if round_ % 2:  # B given quantized A: XB = (XA MA XA^T)^-1 (XA MA XA0^T) XB0
-            na = ma.apply(xa)
-            w = torch.linalg.solve(na @ xa.transpose(1, 2) + ridge, na @ xa0.transpose(1, 2))
-            stored_b, xb = quantize_rows(w @ xb0, basis_b.ks, fmts_b, group_size)
-        else:  # A given quantized B: XA = (XB MB XB^T)^-1 (XB MB XB0^T) XA0
-            nb = mb.apply(xb)
-            z = torch.linalg.solve(nb @ xb.transpose(1, 2) + ridge, nb @ xb0.transpose(1, 2))
-            stored_a, xa = quantize_rows(z @ xa0, basis_a.ks, fmts_a, group_size)
-        err = product_error(xa, xb, xa0, xb0, ma, mb, total)
+        if round_ % 2:  # B given quantized A: N = XA MA XA^T, R = XA RA^T PB
+            n = ma.full.apply(xa) @ xa.transpose(1, 2) + ridge
+            rhs = xa @ ra.transpose(1, 2) @ pb
+            stored_b, xb = _encode(refit_rows(n, rhs, mb, ks_b, xb), choices_b, group_size)
+        else:  # A given quantized B: N = XB MB XB^T, R = XB PB^T RA
+            n = mb.full.apply(xb) @ xb.transpose(1, 2) + ridge
+            rhs = xb @ pb.transpose(1, 2) @ ra
+            stored_a, xa = _encode(refit_rows(n, rhs, ma, ks_a, xa), choices_a, group_size)
+        err = product_error(xa, xb, ra, pb, ma.full, mb.full, total)
         for i in torch.nonzero(err < best_err).flatten().tolist():
             best_a[i], best_b[i], best_xa[i], best_xb[i] = stored_a[i], stored_b[i], xa[i], xb[i]
         best_err = torch.minimum(err, best_err)

@@ -18,8 +18,8 @@ from typing import Any, ClassVar
 import torch
 
 from . import artifact, philox
-from .allocate import Candidate, allocate, k_grid
-from .bases import FAMILIES, FastBasis, basis_key, make_basis, positions_for
+from .allocate import Candidate, allocate, k_grid, pareto
+from .bases import FAMILIES, FastBasis, basis_key, make_basis
 from .codec import (
     CompressionReport,
     Progress,
@@ -30,7 +30,7 @@ from .errors import CompressError
 from .fidelity import measure
 from .fit import BasisMetric, ColumnMetric, balance, fit_group, subspace_fit, weighted_quad
 from .peft_io import LoraCheckpoint, LoraPair
-from .quant import BITS, FORMATS, Quantized, fake_quantize, stored_nbytes
+from .quant import BITS, FORMATS, FactorCode, fake_quantize, row_nbytes
 from .stats import InputStats
 
 FITS = ("auto", "weight", "activation", "distill")
@@ -158,17 +158,24 @@ def _side_fits(rows: torch.Tensor, metric: ColumnMetric, family: str, n: int, ke
     metric's eigenvectors are rotated once and each k only selects its positions.
     """
     grid = k_grid(n)
-    if family != "fast" or metric.full is not None:
+    if family != "fast":
         for k in grid:
             basis = make_basis(family, n, [k] * len(keys), keys, device, torch.float64)
             x0, m = subspace_fit(rows, metric, basis)
             yield k, x0, m
         return
     full = FastBasis(n, [n] * len(keys), keys, device, torch.float64)
+    if metric.full is not None:  # one rotated metric and one Cholesky factor serve every k
+        m_full = BasisMetric.rotated_full(metric, full)
+        rotated_rows = full.select(full.rotate_t(metric.apply(rows)))  # [b, r, n] in slot order
+        for k in grid:
+            m = m_full.prefix(k)
+            yield k, m.solve(rotated_rows[..., :k]), m
+        return
     rotated_rows = full.rotate_t(metric.apply(rows))  # [b, r, n]
     rotated_vecs = full.rotate_t(metric.eigvecs.transpose(1, 2)) if metric.eigvecs is not None else None
     for k in grid:
-        positions = positions_for(n, [k] * len(keys)).to(device)
+        positions = full.positions[:, :k]  # the first k slots: the basis for this k
         mask = torch.ones(len(keys), k, dtype=torch.bool, device=device)
         select = partial(full.select, positions=positions, mask=mask)
         m = BasisMetric.from_rotated(metric, mask, select, rotated_vecs)
@@ -176,7 +183,8 @@ def _side_fits(rows: torch.Tensor, metric: ColumnMetric, family: str, n: int, ke
 
 
 def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[list[Candidate]]:
-    """Per module, two units (A then B): error if only that factor is approximated, per (k, format)."""
+    """Per module and rank component, the Pareto front of (k, format) choices for its A row and B
+    column together, and dropping it. Errors are the module's, in the fit metric, weighted per module."""
     metric = ColumnMetric.from_stats(batch.stats, batch.n_in, cfg.damp, device)
     a_bal, b_bal, sigma = balance(batch.a, batch.b, metric)
     total = (sigma**2).sum(-1)
@@ -185,28 +193,56 @@ def _candidates(batch: _Batch, cfg: NolaConfig, device: torch.device) -> list[li
     weight = {"absolute": scale2, "relative": scale2 / energy, "balanced": scale2 / energy.sqrt()}[
         cfg.weighting
     ]
-    units: list[list[Candidate]] = [[] for _ in range(2 * len(batch.pairs))]
+    count, rank = len(batch.pairs), batch.rank
+    options: list[list[list[Candidate]]] = [[[] for _ in range(count * rank)] for _ in range(2)]
     sides = (
         (0, "A", a_bal, metric, batch.n_in),
-        (1, "B", b_bal.transpose(1, 2), ColumnMetric(batch.n_out, len(batch.pairs)), batch.n_out),
+        (1, "B", b_bal.transpose(1, 2), ColumnMetric(batch.n_out, count), batch.n_out),
     )
     for side, factor, rows, side_metric, n in sides:
         keys = _keys(cfg.seed, batch.pairs, factor)
         for k, x0, m in _side_fits(rows, side_metric, cfg.basis, n, keys, device):
-            base = total - weighted_quad(x0, m, sigma)
-            flat = x0.reshape(-1, k)  # groups never span rows, so one call serves every module
+            # Row j's error with the other side exact: sigma_j (sigma_j - x0_j M x0_j^T) + quantization.
+            base = sigma**2 - weighted_quad(x0, m, sigma)  # [b, r]
+            flat = x0.reshape(-1, k)  # each row is quantized on its own (its own exponent and groups)
             for fmt in cfg.formats:
                 xq = fake_quantize(flat, fmt, cfg.group_size).reshape(x0.shape)
-                err = (base + weighted_quad(x0 - xq, m, sigma)).clamp_min(0) * weight
-                nbytes = stored_nbytes(batch.rank, k, fmt, cfg.group_size)
-                for i, e in enumerate(err.tolist()):
-                    units[2 * i + side].append(Candidate(k, fmt, e, nbytes))
+                err = (
+                    ((base + weighted_quad(x0 - xq, m, sigma)).clamp_min(0) * weight[:, None])
+                    .flatten()
+                    .tolist()
+                )
+                nbytes = row_nbytes(k, fmt, cfg.group_size)
+                for unit, e in enumerate(err):
+                    options[side][unit].append(Candidate(e, nbytes, (k, fmt)))
+    drop = (sigma**2 * weight[:, None]).flatten().tolist()
+    units = []
+    for unit in range(count * rank):
+        joint = [Candidate(drop[unit], 0, (0, None, 0, None))]
+        for ca in pareto(options[0][unit]):
+            for cb in pareto(options[1][unit]):
+                joint.append(Candidate(ca.error + cb.error, ca.nbytes + cb.nbytes, ca.option + cb.option))
+        units.append(pareto(joint))
     return units
 
 
-def _fixed_choice(rank: int, n: int, cfg: NolaConfig) -> Candidate:
-    k = min(n, max(1, round(cfg.k_fraction * n)))
-    return Candidate(k, cfg.bits, 0.0, stored_nbytes(rank, k, cfg.bits, cfg.group_size))
+def _fixed_choices(batch: _Batch, cfg: NolaConfig) -> list[list[Candidate]]:
+    """k_fraction: every row the same size and format (one candidate per component)."""
+    k_in = min(batch.n_in, max(1, round(cfg.k_fraction * batch.n_in)))
+    k_out = min(batch.n_out, max(1, round(cfg.k_fraction * batch.n_out)))
+    nbytes = row_nbytes(k_in, cfg.bits, cfg.group_size) + row_nbytes(k_out, cfg.bits, cfg.group_size)
+    option = (k_in, cfg.bits, k_out, cfg.bits)
+    return [[Candidate(0.0, nbytes, option)] for _ in range(len(batch.pairs) * batch.rank)]
+
+
+def _module_choices(options: Sequence[tuple], count: int, rank: int):
+    """Per module, ((k_j), (format_j)) of its A rows and of its B columns."""
+    choices_a, choices_b = [], []
+    for i in range(count):
+        rows = options[i * rank : (i + 1) * rank]
+        choices_a.append(([o[0] for o in rows], [o[1] for o in rows]))
+        choices_b.append(([o[2] for o in rows], [o[3] for o in rows]))
+    return choices_a, choices_b
 
 
 @register_codec
@@ -280,8 +316,8 @@ class ModuleFit:
     """One module's stored coefficients."""
 
     pair: LoraPair
-    stored_a: Quantized
-    stored_b: Quantized
+    stored_a: FactorCode
+    stored_b: FactorCode
 
 
 @dataclass
@@ -328,42 +364,29 @@ def fit_adapter(
         for p in pairs
         for k in (p.a_key, p.b_key)
     )
-    if cfg.k_fraction is not None:
-        chosen = [
-            _fixed_choice(batch.rank, n, cfg)
-            for batch in batches
-            for _ in batch.pairs
-            for n in (batch.n_in, batch.n_out)
-        ]
-        done += len(batches)
-    else:
-        units: list[list[Candidate]] = []
-        for batch in batches:
-            units.extend(_candidates(batch, cfg, device))
-            tick()
-        chosen = allocate(units, int(lora_bytes / cfg.ratio))
+    units: list[list[Candidate]] = []
+    for batch in batches:
+        units.extend(
+            _fixed_choices(batch, cfg) if cfg.k_fraction is not None else _candidates(batch, cfg, device)
+        )
+        tick()
+    chosen = allocate(units, int(lora_bytes / cfg.ratio))
 
     modules: list[ModuleFit] = []
     offset = 0
     for batch in batches:
-        picks = chosen[offset : offset + 2 * len(batch.pairs)]
-        offset += 2 * len(batch.pairs)
+        count = len(batch.pairs) * batch.rank
+        options = [c.option for c in chosen[offset : offset + count]]
+        offset += count
+        choices_a, choices_b = _module_choices(options, len(batch.pairs), batch.rank)
         metric = ColumnMetric.from_stats(batch.stats, batch.n_in, cfg.damp, device)
         keys_a, keys_b = _keys(cfg.seed, batch.pairs, "A"), _keys(cfg.seed, batch.pairs, "B")
-        basis_a = make_basis(cfg.basis, batch.n_in, [c.k for c in picks[0::2]], keys_a, device, torch.float64)
-        basis_b = make_basis(
-            cfg.basis, batch.n_out, [c.k for c in picks[1::2]], keys_b, device, torch.float64
-        )
+        kmax_a = [max(1, *ks) for ks, _ in choices_a]
+        kmax_b = [max(1, *ks) for ks, _ in choices_b]
+        basis_a = make_basis(cfg.basis, batch.n_in, kmax_a, keys_a, device, torch.float64)
+        basis_b = make_basis(cfg.basis, batch.n_out, kmax_b, keys_b, device, torch.float64)
         fitted = fit_group(
-            batch.a,
-            batch.b,
-            metric,
-            basis_a,
-            basis_b,
-            [c.fmt for c in picks[0::2]],
-            [c.fmt for c in picks[1::2]],
-            cfg.group_size,
-            cfg.rounds,
+            batch.a, batch.b, metric, basis_a, basis_b, choices_a, choices_b, cfg.group_size, cfg.rounds
         )
         modules += [ModuleFit(p, qa, qb) for p, qa, qb in zip(batch.pairs, fitted.stored_a, fitted.stored_b)]
         tick()
@@ -408,7 +431,7 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         "fit": fitted.method,
         "layout": artifact.LAYOUT,
         "bits_per_coefficient": _mean_bits(records),
-        "coefficients": sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records),
+        "coefficients": _coefficients(records),
     }
     fidelity.update(
         lossless_tensors=len(extras),
@@ -431,7 +454,17 @@ def _lossless_keys(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> lis
     return sorted(k for k in checkpoint.tensors if k not in fitted)
 
 
+def _coefficients(records: Sequence[dict]) -> int:
+    return sum(k for r in records for side in ("A", "B") for k in r[side]["k"])
+
+
 def _mean_bits(records: Sequence[dict]) -> float:
-    coeffs = sum(r["rank"] * (r["A"]["k"] + r["B"]["k"]) for r in records)
-    bits = sum(r["rank"] * r[s]["k"] * BITS[r[s]["format"]] for r in records for s in ("A", "B"))
+    bits = sum(
+        k * BITS[fmt]
+        for r in records
+        for side in ("A", "B")
+        for k, fmt in zip(r[side]["k"], r[side]["format"])
+        if k
+    )
+    coeffs = _coefficients(records)
     return round(bits / coeffs, 3) if coeffs else 0.0

@@ -19,6 +19,7 @@ Formats, with their cost per coefficient:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -220,3 +221,81 @@ def _unpack(data: torch.Tensor, fmt: str, n: int) -> torch.Tensor:
     stream = ((data[:, None] >> torch.arange(8, dtype=torch.int32)) & 1).reshape(-1)
     stream = stream[: n * bits].reshape(n, bits)
     return (stream << torch.arange(bits, dtype=torch.int32)).sum(-1)
+
+
+@dataclass
+class FactorCode:
+    """A factor's coefficients in stored form, row by row: row j has k_j coefficients (0: dropped)
+    in format fmt_j. Rows of the balanced gauge differ in importance, so each gets its own size."""
+
+    ks: list[int]
+    fmts: list[str]
+    group_size: int
+    rows: list[Quantized | None]  # None for a dropped row
+
+    @property
+    def kmax(self) -> int:
+        return max(self.ks, default=0)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(q.nbytes for q in self.rows if q is not None)
+
+    def payload(self) -> torch.Tensor:
+        parts = [q.payload() for q in self.rows if q is not None]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.uint8)
+
+    def scales(self) -> torch.Tensor:
+        parts = [q.scales for q in self.rows if q is not None]
+        return torch.cat(parts) if parts else torch.empty(0, dtype=torch.float16)
+
+    def values(self, kmax: int | None = None, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """[rows, kmax] coefficients, zero beyond each row's k."""
+        out = torch.zeros(len(self.ks), kmax if kmax is not None else max(1, self.kmax), dtype=dtype)
+        for j, q in enumerate(self.rows):
+            if q is not None:
+                out[j, : q.k] = dequantize(q, dtype)[0]
+        return out
+
+    @classmethod
+    def encode(cls, x: torch.Tensor, ks: Sequence[int], fmts: Sequence[str], group_size: int) -> FactorCode:
+        """Quantize row j of x [rows, >= k_j] to its first k_j coefficients in format fmt_j."""
+        rows = [
+            quantize(x[j : j + 1, :k], fmt, group_size) if k else None
+            for j, (k, fmt) in enumerate(zip(ks, fmts))
+        ]
+        return cls(list(ks), list(fmts), group_size, rows)
+
+    @classmethod
+    def decode(
+        cls,
+        ks: Sequence[int],
+        fmts: Sequence[str],
+        group_size: int,
+        payload: torch.Tensor,
+        scales: torch.Tensor,
+    ) -> FactorCode:
+        """Split stored bytes back into rows; ValueError when the sizes do not add up."""
+        rows: list[Quantized | None] = []
+        at_payload = at_scales = 0
+        for k, fmt in zip(ks, fmts):
+            if not k:
+                rows.append(None)
+                continue
+            n_scales = 0 if fmt == "fp16" else groups_per_row(k, group_size)
+            n_payload = stored_nbytes(1, k, fmt, group_size) - 2 * n_scales
+            part = payload[at_payload : at_payload + n_payload]
+            row_scales = scales[at_scales : at_scales + n_scales]
+            if part.numel() != n_payload or row_scales.numel() != n_scales:
+                raise ValueError("stored coefficients are shorter than their rows need")
+            rows.append(Quantized.from_payload(fmt, 1, k, group_size, part, row_scales))
+            at_payload += n_payload
+            at_scales += n_scales
+        if at_payload != payload.numel() or at_scales != scales.numel():
+            raise ValueError("stored coefficients are longer than their rows need")
+        return cls(list(ks), list(fmts), group_size, rows)
+
+
+def row_nbytes(k: int, fmt: str, group_size: int) -> int:
+    """Stored bytes of one row of k coefficients (0 for a dropped row)."""
+    return stored_nbytes(1, k, fmt, group_size) if k else 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from adapters.compress import philox
-from adapters.compress.bases import DenseBasis, FastBasis, fwht, make_basis, power_of_two_blocks, share_out
+from adapters.compress.bases import DenseBasis, FastBasis, fwht, make_basis, power_of_two_blocks, slot_order
 from tests.devices import DEVICES
 
 
@@ -22,12 +22,22 @@ def test_fwht_is_orthonormal_and_symmetric():
         fwht(torch.zeros(12))
 
 
-def test_blocks_and_share_out():
+def test_blocks_and_nested_slot_order():
     assert power_of_two_blocks(176128) == [(0, 131072), (131072, 32768), (163840, 8192), (172032, 4096)]
-    parts = share_out(100, [64, 32, 4])
-    assert sum(parts) == 100 and parts == [64, 32, 4]
-    parts = share_out(37, [64, 32, 4])
-    assert sum(parts) == 37 and all(p <= s for p, s in zip(parts, [64, 32, 4]))
+    order = slot_order(11008)
+    assert sorted(order.tolist()) == list(range(11008))
+    for k in (1, 100, 1000, 5000):  # any prefix takes each block in proportion to its size
+        for offset, size in power_of_two_blocks(11008):
+            taken = int(((order[:k] >= offset) & (order[:k] < offset + size)).sum())
+            assert abs(taken - k * size / 11008) <= 1
+
+
+def test_a_smaller_k_spans_a_subspace_of_a_larger_one():
+    small = FastBasis(96, [10], keys(1), dtype=torch.float64)
+    large = FastBasis(96, [50], keys(1), dtype=torch.float64)
+    c = torch.zeros(1, 50, dtype=torch.float64)
+    c[0, :10] = torch.randn(10, dtype=torch.float64)
+    assert torch.allclose(small.expand(c[:, :10]), large.expand(c), atol=1e-12)
 
 
 @pytest.mark.parametrize("family", ["fast", "dense"])

@@ -41,11 +41,8 @@ def test_distillation_improves_agreement_over_the_activation_fit(trained):
     assert record["loss_last"] < record["loss_first"]
     # The stored coefficients keep their sizes and formats: the byte budget is unchanged.
     for old, new in zip(initial.modules, result.modules):
-        assert (old.stored_a.k, old.stored_a.fmt, old.stored_a.nbytes) == (
-            new.stored_a.k,
-            new.stored_a.fmt,
-            new.stored_a.nbytes,
-        )
+        for before, after in ((old.stored_a, new.stored_a), (old.stored_b, new.stored_b)):
+            assert (before.ks, before.fmts, before.nbytes) == (after.ks, after.fmts, after.nbytes)
 
 
 def test_pipeline_measures_the_encoded_artifact_and_gates(trained, tmp_path):

@@ -7,12 +7,17 @@ import torch
 
 from adapters.compress import philox
 from adapters.compress.bases import make_basis
-from adapters.compress.fit import ColumnMetric, balance, fit_group, subspace_fit
+from adapters.compress.fit import ColumnMetric, Prefixes, balance, fit_group, refit_rows, subspace_fit
 from adapters.compress.stats import InputStats
 
 
 def keys(n, factor):
     return [philox.derive_key(1, f"m{i}", factor) for i in range(n)]
+
+
+def uniform(basis, rank, fmts):
+    """Every row of module i: the basis's k_i and format fmts[i]."""
+    return [([k] * rank, [fmt] * rank) for k, fmt in zip(basis.ks, fmts)]
 
 
 def second_moment(n: int, seed: int = 0) -> torch.Tensor:
@@ -42,7 +47,16 @@ def test_planted_low_rank_in_subspace_is_recovered_to_machine_precision(family, 
     metric = ColumnMetric.from_stats(METRICS[metric_name](n_in), n_in, damp=0.01)
     xa, _ = subspace_fit(a, metric, basis_a)
     assert torch.allclose(basis_a.expand(xa), a, atol=1e-10)
-    fitted = fit_group(a, b, metric, basis_a, basis_b, ["fp16"] * 2, ["fp16"] * 2, rounds=1)
+    fitted = fit_group(
+        a,
+        b,
+        metric,
+        basis_a,
+        basis_b,
+        uniform(basis_a, r, ["fp16"] * 2),
+        uniform(basis_b, r, ["fp16"] * 2),
+        rounds=1,
+    )
     assert float(fitted.rel_error.max()) < 1e-6  # fp16 coefficients: ~1e-3 relative each
     # Without quantization the product itself is exact (the same solve fit_group starts from).
     a_bal, b_bal, _ = balance(a, b, metric)
@@ -78,7 +92,11 @@ def test_reported_error_equals_the_error_of_the_expanded_factors(family, metric_
     metric = ColumnMetric.from_stats(stats[:3], 48, damp=0.0)
     basis_a = make_basis(family, 48, [12, 24, 48], keys(3, "A"), dtype=torch.float64)
     basis_b = make_basis(family, 40, [10, 20, 40], keys(3, "B"), dtype=torch.float64)
-    fitted = fit_group(a, b, metric, basis_a, basis_b, ["int8", "int4", "int8"], ["int4", "ternary", "int8"])
+    choices_a = uniform(basis_a, 4, ["int8", "int4", "int8"])
+    choices_b = uniform(basis_b, 4, ["int4", "ternary", "int8"])
+    choices_a[1] = ([24, 10, 0, 3], ["int8", "int4", None, "ternary"])  # rows of their own sizes, one dropped
+    choices_b[1] = ([20, 5, 0, 20], ["fp16", "int2", None, "int3"])
+    fitted = fit_group(a, b, metric, basis_a, basis_b, choices_a, choices_b)
     a_hat = basis_a.expand(fitted.xa)
     b_hat = basis_b.expand(fitted.xb).transpose(1, 2)
     k = torch.stack([torch.eye(48, dtype=torch.float64) if s is None else s.dense() for s in stats[:3]])
@@ -94,8 +112,9 @@ def test_alternating_refits_never_hurt():
     metric = ColumnMetric(64, 4)
     basis_a = make_basis("fast", 64, [64] * 4, keys(4, "A"), dtype=torch.float64)
     basis_b = make_basis("fast", 64, [64] * 4, keys(4, "B"), dtype=torch.float64)
-    one = fit_group(a, b, metric, basis_a, basis_b, ["int2"] * 4, ["int2"] * 4, rounds=1)
-    many = fit_group(a, b, metric, basis_a, basis_b, ["int2"] * 4, ["int2"] * 4, rounds=6)
+    choices_a, choices_b = uniform(basis_a, 8, ["int2"] * 4), uniform(basis_b, 8, ["int2"] * 4)
+    one = fit_group(a, b, metric, basis_a, basis_b, choices_a, choices_b, rounds=1)
+    many = fit_group(a, b, metric, basis_a, basis_b, choices_a, choices_b, rounds=6)
     assert bool((many.rel_error <= one.rel_error).all())
     assert float(many.rel_error.mean()) < float(one.rel_error.mean())  # and here they help
 
@@ -111,10 +130,37 @@ def test_activation_metric_beats_weight_metric_on_its_inputs():
     stats = [InputStats(n, 400, full=c.float())] * 2
 
     def output_error(metric):
-        fitted = fit_group(a, b, metric, basis_a, basis_b, ["fp16"] * 2, ["fp16"] * 2, rounds=1)
+        choices_a, choices_b = uniform(basis_a, 4, ["fp16"] * 2), uniform(basis_b, 4, ["fp16"] * 2)
+        fitted = fit_group(a, b, metric, basis_a, basis_b, choices_a, choices_b, rounds=1)
         diff = b @ a - basis_b.expand(fitted.xb).transpose(1, 2) @ basis_a.expand(fitted.xa)
         return ((diff @ c) * diff).sum((1, 2)) / ((b @ a @ c) * (b @ a)).sum((1, 2))
 
     activation = output_error(ColumnMetric.from_stats(stats, n, damp=0.0))
     weight = output_error(ColumnMetric(n, 2))
     assert bool((activation < weight).all())
+
+
+def test_rows_keep_to_their_subspaces_and_refits_solve_the_constrained_problem():
+    gen = torch.Generator().manual_seed(5)
+    n = torch.randn(2, 4, 4, dtype=torch.float64, generator=gen)
+    n = n @ n.transpose(1, 2) + 4 * torch.eye(4, dtype=torch.float64)
+    rhs = torch.randn(2, 4, 30, dtype=torch.float64, generator=gen)
+    metric = ColumnMetric.from_stats([InputStats(40, 400, full=second_moment(40).float())] * 2, 40, damp=0.01)
+    basis = make_basis("fast", 40, [30, 30], keys(2, "A"), dtype=torch.float64)
+    prefixes = Prefixes(metric.in_basis(basis))
+    same = torch.full((2, 4), 30)
+    x = refit_rows(n, rhs, prefixes, same, torch.zeros_like(rhs), sweeps=40)
+    exact = torch.linalg.solve(n, prefixes.full.solve(rhs))  # N X M = R without constraints
+    assert torch.allclose(x, exact, atol=1e-8)
+    ks = torch.tensor([[30, 12, 0, 5], [3, 30, 30, 1]])
+    x = refit_rows(n, rhs, prefixes, ks, torch.zeros_like(rhs), sweeps=40)
+    slots = torch.arange(30)
+    assert bool((x[slots[None, None, :].expand(2, 4, 30) >= ks[..., None]] == 0).all())
+
+    def objective(z):
+        return ((n @ prefixes.full.apply(z)) * z).sum((1, 2)) - 2 * (z * rhs).sum((1, 2))
+
+    # Any feasible perturbation does worse: the constrained optimum.
+    for _ in range(5):
+        noise = torch.randn(2, 4, 30, dtype=torch.float64, generator=gen) * (slots < ks[..., None])
+        assert bool((objective(x) <= objective(x + 1e-3 * noise) + 1e-12).all())

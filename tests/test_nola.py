@@ -99,7 +99,8 @@ def test_options_round_trip(adapter, tmp_path, options):
     header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
     assert header["params"] == {**asdict(NolaConfig()), "ratio": 4, **options, "fit": "weight"}  # as resolved
     if "bits" in options:
-        assert {m[s]["format"] for m in header["modules"] for s in "AB"} == {options["bits"]}
+        used = {f for m in header["modules"] for s in "AB" for k, f in zip(m[s]["k"], m[s]["format"]) if k}
+        assert used == {options["bits"]}
     assert report.params["basis"] == options.get("basis", "fast")
 
 
@@ -173,6 +174,10 @@ def _rewrite(path, out, edit_header=None, edit_metadata=None, edit_tensors=None,
     return out
 
 
+def _shrink_first_row(header):
+    header["modules"][0]["A"]["k"][0] -= 1
+
+
 def _write(path, data):
     path.write_bytes(data)
     return path
@@ -210,12 +215,7 @@ BAD_ARTIFACTS = {
         lambda p, o: _rewrite(p, o, edit_tensors=_flip_code, fix_checksum=False),
         "checksum mismatch",
     ),
-    "tampered k": (
-        lambda p, o: _rewrite(
-            p, o, edit_header=lambda h: h["modules"][0]["A"].update(k=h["modules"][0]["A"]["k"] - 1)
-        ),
-        "corrupt",
-    ),
+    "tampered k": (lambda p, o: _rewrite(p, o, edit_header=_shrink_first_row), "corrupt"),
     "tampered digest": (
         lambda p, o: _rewrite(p, o, edit_header=lambda h: h["modules"][0]["B"].update(digest="0" * 16)),
         "basis digest mismatch",
@@ -252,9 +252,8 @@ def test_fixed_size_skips_the_search(adapter, tmp_path):
     report = NolaCodec(NolaConfig(k_fraction=0.5, bits="int8")).compress(adapter, tmp_path / "a.nola")
     header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
     for module in header["modules"]:
-        assert module["A"]["k"] == round(0.5 * module["in"]) and module["B"]["k"] == round(
-            0.5 * module["out"]
-        )
+        assert module["A"]["k"] == [round(0.5 * module["in"])] * module["rank"]
+        assert module["B"]["k"] == [round(0.5 * module["out"])] * module["rank"]
     assert report.params["bits_per_coefficient"] == 8.0
     with pytest.raises(ValueError, match="bits must name a format"):
         NolaConfig(k_fraction=0.5)
