@@ -60,6 +60,7 @@ def inspect(app: AppContext, artifact: Path) -> None:
         if "output_rel_error" in fid:
             line += f", output error {fid['output_rel_error']:.4f} (worst {fid['output_rel_error_max']:.4f})"
         click.echo(line)
+
         def sizes(entry: dict) -> str:
             kept = [k for k in entry["k"] if k]
             if not kept:
