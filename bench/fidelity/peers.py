@@ -10,6 +10,10 @@ sum_m ||dW_m||^2 with dW = scale * B A, among the settings that fit the budget.
   svd        truncated SVD of each module's delta-W, U sqrt(S) and sqrt(S) V^T stored with group-
              quantized entries (one bit width for all modules); ranks allocated across modules greedily
              by singular value energy per byte.
+  svd-act    the same with the SVD taken in the metric of the module's input second moments
+             C = E[x x^T] (calibration statistics): the truncated SVD of dW C^(1/2), i.e. the best rank-k
+             approximation of the module's outputs; bits chosen by output error. The one peer that
+             uses data, for comparison with NOLA's activation-aware fit.
   compeft    ComPEFT-style on the LoRA *factors* A and B (not on the dense delta-W, which would leave
              the adapter's low-rank form): keep the top-d fraction of entries by magnitude in each
              factor, store their signs and one scale per factor (the L2-optimal mean |x| of the kept
@@ -103,16 +107,22 @@ def _delta_norms(ckpt: LoraCheckpoint, pair: LoraPair) -> float:
     return pair.scale**2 * float(((b.T @ b) * (a @ a.T)).sum())
 
 
-def weight_error(ckpt: LoraCheckpoint, tensors: dict[str, torch.Tensor]) -> float:
-    """Energy-weighted relative error of delta-W over all LoRA modules."""
+def weight_error(
+    ckpt: LoraCheckpoint, tensors: dict[str, torch.Tensor], metrics: dict[str, torch.Tensor] | None = None
+) -> float:
+    """Energy-weighted relative error of delta-W over all LoRA modules (in the metric C of each
+    module's inputs when `metrics` maps modules to C [in, in]: the output error)."""
     err = total = 0.0
     for p in ckpt.pairs:
         a, b = ckpt.tensors[p.a_key].double(), ckpt.tensors[p.b_key].double()
         ah, bh = tensors[p.a_key].double(), tensors[p.b_key].double()
         big = torch.cat([b, -bh], 1)  # [out, 2r]
         small = torch.cat([a, ah], 0)  # [2r, in]
-        err += p.scale**2 * float(((big.T @ big) * (small @ small.T)).sum())
-        total += _delta_norms(ckpt, p)
+        c = metrics[p.module] if metrics else None
+        gram = small @ (small.T if c is None else c @ small.T)  # [2r, 2r]
+        err += p.scale**2 * float(((big.T @ big) * gram).sum())
+        gram = a @ (a.T if c is None else c @ a.T)
+        total += p.scale**2 * float(((b.T @ b) * gram).sum())
     return math.sqrt(max(err, 0.0) / total)
 
 
@@ -134,18 +144,38 @@ def lora_source_bytes(ckpt: LoraCheckpoint) -> int:
 # --- (a) truncated SVD with low-bit factors --------------------------------------------------------------
 
 
-def _svd(ckpt: LoraCheckpoint, pair: LoraPair) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """delta-W = U diag(S) V^T from the factors: U [out, r], S [r], V [in, r]."""
+def _svd(
+    ckpt: LoraCheckpoint, pair: LoraPair, chol: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """delta-W L = U diag(S) V^T from the factors (L = I, or C = L L^T): U [out, r], S [r], and
+    V^T L^-1 transposed [in, r], so that delta-W ~ U diag(S) (V^T L^-1) for any truncation."""
     a, b = ckpt.tensors[pair.a_key].double(), ckpt.tensors[pair.b_key].double()
+    al = a if chol is None else a @ chol  # [r, in]
     qb, rb = torch.linalg.qr(b)  # [out, r], [r, r]
-    qa, ra = torch.linalg.qr(a.T)  # [in, r], [r, r]
+    qa, ra = torch.linalg.qr(al.T)  # [in, r], [r, r]
     u, s, vh = torch.linalg.svd(pair.scale * rb @ ra.T)
-    return qb @ u, s, qa @ vh.T
+    v = qa @ vh.T  # [in, r]
+    if chol is not None:
+        v = torch.linalg.solve_triangular(chol.T, v, upper=True)  # L^-T V: [in, r]
+    return qb @ u, s, v
 
 
-def svd_peer(ckpt: LoraCheckpoint, budget: int, group_size: int = 64) -> PeerResult:
+def metrics_from_stats(ckpt: LoraCheckpoint, stats: dict, damp: float = 0.01) -> dict[str, torch.Tensor]:
+    """C + damp * mean(diag C) * I per module, from `adapters.compress.stats.InputStats`."""
+    out = {}
+    for p in ckpt.pairs:
+        c = stats[p.module].dense()
+        out[p.module] = c + damp * float(c.diagonal().mean()) * torch.eye(c.shape[0], dtype=c.dtype)
+    return out
+
+
+def svd_peer(
+    ckpt: LoraCheckpoint, budget: int, group_size: int = 64, stats: dict | None = None
+) -> PeerResult:
     """Best over bit widths of: greedy rank allocation by s^2 per byte, then quantized factors."""
-    decomp = {p.module: _svd(ckpt, p) for p in ckpt.pairs}
+    metrics = metrics_from_stats(ckpt, stats) if stats else None
+    chols = {m: torch.linalg.cholesky(c) for m, c in metrics.items()} if metrics else {}
+    decomp = {p.module: _svd(ckpt, p, chols.get(p.module)) for p in ckpt.pairs}
     best: PeerResult | None = None
     for fmt in ("int8", "int6", "int5", "int4", "int3", "int2"):
         cost = {
@@ -180,16 +210,16 @@ def svd_peer(ckpt: LoraCheckpoint, budget: int, group_size: int = 64) -> PeerRes
                 b_hat[:, :k] = group_quantize((u[:, :k] * root).T, fmt, group_size).T  # [out, k]
             factors[p.a_key], factors[p.b_key] = a_hat, b_hat / p.scale
         tensors = _with(ckpt, factors)
-        err = weight_error(ckpt, tensors)
+        err = weight_error(ckpt, tensors, metrics)
         settings = {
             "format": fmt,
             "group_size": group_size,
             "mean_rank": round(sum(ranks.values()) / len(ranks), 2),
             "ranks": ranks,
-            "weight_rel_error": round(err, 5),
+            "output_rel_error" if metrics else "weight_rel_error": round(err, 5),
         }
-        if best is None or err < best.settings["weight_rel_error"]:
-            best = PeerResult("svd", tensors, used, settings)
+        if best is None or err < best.settings["output_rel_error" if metrics else "weight_rel_error"]:
+            best = PeerResult("svd-act" if metrics else "svd", tensors, used, settings)
     assert best is not None
     return best
 
@@ -204,7 +234,13 @@ def entropy_bits(d: float) -> float:
     return -(d * math.log2(d) + (1 - d) * math.log2(1 - d)) + d
 
 
-def compeft_peer(ckpt: LoraCheckpoint, budget: int) -> PeerResult:
+def svd_act_peer(ckpt: LoraCheckpoint, budget: int, stats: dict | None = None) -> PeerResult:
+    if not stats:
+        raise ValueError("svd-act needs input statistics")
+    return svd_peer(ckpt, budget, stats=stats)
+
+
+def compeft_peer(ckpt: LoraCheckpoint, budget: int, stats: dict | None = None) -> PeerResult:
     entries = sum(ckpt.tensors[k].numel() for p in ckpt.pairs for k in (p.a_key, p.b_key))
     overhead = RECORD_BYTES * len(ckpt.pairs) + 2 * 4 * len(ckpt.pairs)  # records + one fp32 scale per factor
     best: PeerResult | None = None
@@ -238,7 +274,7 @@ def compeft_peer(ckpt: LoraCheckpoint, budget: int) -> PeerResult:
 # --- (c) group-quantized A and B -------------------------------------------------------------------------
 
 
-def quant_peer(ckpt: LoraCheckpoint, budget: int) -> PeerResult:
+def quant_peer(ckpt: LoraCheckpoint, budget: int, stats: dict | None = None) -> PeerResult:
     best: PeerResult | None = None
     for fmt in ("int8", "int6", "int5", "int4", "int3", "int2", "ternary", "sign"):
         for group_size in (32, 64, 128, 256):
@@ -263,32 +299,39 @@ def quant_peer(ckpt: LoraCheckpoint, budget: int) -> PeerResult:
     return best
 
 
-PEERS: dict[str, Callable[[LoraCheckpoint, int], PeerResult]] = {
-    "svd": svd_peer,
+# Every peer: (checkpoint, byte budget, input statistics or None) -> result; only svd-act uses statistics.
+PEERS: dict[str, Callable[[LoraCheckpoint, int, dict | None], PeerResult]] = {
+    "svd": lambda ckpt, budget, stats=None: svd_peer(ckpt, budget),
+    "svd-act": svd_act_peer,
     "compeft": compeft_peer,
     "quant": quant_peer,
 }
 
 
 def main() -> None:
-    from common import ADAPTER
+    from pathlib import Path
+
+    from common import ADAPTER, OUT
 
     from adapters.compress.peft_io import read_adapter
+    from adapters.compress.stats import load_stats
 
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--adapter", default=str(ADAPTER), help="PEFT adapter dir (default: %(default)s)")
     parser.add_argument("--ratio", type=float, nargs="+", default=[5, 10, 20, 40])
+    parser.add_argument("--stats", default=str(OUT / "stats.safetensors"), help="input statistics (run.py)")
     args = parser.parse_args()
     ckpt = read_adapter(args.adapter)
+    stats = load_stats(args.stats) if Path(args.stats).is_file() else None
     source = lora_source_bytes(ckpt)
     print(f"{len(ckpt.pairs)} LoRA modules, {source} bytes of fp32 factors")
     for ratio in args.ratio:
         budget = int(source / ratio)
         for name, peer in PEERS.items():
             try:
-                res = peer(ckpt, budget)
+                res = peer(ckpt, budget, stats)
             except ValueError as exc:
                 print(f"{ratio:>4}x {name:8s} {exc}")
                 continue

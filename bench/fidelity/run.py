@@ -4,9 +4,10 @@ For each method at a target ratio (fp32 LoRA factor bytes / stored LoRA bytes; t
 lossless for every method and counted apart): bytes (LoRA part and whole artifact), the ratio achieved,
 energy-weighted weight and output relative errors of delta-W (output error in the metric of the
 calibration inputs' second moments), test accuracy, top-1 agreement and KL(original || method) with the
-uncompressed adapter on the test split, and wall time. Then a ratio sweep for the best NOLA variant
-and the best peer (by agreement at the main ratio), and optionally a per-module-type ablation of the
-best NOLA variant (only one kind of module reconstructed, the rest exact).
+uncompressed adapter on the test split, and wall time. Then a ratio sweep for the best closed-form NOLA
+variant and the best peer (by agreement at the main ratio; distillation only when named, it is slow on
+a CPU), and optionally a per-module-kind ablation of NOLA variants (only one kind of module taken from
+the reconstruction, the rest exact).
 
 Input statistics come from the calibration split, with `collect_stats` on the model with the original
 adapter; they are cached in bench/out/stats.safetensors (--stats; --recompute-stats to refresh).
@@ -194,7 +195,7 @@ class Bench:
     def peer(self, name: str, ratio: float) -> dict[str, Any]:
         budget = int(self.lora_bytes / ratio)
         with Timer() as t:
-            result = PEERS[name](self.ckpt, budget)
+            result = PEERS[name](self.ckpt, budget, self.stats)
         # A whole artifact would hold the stored LoRA part plus the head, losslessly, as fp32.
         artifact = result.lora_bytes + self.extra_bytes + RECORD_BYTES
         return {
@@ -312,7 +313,16 @@ def main() -> None:
     parser.add_argument("--nola", nargs="*", default=list(NOLA_VARIANTS), help="NOLA variants to run")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to run")
     parser.add_argument("--distill-steps", type=int, default=200, help="steps of the distill variant")
-    parser.add_argument("--ablate", action="store_true", help="per-module-kind ablation of the best NOLA")
+    parser.add_argument(
+        "--ablate",
+        nargs="*",
+        help="per-module-kind ablation of these NOLA variants at the main ratio ('best': the best one)",
+    )
+    parser.add_argument(
+        "--sweep-methods",
+        nargs="*",
+        help="methods for the sweep (default: the best closed-form NOLA variant and the best peer)",
+    )
     parser.add_argument("--test-limit", type=int, default=0, help="score on the first N test texts only")
     parser.add_argument("--calib-limit", type=int, default=0, help="statistics from the first N texts only")
     parser.add_argument("--stats", type=Path, default=OUT / "stats.safetensors", help="statistics cache")
@@ -351,23 +361,28 @@ def main() -> None:
 
     nola_rows = [r for r in rows if r["method"].startswith("nola")]
     peer_rows = [r for r in rows if r["method"] in PEERS]
-    best = [max(group, key=lambda r: (r["agreement"], -r["kl"])) for group in (nola_rows, peer_rows) if group]
+    best_nola = max(nola_rows, key=lambda r: (r["agreement"], -r["kl"]), default=None)
+    # The sweep skips distillation unless named: it costs minutes per ratio on a CPU.
+    closed = [r for r in nola_rows if "distill" not in r["method"]]
+    groups = (closed, peer_rows)
+    best = [max(g, key=lambda r: (r["agreement"], -r["kl"]))["method"] for g in groups if g]
+    sweep_methods = args.sweep_methods if args.sweep_methods is not None else best
+    done = {r["method"]: r for r in rows}
     sweep = []
-    for row in best:
+    for method in sweep_methods:
         for ratio in args.sweep:
-            if ratio == args.ratio:
-                sweep.append(row)
+            if ratio == args.ratio and method in done:
+                sweep.append(done[method])
                 continue
-            run = bench.nola if row["method"] in NOLA_VARIANTS else bench.peer
-            sweep.append(run(row["method"], ratio))
-            print(f"sweep {row['method']} {ratio:g}x: agreement {sweep[-1]['agreement']:.4f}", flush=True)
+            run = bench.nola if method in NOLA_VARIANTS else bench.peer
+            sweep.append(run(method, ratio))
+            print(f"sweep {method} {ratio:g}x: agreement {sweep[-1]['agreement']:.4f}", flush=True)
     result["sweep"] = sweep
     write_json(args.out, result)
-    if args.ablate and nola_rows:
-        result["ablation"] = {
-            "method": best[0]["method"],
-            "rows": bench.ablate(best[0]["method"], args.ratio),
-        }
+    ablate = args.ablate if args.ablate is not None else []
+    if ablate == ["best"]:
+        ablate = [best_nola["method"]] if best_nola else []
+    result["ablation"] = [{"method": m, "rows": bench.ablate(m, args.ratio)} for m in ablate]
     result["total_seconds"] = round(time.perf_counter() - started, 1)
     write_json(args.out, result)
 
@@ -377,10 +392,10 @@ def main() -> None:
     print(table(sorted(sweep, key=lambda r: (r["method"], r["target_ratio"]))))
     print("\n## Mean per-module relative error by kind (weight / output)\n")
     print(by_kind([r for r in rows if "modules" in r and r["method"] != "base + head only (no LoRA)"]))
-    if "ablation" in result:
-        print(f"\n## Ablation: only one module kind from {result['ablation']['method']}\n")
+    for ablation in result["ablation"]:
+        print(f"\n## Ablation: only one module kind from {ablation['method']}\n")
         print("| kind | weight err | output err | agreement | KL |\n|---|---|---|---|---|")
-        for r in result["ablation"]["rows"]:
+        for r in ablation["rows"]:
             print(
                 f"| {r['kind']} | {fmt(r['weight_rel_error'])} | {fmt(r['output_rel_error'])} "
                 f"| {fmt(r['agreement'])} | {fmt(r['kl'], 4)} |"
