@@ -94,14 +94,29 @@ def module_kind(module: str) -> str:
 
 
 def git_state() -> dict[str, Any]:
+    """Which codec was measured: a commit pinned with pin_codec.sh, or HEAD and whether compress/ of
+    the working tree differs from it."""
+    import adapters.compress
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], capture_output=True, text=True, cwd=BENCH, check=False
         ).stdout.strip()
 
+    source = Path(adapters.compress.__file__).resolve().parent
+    head = git("rev-parse", "--short", "HEAD")
+    if source.parent.parent.name.startswith("codec-"):
+        sha = source.parent.parent.name.removeprefix("codec-")
+        last = git("log", "-1", "--format=%h", sha, "--", "../compress")
+        return {"commit": sha, "compress_last_changed": last, "codec_source": str(source), "pinned": True}
+    dirty = bool(git("status", "--porcelain", "--", str(source)))
+    last = git("log", "-1", "--format=%h", "--", "../compress")
     return {
-        "commit": git("rev-parse", "--short", "HEAD"),
-        "compress_dirty": bool(git("status", "--porcelain", "--", "../compress")),
+        "commit": head,
+        "compress_last_changed": last,
+        "codec_source": str(source),
+        "pinned": False,
+        "compress_dirty": dirty,
     }
 
 
