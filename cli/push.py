@@ -44,7 +44,7 @@ def _params(values: tuple[str, ...]) -> dict[str, object]:
 )
 @json_option
 @pass_app
-def push(  # noqa: PLR0917 - click passes every option by keyword, in this order
+def push(
     app: AppContext,
     directory: Path,
     name: str,

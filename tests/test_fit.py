@@ -74,7 +74,7 @@ def test_reported_error_equals_the_error_of_the_expanded_factors(family, metric_
     gen = torch.Generator().manual_seed(1)
     a = torch.randn(3, 4, 48, dtype=torch.float64, generator=gen)
     b = torch.randn(3, 40, 4, dtype=torch.float64, generator=gen)
-    stats = METRICS[metric_name](48) + [None]
+    stats = [*METRICS[metric_name](48), None]
     metric = ColumnMetric.from_stats(stats[:3], 48, damp=0.0)
     basis_a = make_basis(family, 48, [12, 24, 48], keys(3, "A"), dtype=torch.float64)
     basis_b = make_basis(family, 40, [10, 20, 40], keys(3, "B"), dtype=torch.float64)

@@ -259,7 +259,9 @@ def test_fixed_size_skips_the_search(adapter, tmp_path):
     report = NolaCodec(NolaConfig(k_fraction=0.5, bits="int8")).compress(adapter, tmp_path / "a.nola")
     header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
     for module in header["modules"]:
-        assert module["A"]["k"] == round(0.5 * module["in"]) and module["B"]["k"] == round(0.5 * module["out"])
+        assert module["A"]["k"] == round(0.5 * module["in"]) and module["B"]["k"] == round(
+            0.5 * module["out"]
+        )
     assert report.params["bits_per_coefficient"] == 8.0
     with pytest.raises(ValueError, match="bits must name a format"):
         NolaConfig(k_fraction=0.5)

@@ -83,7 +83,9 @@ def timed(fn):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--layers", type=int, default=LAYERS)
     parser.add_argument("--ratio", type=float, default=20.0)
@@ -127,7 +129,10 @@ def main() -> None:
             small, dense_art
         )
         _, dense_s = timed(lambda: reconstruct(dense_art))
-        results["reconstruct_dense_seconds_measured"] = {"layers": args.dense_layers, "seconds": round(dense_s, 2)}
+        results["reconstruct_dense_seconds_measured"] = {
+            "layers": args.dense_layers,
+            "seconds": round(dense_s, 2),
+        }
         results["reconstruct_dense_seconds_scaled"] = round(dense_s * args.layers / args.dense_layers, 1)
 
     n = 1 << 24
