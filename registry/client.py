@@ -1,22 +1,142 @@
 """The registry as one object: a database and a blob store, with one transaction per operation.
 
 `LocalRegistry` runs the services in-process: embedded (SQLite + a folder, the default) or against
-PostgreSQL and S3 directly. Compression runs inline right after a push. Every method returns views
-(`schemas`), never ORM objects.
+PostgreSQL and S3 directly. With inline compression (embedded, or ADAPTERS_COMPRESSION=inline) the
+codec runs right after a push; otherwise the version waits, pending, for a worker. `RemoteRegistry`
+(remote.py) offers the same methods over the HTTP API. Every method returns views (`schemas`), never
+ORM objects.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from . import service
+from . import service, tokens
+from .cache import ReconstructionCache
 from .db import Database
+from .errors import WaitTimeout
 from .progress import Reporter
 from .refs import AdapterName, Ref
-from .schemas import AdapterView, AliasResult, PullResult, PushResult, ShowResult, VersionView
+from .schemas import (
+    AdapterView,
+    AliasResult,
+    PullResult,
+    PushResult,
+    ShowResult,
+    TokenCreated,
+    TokenView,
+    VersionView,
+)
 from .settings import Settings
 from .storage import BlobStorage, storage_from_url
+
+SETTLED = ("ready", "rejected", "failed")
+
+
+class Registry(Protocol):
+    """What the CLI needs from a registry, local or remote."""
+
+    def push(
+        self,
+        path: str | Path,
+        name: str | AdapterName,
+        *,
+        task: str | None = None,
+        base_model: str | None = None,
+        description: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        aliases: tuple[str, ...] | list[str] = (),
+        codec: str = "raw",
+        params: dict[str, Any] | None = None,
+        on_gate_fail: service.GateFallback = "raw",
+        created_by: str | None = None,
+        reporter: Reporter | None = None,
+    ) -> PushResult: ...
+
+    def wait(
+        self,
+        ref: str | Ref,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[VersionView], None] | None = None,
+    ) -> VersionView: ...
+
+    def pull(
+        self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
+    ) -> PullResult: ...
+
+    def resolve(self, ref: str | Ref) -> VersionView: ...
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+    ) -> list[AdapterView]: ...
+
+    def show(self, ref: str | Ref) -> ShowResult: ...
+
+    def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult: ...
+
+    def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult: ...
+
+    def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView: ...
+
+    def unyank(self, ref: str | Ref) -> VersionView: ...
+
+    def create_token(
+        self,
+        name: str,
+        scope: str,
+        *,
+        namespace: str | None = None,
+        expires_at: dt.datetime | None = None,
+        by: str | None = None,
+    ) -> TokenCreated: ...
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]: ...
+
+    def revoke_token(self, token_id: str) -> TokenView: ...
+
+    def close(self) -> None: ...
+
+
+def poll_until_settled(
+    get: Callable[[], VersionView],
+    *,
+    timeout: float | None,
+    on_change: Callable[[VersionView], None] | None,
+    interval: tuple[float, float] = (0.1, 2.0),
+) -> VersionView:
+    """Call `get` until the version is ready, rejected or failed, backing off from interval[0] to
+    interval[1] seconds; `on_change` sees each new (status, attempts)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait, seen = interval[0], None
+    while True:
+        view = get()
+        if (view.status, view.attempts) != seen:
+            seen = (view.status, view.attempts)
+            if on_change is not None:
+                on_change(view)
+        if view.status in SETTLED:
+            return view
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise WaitTimeout(f"{view.ref} is still {view.status} after {timeout:g} s")
+        time.sleep(wait)
+        wait = min(wait * 1.5, interval[1])
+
+
+def import_codec_modules(modules: list[str]) -> None:
+    """Import modules that register extra codecs (ADAPTERS_EXTRA_CODECS)."""
+    for module in modules:
+        importlib.import_module(module)
 
 
 class LocalRegistry:
@@ -27,15 +147,27 @@ class LocalRegistry:
         *,
         max_upload_bytes: int | None = None,
         auto_upgrade: bool = False,
+        inline: bool = True,
+        cache: ReconstructionCache | None = None,
+        lease_seconds: float = 60,
+        device: str | None = None,
+        codec_modules: list[str] | None = None,
+        user: str | None = None,
     ) -> None:
         self.db = database
         self.storage = storage
         self.max_upload_bytes = max_upload_bytes
         self.auto_upgrade = auto_upgrade
+        self.inline = inline
+        self.cache = cache
+        self.lease_seconds = lease_seconds
+        self.device = device
+        self.codec_modules = list(codec_modules or [])
+        self.principal = tokens.Principal.local(user)
         self._schema_checked = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalRegistry:
+    def from_settings(cls, settings: Settings, *, user: str | None = None) -> LocalRegistry:
         """The registry the settings describe. An embedded (SQLite) registry creates or upgrades its
         schema on first use; a PostgreSQL one must be upgraded explicitly (`adapters db upgrade`)."""
         return cls(
@@ -43,6 +175,14 @@ class LocalRegistry:
             storage_from_url(settings.storage_url),
             max_upload_bytes=settings.max_upload_bytes,
             auto_upgrade=settings.embedded,
+            inline=settings.inline_compression,
+            cache=ReconstructionCache(
+                settings.cache_dir or settings.home / "cache", settings.cache_max_bytes
+            ),
+            lease_seconds=settings.worker_lease_seconds,
+            device=settings.device,
+            codec_modules=settings.codec_modules,
+            user=user,
         )
 
     def close(self) -> None:
@@ -84,10 +224,11 @@ class LocalRegistry:
         params: dict[str, Any] | None = None,
         on_gate_fail: service.GateFallback = "raw",
         created_by: str | None = None,
-        process: bool = True,
+        process: bool | None = None,
         reporter: Reporter | None = None,
     ) -> PushResult:
-        """Push a PEFT directory; with `process` (the default) compress it right away."""
+        """Push a PEFT directory; with `process` (default: the registry's inline setting) compress it
+        right away, else leave it pending for a worker."""
         request = service.PushRequest(
             path=Path(path),
             name=name if isinstance(name, AdapterName) else AdapterName.parse(name),
@@ -102,20 +243,42 @@ class LocalRegistry:
             created_by=created_by,
         )
         self._ready()
+        import_codec_modules(self.codec_modules)
         pushed = service.push(
             self.db, self.storage, request, max_bytes=self.max_upload_bytes, reporter=reporter
         )
-        if pushed.created and process:
-            service.process_version(self.db, self.storage, pushed.version_id, reporter=reporter)
+        if pushed.created and (self.inline if process is None else process):
+            self._process(pushed.version_id, reporter)
         return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
+
+    def _process(self, version_id: int, reporter: Reporter | None) -> None:
+        service.process_version(
+            self.db,
+            self.storage,
+            version_id,
+            reporter=reporter,
+            device=self.device,
+            lease_seconds=self.lease_seconds,
+        )
 
     def process(self, ref: str | Ref, *, reporter: Reporter | None = None) -> VersionView:
         """Run the codec of a pending version (pushed with `process=False`)."""
         self._ready()
+        import_codec_modules(self.codec_modules)
         with self.db.transaction() as session:
             version_id = service.resolve(session, ref).id
-        service.process_version(self.db, self.storage, version_id, reporter=reporter)
+        self._process(version_id, reporter)
         return self._version_view(version_id)
+
+    def wait(
+        self,
+        ref: str | Ref,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[VersionView], None] | None = None,
+    ) -> VersionView:
+        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it)."""
+        return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
         self._ready()
@@ -150,7 +313,7 @@ class LocalRegistry:
     ) -> PullResult:
         self._ready()
         version_id, files = service.pull(
-            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter
+            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter, cache=self.cache
         )
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
@@ -194,3 +357,33 @@ class LocalRegistry:
                 version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
                 versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
             )
+
+    # ------------------------------------------------------------------------------------- tokens
+
+    def create_token(
+        self,
+        name: str,
+        scope: str,
+        *,
+        namespace: str | None = None,
+        expires_at: dt.datetime | None = None,
+        by: str | None = None,
+    ) -> TokenCreated:
+        self._ready()
+        principal = tokens.Principal.local(by) if by else self.principal
+        with self.db.transaction() as session:
+            token, secret = tokens.create_token(
+                session, name=name, scope=scope, namespace=namespace, expires_at=expires_at, by=principal
+            )
+            return TokenCreated(token=TokenView.of(token), secret=secret)
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]:
+        self._ready()
+        with self.db.transaction() as session:
+            found = tokens.list_tokens(session, by=self.principal, include_revoked=include_revoked)
+            return [TokenView.of(t) for t in found]
+
+    def revoke_token(self, token_id: str) -> TokenView:
+        self._ready()
+        with self.db.transaction() as session:
+            return TokenView.of(tokens.revoke_token(session, token_id, by=self.principal))

@@ -84,7 +84,13 @@ class Backend:
     storage: BlobStorage
 
     def env(self) -> dict[str, str]:
-        return {"ADAPTERS_DATABASE_URL": self.database_url, "ADAPTERS_STORAGE_URL": self.storage_url}
+        # No workers run here: PostgreSQL registries compress inline too (the setting for deployments
+        # without workers).
+        return {
+            "ADAPTERS_DATABASE_URL": self.database_url,
+            "ADAPTERS_STORAGE_URL": self.storage_url,
+            "ADAPTERS_COMPRESSION": "inline",
+        }
 
 
 @pytest.fixture(params=BACKENDS)
