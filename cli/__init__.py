@@ -17,6 +17,9 @@ COMMANDS: dict[str, str] = {
     "alias": "alias:alias",
     "yank": "yank:yank",
     "db": "db:db",
+    "token": "token:token",
+    "serve": "serve:serve",
+    "worker": "worker:worker",
 }
 
 
@@ -50,7 +53,7 @@ def main(ctx: click.Context) -> None:
 
     With no configuration the registry is embedded: a SQLite database and a blob folder under
     ADAPTERS_HOME (~/.adapters). Set ADAPTERS_DATABASE_URL and ADAPTERS_STORAGE_URL to use
-    PostgreSQL and S3.
+    PostgreSQL and S3, or ADAPTERS_URL (and ADAPTERS_TOKEN) to use a registry server.
 
     \b
     Examples:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
+import sqlalchemy as sa
+
 from . import service, tokens
-from .cache import ReconstructionCache
+from .cache import CachedAdapter, ReconstructionCache
 from .db import Database
 from .errors import WaitTimeout
+from .metrics import JobMetrics
 from .progress import Reporter
 from .refs import AdapterName, Ref
 from .schemas import (
@@ -164,14 +167,20 @@ class LocalRegistry:
         self.device = device
         self.codec_modules = list(codec_modules or [])
         self.principal = tokens.Principal.local(user)
+        self.job_metrics: JobMetrics | None = None  # inline runs report here when set
         self._schema_checked = False
 
     @classmethod
     def from_settings(cls, settings: Settings, *, user: str | None = None) -> LocalRegistry:
         """The registry the settings describe. An embedded (SQLite) registry creates or upgrades its
         schema on first use; a PostgreSQL one must be upgraded explicitly (`adapters db upgrade`)."""
+        pool = (
+            {}
+            if settings.embedded
+            else {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_size}
+        )
         return cls(
-            Database(settings.database_url),
+            Database(settings.database_url, **pool),
             storage_from_url(settings.storage_url),
             max_upload_bytes=settings.max_upload_bytes,
             auto_upgrade=settings.embedded,
@@ -226,6 +235,7 @@ class LocalRegistry:
         created_by: str | None = None,
         process: bool | None = None,
         reporter: Reporter | None = None,
+        label: str | None = None,
     ) -> PushResult:
         """Push a PEFT directory; with `process` (default: the registry's inline setting) compress it
         right away, else leave it pending for a worker."""
@@ -241,6 +251,7 @@ class LocalRegistry:
             params=dict(params or {}),
             on_gate_fail=on_gate_fail,
             created_by=created_by,
+            label=label,
         )
         self._ready()
         import_codec_modules(self.codec_modules)
@@ -252,6 +263,7 @@ class LocalRegistry:
         return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
 
     def _process(self, version_id: int, reporter: Reporter | None) -> None:
+        started = time.perf_counter()
         service.process_version(
             self.db,
             self.storage,
@@ -260,6 +272,10 @@ class LocalRegistry:
             device=self.device,
             lease_seconds=self.lease_seconds,
         )
+        if self.job_metrics is not None:
+            view = self._version_view(version_id)
+            codec = view.codec or str(view.requested.get("codec"))
+            self.job_metrics.observe(codec, view.status, time.perf_counter() - started)
 
     def process(self, ref: str | Ref, *, reporter: Reporter | None = None) -> VersionView:
         """Run the codec of a pending version (pushed with `process=False`)."""
@@ -330,14 +346,76 @@ class LocalRegistry:
         task: str | None = None,
         base_model: str | None = None,
         tag: str | None = None,
+        after: str | AdapterName | None = None,
+        limit: int | None = None,
     ) -> list[AdapterView]:
+        """Adapters matching every filter, in name order; with `limit`, one page (names after `after`)."""
         self._ready()
+        if isinstance(after, str):
+            after = AdapterName.parse(after)
         with self.db.transaction() as session:
-            found = service.search(session, namespace=namespace, task=task, base_model=base_model, tag=tag)
+            found = service.search(
+                session,
+                namespace=namespace,
+                task=task,
+                base_model=base_model,
+                tag=tag,
+                after=after,
+                limit=limit,
+            )
             return [
                 AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases)
                 for adapter, count, latest, aliases in found
             ]
+
+    def adapter(self, name: str | AdapterName) -> AdapterView:
+        self._ready()
+        with self.db.transaction() as session:
+            adapter, count, latest, aliases = service.summarize(
+                session, [service.get_adapter(session, name)]
+            )[0]
+            return AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases)
+
+    def versions(
+        self, name: str | AdapterName, *, after: int | None = None, limit: int | None = None
+    ) -> list[VersionView]:
+        """An adapter's versions by number; with `limit`, one page (numbers after `after`)."""
+        self._ready()
+        with self.db.transaction() as session:
+            found = service.list_versions(session, name, after=after, limit=limit)
+            return [VersionView.of(version, aliases) for version, aliases in found]
+
+    def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
+        """A ready version and its reconstructed PEFT files, open (served from the cache when there).
+        Close the files when done."""
+        version = self._ready_version(ref)
+        assert version.artifact_digest is not None and version.artifact_size is not None
+        files = service.materialize(
+            self.storage,
+            (version.artifact_digest, version.artifact_size),
+            label=version.ref,
+            cache=self.cache,
+        )
+        return version, files
+
+    def artifact(self, ref: str | Ref) -> tuple[VersionView, Iterator[bytes]]:
+        """A ready version and its stored artifact's bytes, verified as they stream."""
+        version = self._ready_version(ref)
+        assert version.artifact_digest is not None
+        return version, self.storage.iter_chunks(version.artifact_digest)
+
+    def _ready_version(self, ref: str | Ref) -> VersionView:
+        self._ready()
+        with self.db.transaction() as session:
+            version = service.require_ready(service.resolve(session, ref))
+            return VersionView.of(version, service.version_aliases(session, version))
+
+    def check(self) -> None:
+        """Raise unless the database (at the current schema) and the blob store are reachable."""
+        with self.db.transaction() as session:
+            session.execute(sa.text("SELECT 1"))
+        self.db.check_schema()
+        self.storage.ping()
 
     def show(self, ref: str | Ref) -> ShowResult:
         """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions."""
@@ -368,22 +446,34 @@ class LocalRegistry:
         namespace: str | None = None,
         expires_at: dt.datetime | None = None,
         by: str | None = None,
+        principal: tokens.Principal | None = None,
     ) -> TokenCreated:
+        """Make a token as `principal` (default: this registry's local user, an admin)."""
         self._ready()
-        principal = tokens.Principal.local(by) if by else self.principal
+        principal = principal or (tokens.Principal.local(by) if by else self.principal)
         with self.db.transaction() as session:
             token, secret = tokens.create_token(
                 session, name=name, scope=scope, namespace=namespace, expires_at=expires_at, by=principal
             )
             return TokenCreated(token=TokenView.of(token), secret=secret)
 
-    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]:
+    def list_tokens(
+        self, *, include_revoked: bool = False, principal: tokens.Principal | None = None
+    ) -> list[TokenView]:
         self._ready()
         with self.db.transaction() as session:
-            found = tokens.list_tokens(session, by=self.principal, include_revoked=include_revoked)
+            found = tokens.list_tokens(
+                session, by=principal or self.principal, include_revoked=include_revoked
+            )
             return [TokenView.of(t) for t in found]
 
-    def revoke_token(self, token_id: str) -> TokenView:
+    def revoke_token(self, token_id: str, *, principal: tokens.Principal | None = None) -> TokenView:
         self._ready()
         with self.db.transaction() as session:
-            return TokenView.of(tokens.revoke_token(session, token_id, by=self.principal))
+            return TokenView.of(tokens.revoke_token(session, token_id, by=principal or self.principal))
+
+    def authenticate(self, secret: str) -> tokens.Principal:
+        """The principal a bearer token stands for (raises InvalidToken)."""
+        self._ready()
+        with self.db.transaction() as session:
+            return tokens.authenticate(session, secret)

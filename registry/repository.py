@@ -103,8 +103,15 @@ class AdapterRepository:
         task: str | None = None,
         base_model: str | None = None,
         tag: str | None = None,
+        after: AdapterName | None = None,
+        limit: int | None = None,
     ) -> Sequence[Adapter]:
+        """Adapters matching every given filter in name order: the first `limit` after `after`."""
         query = sa.select(Adapter).order_by(Adapter.namespace, Adapter.name)
+        if after is not None:
+            query = query.where(sa.tuple_(Adapter.namespace, Adapter.name) > (after.namespace, after.name))
+        if limit is not None:
+            query = query.limit(limit)
         if namespace is not None:
             query = query.where(Adapter.namespace == namespace)
         if task is not None:
@@ -171,10 +178,16 @@ class VersionRepository:
             )
         )
 
-    def for_adapter(self, adapter: Adapter) -> Sequence[Version]:
-        return self.session.scalars(
-            sa.select(Version).where(Version.adapter_id == adapter.id).order_by(Version.number)
-        ).all()
+    def for_adapter(
+        self, adapter: Adapter, *, after: int | None = None, limit: int | None = None
+    ) -> Sequence[Version]:
+        """The adapter's versions by number: the first `limit` after number `after`."""
+        query = sa.select(Version).where(Version.adapter_id == adapter.id).order_by(Version.number)
+        if after is not None:
+            query = query.where(Version.number > after)
+        if limit is not None:
+            query = query.limit(limit)
+        return self.session.scalars(query).all()
 
     def summary(self, adapter_ids: Sequence[int]) -> dict[int, tuple[int, int | None]]:
         """Per adapter: (number of versions, number of the latest ready unyanked version)."""

@@ -502,10 +502,27 @@ def search(
     task: str | None = None,
     base_model: str | None = None,
     tag: str | None = None,
+    after: AdapterName | None = None,
+    limit: int | None = None,
 ) -> list[tuple[Adapter, int, int | None, dict[str, int]]]:
-    """Adapters matching every given filter, summarized (see `summarize`)."""
-    found = AdapterRepository(session).search(namespace=namespace, task=task, base_model=base_model, tag=tag)
+    """Adapters matching every given filter, in name order (the first `limit` after `after`),
+    summarized (see `summarize`)."""
+    found = AdapterRepository(session).search(
+        namespace=namespace, task=task, base_model=base_model, tag=tag, after=after, limit=limit
+    )
     return summarize(session, found)
+
+
+def list_versions(
+    session: Session, name: AdapterName | str, *, after: int | None = None, limit: int | None = None
+) -> list[tuple[Version, list[str]]]:
+    """An adapter's versions by number (the first `limit` after `after`), each with its aliases."""
+    adapter = get_adapter(session, name)
+    by_version: dict[int, list[str]] = {}
+    for alias in AliasRepository(session).for_adapter(adapter):
+        by_version.setdefault(alias.version_id, []).append(alias.name)
+    versions = VersionRepository(session).for_adapter(adapter, after=after, limit=limit)
+    return [(v, by_version.get(v.id, [])) for v in versions]
 
 
 # --------------------------------------------------------------------------------------- aliases
