@@ -112,8 +112,9 @@ class _Receiver:
         assert self._out is not None
         self.file_bytes += len(chunk)
         if self.file_bytes > self.limit:
+            where = self.metadata.source if self.metadata and self.metadata.source else "upload"
             raise AdapterTooLarge(
-                f"upload: the adapter's files are larger than the limit of {self.limit} bytes"
+                f"{where}: the adapter's files are larger than the limit of {self.limit} bytes"
             )
         if self._part == "config" and self.file_bytes > CONFIG_LIMIT:
             raise InvalidRequest(f"{CONFIG_FILE} is larger than {CONFIG_LIMIT} bytes")

@@ -50,16 +50,18 @@ class CachedFile:
     on_corrupt: Callable[[str], None] | None = None
 
     def chunks(self) -> Iterator[bytes]:
-        """The bytes in chunks, then the file is closed. After the last chunk the sha256 is checked: a
-        mismatch raises BlobCorrupted (a streaming reader then aborts its response, so the client
-        sees a short body)."""
-        digest, size = hashlib.sha256(), 0
+        """The bytes in chunks, then the file is closed. The last chunk is held back until the sha256
+        is checked: on a mismatch BlobCorrupted is raised instead, so a streaming reader's client
+        gets a short body, never a whole wrong one."""
+        digest, size, held = hashlib.sha256(), 0, b""
         try:
             self.handle.seek(0)
             while chunk := self.handle.read(CHUNK):
                 digest.update(chunk)
                 size += len(chunk)
-                yield chunk
+                if held:
+                    yield held
+                held = chunk
         finally:
             self.handle.close()
         if digest.hexdigest() != self.sha256 or size != self.size:
@@ -68,6 +70,8 @@ class CachedFile:
             raise BlobCorrupted(
                 f"reconstructed {self.name} of artifact sha256:{self.artifact_digest} is corrupted"
             )
+        if held:
+            yield held
 
     def copy_to(self, dest: Path) -> None:
         """Write the file to `dest`, checking its sha256 on the way."""

@@ -39,9 +39,9 @@ class BlobStorage(Protocol):
         ...
 
     def iter_chunks(self, digest: str) -> Iterator[bytes]:
-        """The blob's bytes in chunks, for streaming. The sha256 is checked after the last chunk, and
-        a mismatch raises BlobCorrupted then (a streaming reader aborts, so its client sees a short
-        body, never a whole wrong one). Missing blobs raise BlobNotFound before the first chunk."""
+        """The blob's bytes in chunks, for streaming. The last chunk is held back until the sha256 is
+        checked; a mismatch raises BlobCorrupted instead (a streaming reader aborts, so its client
+        sees a short body, never a whole wrong one). Missing blobs raise BlobNotFound at once."""
         ...
 
     def delete(self, digest: str) -> None:
@@ -90,13 +90,18 @@ def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
 
 
 def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
-    hasher = hashlib.sha256()
+    """Pass chunks through, holding the last one back until the sha256 is checked."""
+    hasher, held = hashlib.sha256(), b""
     for chunk in chunks:
         hasher.update(chunk)
-        yield chunk
+        if held:
+            yield held
+        held = chunk
     actual = hasher.hexdigest()
     if actual != digest:
         raise BlobCorrupted(f"blob sha256:{digest} in {where} is corrupted (its bytes hash to {actual})")
+    if held:
+        yield held
 
 
 def _temp_beside(dest: Path) -> Path:

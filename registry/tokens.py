@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from .errors import InvalidRequest, InvalidToken, PermissionDenied, TokenNotFound
+from .errors import AuthenticationRequired, InvalidRequest, InvalidToken, PermissionDenied, TokenNotFound
 from .models import Token, TokenScope
 from .refs import check_name
 from .repository import TokenRepository, db_now
@@ -28,6 +28,7 @@ PREFIX = "adp_"
 RANK = {TokenScope.READ: 0, TokenScope.WRITE: 1, TokenScope.ADMIN: 2}
 TOUCH_EVERY = dt.timedelta(minutes=5)
 MAX_SECRET_LENGTH = 256
+ANONYMOUS = "anonymous"
 
 
 def hash_secret(secret: str) -> str:
@@ -58,7 +59,11 @@ class Principal:
 
     @classmethod
     def anonymous(cls) -> Principal:
-        return cls(name="anonymous", scope=TokenScope.READ)
+        return cls(name=ANONYMOUS, scope=TokenScope.READ)
+
+    @property
+    def is_anonymous(self) -> bool:
+        return self.name == ANONYMOUS and self.token_id is None
 
     @classmethod
     def local(cls, user: str | None) -> Principal:
@@ -74,6 +79,8 @@ class Principal:
         """Raise PermissionDenied unless this principal may act with `scope` in `namespace`
         (`None`: across namespaces)."""
         scope = as_scope(scope)
+        if RANK[self.scope] < RANK[scope] and self.is_anonymous:
+            raise AuthenticationRequired(f"this operation needs a token with scope {scope.value}")
         if RANK[self.scope] < RANK[scope]:
             raise PermissionDenied(
                 f"this token has scope {self.scope.value}; the operation needs {scope.value}"

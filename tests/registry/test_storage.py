@@ -147,4 +147,4 @@ def test_streaming_reads_are_verified_after_the_last_chunk(store, tmp_path):
     with pytest.raises(BlobCorrupted):
         for chunk in store.iter_chunks(digest):
             received.append(chunk)
-    assert sum(map(len, received)) == len(data)  # all streamed, then refused: the reader aborts
+    assert sum(map(len, received)) < len(data)  # the last chunk is held back: the reader aborts short

@@ -9,6 +9,7 @@ import sqlalchemy as sa
 
 from adapters.registry import models, tokens
 from adapters.registry.errors import (
+    AuthenticationRequired,
     InvalidName,
     InvalidRequest,
     InvalidToken,
@@ -80,7 +81,8 @@ def test_scopes_and_namespaces(principal, scope, namespace, allowed):
     if allowed:
         principal.require(scope, namespace)
     else:
-        with pytest.raises(PermissionDenied):
+        # Without a token, the answer is: authenticate.
+        with pytest.raises(AuthenticationRequired if principal.is_anonymous else PermissionDenied):
             principal.require(scope, namespace)
 
 
