@@ -19,7 +19,7 @@ class AppState:
     metrics: CollectorRegistry
 
 
-def get_state(request: Request) -> AppState:
+async def get_state(request: Request) -> AppState:  # async: no thread hop for a lookup
     return request.app.state.adapters
 
 

@@ -34,6 +34,7 @@ from .schemas import (
     TokenCreated,
     TokenView,
     VersionView,
+    adapter_view,
 )
 from .settings import Settings
 from .storage import BlobStorage, storage_from_url
@@ -335,7 +336,7 @@ class LocalRegistry:
 
     def resolve(self, ref: str | Ref) -> VersionView:
         self._ready()
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             version = service.resolve(session, ref)
             return VersionView.of(version, service.version_aliases(session, version))
 
@@ -353,7 +354,7 @@ class LocalRegistry:
         self._ready()
         if isinstance(after, str):
             after = AdapterName.parse(after)
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             found = service.search(
                 session,
                 namespace=namespace,
@@ -363,25 +364,19 @@ class LocalRegistry:
                 after=after,
                 limit=limit,
             )
-            return [
-                AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases)
-                for adapter, count, latest, aliases in found
-            ]
+            return [adapter_view(summary) for summary in found]
 
     def adapter(self, name: str | AdapterName) -> AdapterView:
         self._ready()
-        with self.db.transaction() as session:
-            adapter, count, latest, aliases = service.summarize(
-                session, [service.get_adapter(session, name)]
-            )[0]
-            return AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases)
+        with self.db.reading() as session:
+            return adapter_view(service.describe(session, name))
 
     def versions(
         self, name: str | AdapterName, *, after: int | None = None, limit: int | None = None
     ) -> list[VersionView]:
         """An adapter's versions by number; with `limit`, one page (numbers after `after`)."""
         self._ready()
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             found = service.list_versions(session, name, after=after, limit=limit)
             return [VersionView.of(version, aliases) for version, aliases in found]
 
@@ -475,5 +470,5 @@ class LocalRegistry:
     def authenticate(self, secret: str) -> tokens.Principal:
         """The principal a bearer token stands for (raises InvalidToken)."""
         self._ready()
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             return tokens.authenticate(session, secret)

@@ -4,6 +4,7 @@ never commit: the caller owns the transaction (one per CLI command or API reques
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -96,6 +97,35 @@ class AdapterRepository:
             self.session.execute(_insert(self.session, AdapterTag).values(rows).on_conflict_do_nothing())
             self.session.refresh(adapter, ["tags"])
 
+    @staticmethod
+    def _filtered(
+        query: sa.Select[Any],
+        *,
+        namespace: str | None,
+        task: str | None,
+        base_model: str | None,
+        tag: str | None,
+        name: AdapterName | None = None,
+        after: AdapterName | None,
+        limit: int | None,
+    ) -> sa.Select[Any]:
+        query = query.order_by(Adapter.namespace, Adapter.name)
+        if name is not None:
+            query = query.where(Adapter.namespace == name.namespace, Adapter.name == name.name)
+        if namespace is not None:
+            query = query.where(Adapter.namespace == namespace)
+        if task is not None:
+            query = query.where(Adapter.task == task)
+        if base_model is not None:
+            query = query.where(Adapter.base_model == base_model)
+        if tag is not None:
+            query = query.where(sa.exists().where(AdapterTag.adapter_id == Adapter.id, AdapterTag.tag == tag))
+        if after is not None:
+            query = query.where(sa.tuple_(Adapter.namespace, Adapter.name) > (after.namespace, after.name))
+        if limit is not None:
+            query = query.limit(limit)
+        return query
+
     def search(
         self,
         *,
@@ -107,20 +137,86 @@ class AdapterRepository:
         limit: int | None = None,
     ) -> Sequence[Adapter]:
         """Adapters matching every given filter in name order: the first `limit` after `after`."""
-        query = sa.select(Adapter).order_by(Adapter.namespace, Adapter.name)
-        if after is not None:
-            query = query.where(sa.tuple_(Adapter.namespace, Adapter.name) > (after.namespace, after.name))
-        if limit is not None:
-            query = query.limit(limit)
-        if namespace is not None:
-            query = query.where(Adapter.namespace == namespace)
-        if task is not None:
-            query = query.where(Adapter.task == task)
-        if base_model is not None:
-            query = query.where(Adapter.base_model == base_model)
-        if tag is not None:
-            query = query.where(sa.exists().where(AdapterTag.adapter_id == Adapter.id, AdapterTag.tag == tag))
+        query = self._filtered(
+            sa.select(Adapter),
+            namespace=namespace,
+            task=task,
+            base_model=base_model,
+            tag=tag,
+            after=after,
+            limit=limit,
+        )
         return self.session.scalars(query).all()
+
+    def summaries(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+        name: AdapterName | None = None,
+        after: AdapterName | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """What a listing shows, as plain rows (no ORM objects: listings are the hot path): the
+        adapters matching every filter in name order, each with the number of its latest version
+        (newest ready, not yanked), its tags and its aliases, in one query. Versions are never
+        deleted and a rolled-back push gives its number back, so `last_version` is also the number
+        of versions."""
+        postgresql = self.session.get_bind().dialect.name == "postgresql"
+        array_agg = sa.func.json_agg if postgresql else sa.func.json_group_array
+        object_agg = sa.func.json_object_agg if postgresql else sa.func.json_group_object
+        latest = (
+            sa.select(sa.func.max(Version.number))
+            .where(
+                Version.adapter_id == Adapter.id,
+                Version.status == VersionStatus.READY.value,
+                Version.yanked_at.is_(None),
+            )
+            .scalar_subquery()
+        )
+        tags = (
+            sa.select(array_agg(AdapterTag.tag)).where(AdapterTag.adapter_id == Adapter.id).scalar_subquery()
+        )
+        aliases = (
+            sa.select(object_agg(Alias.name, Version.number))
+            .join(Version, Version.id == Alias.version_id)
+            .where(Alias.adapter_id == Adapter.id)
+            .scalar_subquery()
+        )
+        columns = sa.select(
+            Adapter.namespace,
+            Adapter.name,
+            Adapter.task,
+            Adapter.base_model,
+            Adapter.description,
+            Adapter.last_version,
+            Adapter.created_at,
+            Adapter.updated_at,
+            latest.label("latest"),
+            tags.label("tags"),
+            aliases.label("aliases"),
+        )
+        query = self._filtered(
+            columns,
+            namespace=namespace,
+            task=task,
+            base_model=base_model,
+            tag=tag,
+            name=name,
+            after=after,
+            limit=limit,
+        )
+        return [
+            dict(row) | {"tags": sorted(_json(row["tags"]) or []), "aliases": _json(row["aliases"]) or {}}
+            for row in self.session.execute(query).mappings()
+        ]
+
+
+def _json(value: Any) -> Any:
+    """A JSON aggregate's value: decoded already (psycopg) or text (SQLite)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class VersionRepository:

@@ -103,6 +103,23 @@ class AdapterView(View):
         )
 
 
+def adapter_view(summary: dict[str, Any]) -> AdapterView:
+    """An AdapterView from a listing row (`AdapterRepository.summaries`)."""
+    return AdapterView(
+        name=f"{summary['namespace']}/{summary['name']}",
+        namespace=summary["namespace"],
+        task=summary["task"],
+        base_model=summary["base_model"],
+        description=summary["description"],
+        tags=summary["tags"],
+        versions=summary["last_version"],
+        latest=summary["latest"],
+        aliases=dict(sorted(summary["aliases"].items())),
+        created_at=summary["created_at"],
+        updated_at=summary["updated_at"],
+    )
+
+
 class PushResult(View):
     created: bool
     version: VersionView

@@ -504,13 +504,21 @@ def search(
     tag: str | None = None,
     after: AdapterName | None = None,
     limit: int | None = None,
-) -> list[tuple[Adapter, int, int | None, dict[str, int]]]:
-    """Adapters matching every given filter, in name order (the first `limit` after `after`),
-    summarized (see `summarize`)."""
-    found = AdapterRepository(session).search(
+) -> list[dict[str, Any]]:
+    """Adapters matching every given filter, in name order (the first `limit` after `after`), as
+    listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`)."""
+    return AdapterRepository(session).summaries(
         namespace=namespace, task=task, base_model=base_model, tag=tag, after=after, limit=limit
     )
-    return summarize(session, found)
+
+
+def describe(session: Session, name: AdapterName | str) -> dict[str, Any]:
+    """One adapter as a listing row; raises AdapterNotFound."""
+    name = name if isinstance(name, AdapterName) else AdapterName.parse(name)
+    found = AdapterRepository(session).summaries(name=name)
+    if not found:
+        raise AdapterNotFound(f"adapter {name} not found")
+    return found[0]
 
 
 def list_versions(

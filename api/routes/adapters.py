@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Response
 
 from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
@@ -38,7 +38,7 @@ def list_adapters(
     after: Annotated[
         str | None, Query(max_length=129, description="Start after this adapter (ns/name): `next` of a page.")
     ] = None,
-) -> AdapterPage:
+) -> Response:
     """Adapters in name order, one page at a time. A token limited to a namespace sees only that one."""
     if principal.namespace is not None:
         principal.require(TokenScope.READ, namespace or principal.namespace)
@@ -52,7 +52,8 @@ def list_adapters(
         limit=limit + 1,
     )
     page = found[:limit]
-    return AdapterPage(adapters=page, next=page[-1].name if len(found) > limit else None)
+    body = AdapterPage(adapters=page, next=page[-1].name if len(found) > limit else None)
+    return Response(body.model_dump_json(), media_type="application/json")  # built from views already
 
 
 @router.get(
