@@ -7,9 +7,11 @@ every later pull of that artifact, from any version that shares it. Each entry i
                             /adapter_model.safetensors
                             /manifest.json     {"files": {name: {"sha256": ..., "size": ...}}}
 
-made in a temporary folder and renamed into place, so readers see whole entries or none. Readers
-verify: `CachedFile.chunks` hashes while it reads, and a file whose bytes do not match its manifest
-evicts the entry and raises BlobCorrupted. Reading an entry refreshes its
+made in a temporary folder and renamed into place, so readers see whole entries or none. Reads are
+verified: `CachedFile.chunks` hashes a file the first time this process reads it, and again whenever
+the file's size, inode or mtime change; a file whose bytes do not match its manifest evicts the entry
+and raises BlobCorrupted. (Hashing every read would halve the throughput of repeated pulls; the
+remote client checks every download against the digest sent with it anyway.) Reading an entry refreshes its
 manifest's mtime; when the entries outgrow `max_bytes`, the least recently used go first. Several
 processes may share a root: every step is a rename or a removal of a whole folder.
 """
@@ -24,6 +26,7 @@ import shutil
 import tempfile
 import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +38,7 @@ from .refs import check_digest
 log = logging.getLogger("adapters.cache")
 MANIFEST = "manifest.json"
 CHUNK = 1024 * 1024
+VERIFIED_MEMORY = 4096
 
 
 @dataclass
@@ -48,11 +52,23 @@ class CachedFile:
     artifact_digest: str
     # Called with the artifact digest when the bytes turn out corrupted (the cache evicts the entry).
     on_corrupt: Callable[[str], None] | None = None
+    # This process hashed these very bytes already (same file, unchanged since): reads skip the hash.
+    trusted: bool = False
+    # Called after a read whose hash matched.
+    on_verified: Callable[[], None] | None = None
 
     def chunks(self) -> Iterator[bytes]:
-        """The bytes in chunks, then the file is closed. The last chunk is held back until the sha256
-        is checked: on a mismatch BlobCorrupted is raised instead, so a streaming reader's client
-        gets a short body, never a whole wrong one."""
+        """The bytes in chunks, then the file is closed. Unless trusted, the last chunk is held back
+        until the sha256 is checked: on a mismatch BlobCorrupted is raised instead, so a streaming
+        reader's client gets a short body, never a whole wrong one."""
+        if self.trusted:
+            try:
+                self.handle.seek(0)
+                while chunk := self.handle.read(CHUNK):
+                    yield chunk
+            finally:
+                self.handle.close()
+            return
         digest, size, held = hashlib.sha256(), 0, b""
         try:
             self.handle.seek(0)
@@ -70,6 +86,8 @@ class CachedFile:
             raise BlobCorrupted(
                 f"reconstructed {self.name} of artifact sha256:{self.artifact_digest} is corrupted"
             )
+        if self.on_verified is not None:
+            self.on_verified()
         if held:
             yield held
 
@@ -122,7 +140,8 @@ def open_folder(
         if path.name == MANIFEST:
             continue
         sha, size = _hash_file(path)
-        files[path.name] = CachedFile(path.name, sha, size, path.open("rb"), digest, on_corrupt)
+        # Hashed just now, from the same file: its reads need not hash it again.
+        files[path.name] = CachedFile(path.name, sha, size, path.open("rb"), digest, on_corrupt, trusted=True)
     return CachedAdapter(digest, files)
 
 
@@ -131,6 +150,10 @@ class ReconstructionCache:
         self.root = Path(root).expanduser()
         self.max_bytes = max_bytes
         self._locks = [threading.Lock() for _ in range(64)]
+        # Files this process has hashed, by (artifact, name, device, inode, size, mtime): unchanged
+        # files are not hashed again on every read (clients check every download themselves).
+        self._verified: OrderedDict[tuple[object, ...], None] = OrderedDict()
+        self._verified_guard = threading.Lock()
 
     @property
     def enabled(self) -> bool:
@@ -155,9 +178,20 @@ class ReconstructionCache:
                 handle = (entry / name).open("rb")
                 opened.append(handle)
                 size = int(meta["size"])
-                if os.fstat(handle.fileno()).st_size != size:
+                stat = os.fstat(handle.fileno())
+                if stat.st_size != size:
                     raise ValueError(f"{name}: size mismatch")
-                files[name] = CachedFile(name, str(meta["sha256"]), size, handle, digest, self.evict)
+                signature = (digest, name, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                files[name] = CachedFile(
+                    name,
+                    str(meta["sha256"]),
+                    size,
+                    handle,
+                    digest,
+                    self.evict,
+                    trusted=self._is_verified(signature),
+                    on_verified=lambda signature=signature: self._mark_verified(signature),
+                )
             os.utime(entry / MANIFEST)
         except FileNotFoundError:
             for handle in opened:
@@ -171,6 +205,19 @@ class ReconstructionCache:
             return None
         return CachedAdapter(digest, files)
 
+    def _is_verified(self, signature: tuple[object, ...]) -> bool:
+        with self._verified_guard:
+            if signature in self._verified:
+                self._verified.move_to_end(signature)
+                return True
+            return False
+
+    def _mark_verified(self, signature: tuple[object, ...]) -> None:
+        with self._verified_guard:
+            self._verified[signature] = None
+            while len(self._verified) > VERIFIED_MEMORY:
+                self._verified.popitem(last=False)
+
     def put(self, digest: str, folder: Path) -> CachedAdapter:
         """Move the files of `folder` (a reconstructed PEFT directory on the cache's file system, see
         `staging`) in as the entry for `digest`, and check it out. If a concurrent writer got there
@@ -183,6 +230,11 @@ class ReconstructionCache:
         (folder / MANIFEST).write_text(json.dumps(manifest, sort_keys=True))
         try:
             folder.rename(self._entry(digest))
+            for f in adapter.files.values():  # the renamed files are the ones hashed above
+                stat = os.fstat(f.handle.fileno())
+                self._mark_verified(
+                    (digest, f.name, stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns)
+                )
         except OSError:  # already there
             shutil.rmtree(folder, ignore_errors=True)
         self.shrink()

@@ -12,7 +12,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import queue
 import re
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,6 +25,7 @@ from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
     InvalidRequest,
+    OutputError,
     RegistryError,
     RemoteError,
     ServiceUnavailable,
@@ -265,6 +268,23 @@ class RemoteRegistry:
         return VersionView.model_validate(self._json("GET", "/v1/resolve", params={"ref": str(parsed)}))
 
     def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
+        """Download `url` to `dest`, checking the body against the sha256 the server sent. Hashing and
+        writing run in a second thread, overlapped with receiving (hashlib and file writes release the
+        GIL), so checking costs little time on a machine with a core to spare."""
+        digest = hashlib.sha256()
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        failed: list[BaseException] = []
+
+        def consume(out: BinaryIO) -> None:
+            try:
+                while (chunk := chunks.get()) is not None:
+                    digest.update(chunk)
+                    out.write(chunk)
+            except OSError as exc:  # handed to the receiving thread, which raises it
+                failed.append(exc)
+                while chunks.get() is not None:  # drain, so the receiver never blocks on a full queue
+                    pass
+
         try:
             with self.http.stream("GET", url) as response:
                 if response.is_error:
@@ -272,17 +292,23 @@ class RemoteRegistry:
                     raise self._error(response)
                 expected = response.headers.get("x-content-sha256")
                 size = int(response.headers.get("content-length", "0")) or None
-                digest = hashlib.sha256()
                 with (
                     reporter.task(f"downloading {label}", total=size, unit="bytes") as advance,
                     dest.open("wb") as out,
                 ):
-                    for chunk in response.iter_bytes(CHUNK):
-                        digest.update(chunk)
-                        out.write(chunk)
-                        advance(len(chunk))
+                    writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
+                    writer.start()
+                    try:
+                        for chunk in response.iter_bytes(CHUNK):
+                            chunks.put(chunk)
+                            advance(len(chunk))
+                    finally:
+                        chunks.put(None)
+                        writer.join()
         except httpx.TransportError as exc:
             raise ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}") from None
+        if failed:
+            raise OutputError(f"cannot write {dest}: {failed[0]}")
         if expected is None or digest.hexdigest() != expected:
             raise BlobCorrupted(
                 f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"

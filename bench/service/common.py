@@ -172,3 +172,51 @@ def admin_token(database_url: str) -> str:
 
     with LocalRegistry(Database(database_url), LocalBlobStorage("/nonexistent")) as registry:
         return registry.create_token("bench", "admin").secret
+
+
+def make_adapter(path: Path, *, layers: int, dim: int, rank: int, seed: int = 0) -> Path:
+    """A PEFT LoRA directory with random factors on q_proj and v_proj of `layers` layers (fp32)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    gen = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for layer in range(layers):
+        for proj in ("q_proj", "v_proj"):
+            prefix = f"base_model.model.model.layers.{layer}.self_attn.{proj}"
+            tensors[f"{prefix}.lora_A.weight"] = torch.randn(rank, dim, generator=gen) * 0.02
+            tensors[f"{prefix}.lora_B.weight"] = torch.randn(dim, rank, generator=gen) * 0.02
+    path.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(path / "adapter_model.safetensors"))
+    config = {
+        "peft_type": "LORA",
+        "r": rank,
+        "lora_alpha": 2 * rank,
+        "target_modules": ["q_proj", "v_proj"],
+        "base_model_name_or_path": "bench/base",
+        "task_type": "CAUSAL_LM",
+    }
+    (path / "adapter_config.json").write_text(json.dumps(config))
+    return path
+
+
+def make_bucket(endpoint: str) -> str:
+    name = f"bench-{uuid.uuid4().hex[:8]}"
+    s3_client(endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def s3_client(endpoint: str):
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id="bench",
+        aws_secret_access_key="bench-secret",
+        region_name="us-east-1",
+        config=Config(max_pool_connections=32),
+    )
