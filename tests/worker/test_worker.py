@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from adapters.registry.settings import Settings
 from adapters.registry.worker import Worker
 from tests.api.conftest import Service, running_service
 from tests.factories import adapter_variants
@@ -214,35 +213,6 @@ def test_failures_are_retried_then_recorded_with_the_reason(queue_service, adapt
     assert len(runs(log)) == 2
     with pytest.raises(Exception, match="is failed: gave up"):
         client.pull(ref, tmp_path / "out")
-
-
-def _nola_on(device: str, service: Service, adapter_dir: Path) -> dict:
-    client = service.client()
-    ref = client.push(
-        adapter_dir, f"acme/nola-{device}", task="t", codec="nola", params={"ratio": 2}
-    ).version.ref
-    settings: Settings = service.settings.model_copy(update={"device": device})
-    assert Worker(settings, registry=service.registry).run(once=True) == 1
-    version = client.resolve(ref)
-    assert version.status == "ready", version.error
-    return version.model_dump()
-
-
-def test_the_codec_runs_on_the_workers_device(queue_service, adapter_dir):
-    version = _nola_on("cpu", queue_service, adapter_dir)
-    assert version["codec"] == "nola" and version["codec_params"]["device"] == "cpu"
-
-
-@pytest.mark.cuda
-def test_the_codec_runs_on_cuda_when_present(queue_service, adapter_dir, tmp_path):
-    import torch
-
-    if not torch.cuda.is_available():
-        pytest.skip("no CUDA device")
-    version = _nola_on("cuda", queue_service, adapter_dir)
-    assert version["codec_params"]["device"] == "cuda"
-    pulled = queue_service.client().pull(version["ref"], tmp_path / "out")  # reconstructed for serving
-    assert pulled.files == ["adapter_config.json", "adapter_model.safetensors"]
 
 
 assert slow_codec.SlowCodec.name == "test-slow"  # registered here too: the API checks codecs on push
