@@ -1,6 +1,6 @@
 """Compression workers as real processes on the queue: they race without doubling work, a killed
-worker's job is finished by another, SIGTERM finishes or gives back the current job, failures are
-retried and then recorded, and the codec runs on the worker's device."""
+worker's job is finished by another, SIGTERM finishes or gives back the current job, and failures are
+retried and then recorded (the device a worker compresses on: test_device.py)."""
 
 from __future__ import annotations
 
