@@ -28,6 +28,15 @@ access = logging.getLogger("adapters.access")
 log = logging.getLogger("adapters.api")
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+# Request bodies other than uploads are small JSON documents; anything larger is refused unread.
+UPLOAD = re.compile(r"/v1/adapters/[^/]+/[^/]+/versions")
+MAX_JSON_BODY = 1024 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 QUIET = frozenset({"/healthz", "/readyz", "/metrics"})
 
@@ -70,14 +79,34 @@ class Observability:
                 sent += len(message.get("body", b""))
             await send(message)
 
+        received = 0
+
+        async def receive_bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > MAX_JSON_BODY:
+                    raise BodyTooLarge
+            return message
+
+        bounded = not (scope["method"] == "POST" and UPLOAD.fullmatch(scope["path"]))
+        declared = Request(scope).headers.get("content-length", "")
         self.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_id)
+            if bounded and declared.isdigit() and int(declared) > MAX_JSON_BODY:
+                raise BodyTooLarge  # refused before a byte is read (a chunked one is, as it arrives)
+            await self.app(scope, receive_bounded if bounded else receive, send_with_id)
         except Exception as exc:
             if response_started:  # a stream failed midway (e.g. corrupted bytes): abort the connection
                 log.error("response aborted: %s", exc)
                 raise
-            response = problems._unexpected(Request(scope), exc)
+            request = Request(scope)
+            if isinstance(exc, BodyTooLarge):
+                detail = f"request bodies are limited to {MAX_JSON_BODY} bytes (uploads excepted)"
+                response = problems.problem(413, "request-too-large", "Request too large", detail, request)
+            else:
+                response = problems._unexpected(request, exc)
             await response(scope, receive, send_with_id)
         finally:
             self.in_flight.dec()

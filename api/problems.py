@@ -157,5 +157,6 @@ def problem_types() -> dict[str, tuple[int, str]]:
     """Every problem type this API can answer with: code -> (status, title)."""
     found = {cls.code: (status_for(cls(cls.code)), title_for(cls)) for cls in errors.error_classes().values()}
     found["validation-error"] = (422, "Validation error")
+    found["request-too-large"] = (413, "Request too large")
     found["internal-error"] = (500, "Internal error")
     return found

@@ -267,3 +267,9 @@ def test_every_route_needs_a_token(service):
                 response = http.request(method.upper(), concrete, params={"ref": "acme/a0"})
                 _problem(response, 401, "unauthenticated")
                 assert response.headers["www-authenticate"] == "Bearer"
+
+
+def test_json_bodies_are_bounded(service, populated):
+    with service.http(service.admin) as http:
+        huge = http.put("/v1/adapters/acme/a0/aliases/big", content=b'{"ref": "' + b"x" * 2_000_000 + b'"}')
+    assert huge.status_code == 413 and huge.json()["code"] == "request-too-large"
