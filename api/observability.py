@@ -106,7 +106,7 @@ class Observability:
                 detail = f"request bodies are limited to {MAX_JSON_BODY} bytes (uploads excepted)"
                 response = problems.problem(413, "request-too-large", "Request too large", detail, request)
             else:
-                response = problems._unexpected(request, exc)
+                response = problems.internal_error(request, exc)
             await response(scope, receive, send_with_id)
         finally:
             self.in_flight.dec()

@@ -128,7 +128,7 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, "", phrase, detail, request, headers=getattr(exc, "headers", None))
 
 
-def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     detail = f"an internal error occurred; quote request id {request_id_var.get()} when reporting it"
     return problem(500, "internal-error", "Internal error", detail, request)
@@ -139,7 +139,7 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(CompressError, _compress_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(Exception, _unexpected)
+    app.add_exception_handler(Exception, internal_error)
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
