@@ -156,9 +156,9 @@ def test_an_interrupted_run_releases_its_job(registry, variants, monkeypatch):
 
 def test_the_heartbeat_keeps_a_short_lease_alive(registry, variants):
     (version_id,) = _pending(registry, variants[:1])
-    job = queue.claim_next(registry.db, "w1", lease_seconds=0.6, max_attempts=3)
-    with queue.Lease(registry.db, job, lease_seconds=0.6) as lease:
-        threading.Event().wait(1.5)  # longer than the lease: only the heartbeat keeps it ours
+    job = queue.claim_next(registry.db, "w1", lease_seconds=1.5, max_attempts=3)
+    with queue.Lease(registry.db, job, lease_seconds=1.5) as lease:
+        threading.Event().wait(3.5)  # longer than the lease: only the heartbeat keeps it ours
         assert queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=3) is None
     assert not lease.lost.is_set()
     assert _version(registry, version_id).leased_by == "w1"
