@@ -22,6 +22,9 @@ COMMANDS: dict[str, str] = {
     "inspect": "inspect:inspect",
     "calibrate": "calibrate:calibrate",
     "ci": "ci:ci",
+    "token": "token:token",
+    "serve": "serve:serve",
+    "worker": "worker:worker",
 }
 
 
@@ -55,7 +58,7 @@ def main(ctx: click.Context) -> None:
 
     With no configuration the registry is embedded: a SQLite database and a blob folder under
     ADAPTERS_HOME (~/.adapters). Set ADAPTERS_DATABASE_URL and ADAPTERS_STORAGE_URL to use
-    PostgreSQL and S3.
+    PostgreSQL and S3, or ADAPTERS_URL (and ADAPTERS_TOKEN) to use a registry server.
 
     \b
     Examples:

@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from adapters.registry.client import LocalRegistry
+    from adapters.registry.client import Registry
     from adapters.registry.progress import Advance, Reporter
+    from adapters.registry.schemas import VersionView
     from adapters.registry.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,16 +26,30 @@ F = TypeVar("F", bound=Callable[..., Any])
 class AppContext:
     settings: Settings
     json: bool = False
-    _registry: LocalRegistry | None = field(default=None, repr=False)
+    _registry: Registry | None = field(default=None, repr=False)
 
     @property
-    def registry(self) -> LocalRegistry:
-        """The registry the settings name, opened on first use."""
+    def registry(self) -> Registry:
+        """The registry the settings name, opened on first use: the API at ADAPTERS_URL (with
+        ADAPTERS_TOKEN), else the database and blob store directly."""
         if self._registry is None:
-            from adapters.registry.client import LocalRegistry
+            if self.settings.remote:
+                from adapters.registry.remote import RemoteRegistry
 
-            self._registry = LocalRegistry.from_settings(self.settings)
+                self._registry = RemoteRegistry.from_settings(self.settings)
+            else:
+                from adapters.registry.client import LocalRegistry
+
+                self._registry = LocalRegistry.from_settings(self.settings, user=self.user)
         return self._registry
+
+    def require_local(self, what: str) -> None:
+        """Refuse commands that work on the database directly when a remote registry is configured."""
+        if self.settings.remote:
+            raise click.ClickException(
+                f"{what} works on the database directly, not through ADAPTERS_URL: unset ADAPTERS_URL "
+                "and set ADAPTERS_DATABASE_URL (and ADAPTERS_STORAGE_URL) instead"
+            )
 
     def close(self) -> None:
         if self._registry is not None:
@@ -66,6 +81,36 @@ class AppContext:
 
     def warn(self, message: str) -> None:
         click.echo(f"warning: {message}", err=True)
+
+    @contextmanager
+    def status_display(self) -> Iterator[Callable[[VersionView], None]]:
+        """Show a version's status transitions on stderr while waiting for it: a live line on a
+        terminal, one line per change otherwise; nothing with --json."""
+        if self.json:
+            yield lambda _view: None
+            return
+        if not sys.stderr.isatty():
+            yield lambda view: click.echo(f"{view.ref}: {_status_text(view)}", err=True)
+            return
+        from rich.console import Console
+
+        console = Console(stderr=True)
+        with console.status("waiting") as status:
+
+            def show(view: VersionView) -> None:
+                status.update(f"{view.ref}: {_status_text(view)}")
+                console.log(f"{view.ref}: {_status_text(view)}")
+
+            yield show
+
+
+def _status_text(view: VersionView) -> str:
+    text = view.status
+    if view.status in ("pending", "compressing") and view.attempts:
+        text += f" (attempt {view.attempts + (view.status == 'pending')})"
+    if view.error:
+        text += f": {view.error}"
+    return text
 
 
 pass_app = click.make_pass_decorator(AppContext)

@@ -35,6 +35,7 @@ def upgrade(app: AppContext, revision: str) -> None:
     """
     from adapters.registry.db import Database
 
+    app.require_local("adapters db")
     database = Database(app.settings.database_url)
     try:
         current = database.upgrade(revision)
@@ -56,6 +57,7 @@ def current(app: AppContext) -> None:
     """
     from adapters.registry.db import Database, current_revision, head_revision
 
+    app.require_local("adapters db")
     database = Database(app.settings.database_url)
     try:
         revision = current_revision(database.engine)

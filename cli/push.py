@@ -42,6 +42,8 @@ def _params(values: tuple[str, ...]) -> dict[str, object]:
     show_default=True,
     help="When compression misses its fidelity gate: keep the lossless source, or reject the version.",
 )
+@click.option("--wait", is_flag=True, help="Follow the version until it is ready, rejected or failed.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @json_option
 @pass_app
 def push(
@@ -56,16 +58,20 @@ def push(
     codec: str,
     params: tuple[str, ...],
     on_gate_fail: str,
+    wait: bool,
+    timeout: float | None,
 ) -> None:
     """Push the PEFT LoRA adapter in DIRECTORY as the next version of NAME.
 
     The directory must hold adapter_config.json and adapter_model.safetensors (or a .bin that
     torch.load(weights_only=True) accepts). Pushing content the adapter already holds returns the
-    existing version.
+    existing version. Where workers compress (a server, or PostgreSQL with ADAPTERS_COMPRESSION=queue)
+    the version is pending when the push returns; --wait follows it until it settles and fails if it
+    ends rejected or failed.
 
     \b
     Example:
-      adapters push ./my-lora --name acme/support-en --task support --alias prod
+      adapters push ./my-lora --name acme/support-en --task support --alias prod --wait
     """
     result = app.registry.push(
         directory,
@@ -82,6 +88,10 @@ def push(
         reporter=app.reporter(),
     )
     version = result.version
+    if wait and version.status in ("pending", "compressing"):
+        with app.status_display() as on_change:
+            version = app.registry.wait(version.ref, timeout=timeout, on_change=on_change)
+        result = result.model_copy(update={"version": version})
 
     def human() -> None:
         if result.created:

@@ -56,7 +56,7 @@ class NolaConfig:
     rounds: int = field(default=4, metadata={"help": "alternating quantized least-squares rounds"})
     device: str = field(default="auto", metadata={"help": "auto, cpu or cuda"})
     weighting: str = field(
-        default="relative",
+        default="balanced",
         metadata={
             "help": "how module errors add up in the byte allocation: absolute (output energy lost), "
             "relative (each module's relative error counts the same) or balanced (between the two)"

@@ -1,23 +1,147 @@
 """The registry as one object: a database and a blob store, with one transaction per operation.
 
 `LocalRegistry` runs the services in-process: embedded (SQLite + a folder, the default) or against
-PostgreSQL and S3 directly. Compression runs inline right after a push. Every method returns views
-(`schemas`), never ORM objects.
+PostgreSQL and S3 directly. With inline compression (embedded, or ADAPTERS_COMPRESSION=inline) the
+codec runs right after a push; otherwise the version waits, pending, for a worker. `RemoteRegistry`
+(remote.py) offers the same methods over the HTTP API. Every method returns views (`schemas`), never
+ORM objects.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import importlib
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from . import service
+import sqlalchemy as sa
+
+from . import service, tokens
+from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
+from .errors import WaitTimeout
+from .metrics import JobMetrics
 from .progress import Reporter
 from .refs import AdapterName, Ref
-from .schemas import AdapterView, AliasResult, PullResult, PushResult, ShowResult, VersionView
+from .schemas import (
+    AdapterView,
+    AliasResult,
+    PullResult,
+    PushResult,
+    ShowResult,
+    TokenCreated,
+    TokenView,
+    VersionView,
+    adapter_view,
+)
 from .settings import Settings
 from .storage import BlobStorage, storage_from_url
+
+SETTLED = ("ready", "rejected", "failed")
+
+
+class Registry(Protocol):
+    """What the CLI needs from a registry, local or remote."""
+
+    def push(
+        self,
+        path: str | Path,
+        name: str | AdapterName,
+        *,
+        task: str | None = None,
+        base_model: str | None = None,
+        description: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        aliases: tuple[str, ...] | list[str] = (),
+        codec: str = "raw",
+        params: dict[str, Any] | None = None,
+        on_gate_fail: service.GateFallback = "raw",
+        created_by: str | None = None,
+        reporter: Reporter | None = None,
+    ) -> PushResult: ...
+
+    def wait(
+        self,
+        ref: str | Ref,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[VersionView], None] | None = None,
+    ) -> VersionView: ...
+
+    def pull(
+        self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
+    ) -> PullResult: ...
+
+    def resolve(self, ref: str | Ref) -> VersionView: ...
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+    ) -> list[AdapterView]: ...
+
+    def show(self, ref: str | Ref) -> ShowResult: ...
+
+    def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult: ...
+
+    def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult: ...
+
+    def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView: ...
+
+    def unyank(self, ref: str | Ref) -> VersionView: ...
+
+    def create_token(
+        self,
+        name: str,
+        scope: str,
+        *,
+        namespace: str | None = None,
+        expires_at: dt.datetime | None = None,
+        by: str | None = None,
+    ) -> TokenCreated: ...
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]: ...
+
+    def revoke_token(self, token_id: str) -> TokenView: ...
+
+    def close(self) -> None: ...
+
+
+def poll_until_settled(
+    get: Callable[[], VersionView],
+    *,
+    timeout: float | None,
+    on_change: Callable[[VersionView], None] | None,
+    interval: tuple[float, float] = (0.1, 2.0),
+) -> VersionView:
+    """Call `get` until the version is ready, rejected or failed, backing off from interval[0] to
+    interval[1] seconds; `on_change` sees each new (status, attempts)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    wait, seen = interval[0], None
+    while True:
+        view = get()
+        if (view.status, view.attempts) != seen:
+            seen = (view.status, view.attempts)
+            if on_change is not None:
+                on_change(view)
+        if view.status in SETTLED:
+            return view
+        if deadline is not None and time.monotonic() + wait > deadline:
+            raise WaitTimeout(f"{view.ref} is still {view.status} after {timeout:g} s")
+        time.sleep(wait)
+        wait = min(wait * 1.5, interval[1])
+
+
+def import_codec_modules(modules: list[str]) -> None:
+    """Import modules that register extra codecs (ADAPTERS_EXTRA_CODECS)."""
+    for module in modules:
+        importlib.import_module(module)
 
 
 class LocalRegistry:
@@ -28,24 +152,50 @@ class LocalRegistry:
         *,
         max_upload_bytes: int | None = None,
         auto_upgrade: bool = False,
+        inline: bool = True,
+        cache: ReconstructionCache | None = None,
+        lease_seconds: float = 60,
+        device: str | None = None,
+        codec_modules: list[str] | None = None,
+        user: str | None = None,
         environment: CodecEnvironment | None = None,
     ) -> None:
         self.db = database
         self.storage = storage
-        self.environment = environment
         self.max_upload_bytes = max_upload_bytes
         self.auto_upgrade = auto_upgrade
+        self.inline = inline
+        self.cache = cache
+        self.lease_seconds = lease_seconds
+        self.device = device
+        self.codec_modules = list(codec_modules or [])
+        self.environment = environment
+        self.principal = tokens.Principal.local(user)
+        self.job_metrics: JobMetrics | None = None  # inline runs report here when set
         self._schema_checked = False
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> LocalRegistry:
+    def from_settings(cls, settings: Settings, *, user: str | None = None) -> LocalRegistry:
         """The registry the settings describe. An embedded (SQLite) registry creates or upgrades its
         schema on first use; a PostgreSQL one must be upgraded explicitly (`adapters db upgrade`)."""
+        pool = (
+            {}
+            if settings.embedded
+            else {"pool_size": settings.db_pool_size, "max_overflow": settings.db_pool_size}
+        )
         return cls(
-            Database(settings.database_url),
+            Database(settings.database_url, **pool),
             storage_from_url(settings.storage_url),
             max_upload_bytes=settings.max_upload_bytes,
             auto_upgrade=settings.embedded,
+            inline=settings.inline_compression,
+            cache=ReconstructionCache(
+                settings.cache_dir or settings.home / "cache", settings.cache_max_bytes
+            ),
+            lease_seconds=settings.worker_lease_seconds,
+            device=settings.device,
+            codec_modules=settings.codec_modules,
+            user=user,
             environment=CodecEnvironment.from_settings(settings),
         )
 
@@ -88,10 +238,12 @@ class LocalRegistry:
         params: dict[str, Any] | None = None,
         on_gate_fail: service.GateFallback = "raw",
         created_by: str | None = None,
-        process: bool = True,
+        process: bool | None = None,
         reporter: Reporter | None = None,
+        label: str | None = None,
     ) -> PushResult:
-        """Push a PEFT directory; with `process` (the default) compress it right away."""
+        """Push a PEFT directory; with `process` (default: the registry's inline setting) compress it
+        right away, else leave it pending for a worker."""
         request = service.PushRequest(
             path=Path(path),
             name=name if isinstance(name, AdapterName) else AdapterName.parse(name),
@@ -104,26 +256,51 @@ class LocalRegistry:
             params=dict(params or {}),
             on_gate_fail=on_gate_fail,
             created_by=created_by,
+            label=label,
         )
         self._ready()
+        import_codec_modules(self.codec_modules)
         pushed = service.push(
             self.db, self.storage, request, max_bytes=self.max_upload_bytes, reporter=reporter
         )
-        if pushed.created and process:
-            service.process_version(
-                self.db, self.storage, pushed.version_id, reporter=reporter, environment=self.environment
-            )
+        if pushed.created and (self.inline if process is None else process):
+            self._process(pushed.version_id, reporter)
         return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
+
+    def _process(self, version_id: int, reporter: Reporter | None) -> None:
+        started = time.perf_counter()
+        service.process_version(
+            self.db,
+            self.storage,
+            version_id,
+            reporter=reporter,
+            device=self.device,
+            environment=self.environment,
+            lease_seconds=self.lease_seconds,
+        )
+        if self.job_metrics is not None:
+            view = self._version_view(version_id)
+            codec = view.codec or str(view.requested.get("codec"))
+            self.job_metrics.observe(codec, view.status, time.perf_counter() - started)
 
     def process(self, ref: str | Ref, *, reporter: Reporter | None = None) -> VersionView:
         """Run the codec of a pending version (pushed with `process=False`)."""
         self._ready()
+        import_codec_modules(self.codec_modules)
         with self.db.transaction() as session:
             version_id = service.resolve(session, ref).id
-        service.process_version(
-            self.db, self.storage, version_id, reporter=reporter, environment=self.environment
-        )
+        self._process(version_id, reporter)
         return self._version_view(version_id)
+
+    def wait(
+        self,
+        ref: str | Ref,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[VersionView], None] | None = None,
+    ) -> VersionView:
+        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it)."""
+        return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
         self._ready()
@@ -158,13 +335,13 @@ class LocalRegistry:
     ) -> PullResult:
         self._ready()
         version_id, files = service.pull(
-            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter
+            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter, cache=self.cache
         )
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
     def resolve(self, ref: str | Ref) -> VersionView:
         self._ready()
-        with self.db.transaction() as session:
+        with self.db.reading() as session:
             version = service.resolve(session, ref)
             return VersionView.of(version, service.version_aliases(session, version))
 
@@ -175,14 +352,70 @@ class LocalRegistry:
         task: str | None = None,
         base_model: str | None = None,
         tag: str | None = None,
+        after: str | AdapterName | None = None,
+        limit: int | None = None,
     ) -> list[AdapterView]:
+        """Adapters matching every filter, in name order; with `limit`, one page (names after `after`)."""
+        self._ready()
+        if isinstance(after, str):
+            after = AdapterName.parse(after)
+        with self.db.reading() as session:
+            found = service.search(
+                session,
+                namespace=namespace,
+                task=task,
+                base_model=base_model,
+                tag=tag,
+                after=after,
+                limit=limit,
+            )
+            return [adapter_view(summary) for summary in found]
+
+    def adapter(self, name: str | AdapterName) -> AdapterView:
+        self._ready()
+        with self.db.reading() as session:
+            return adapter_view(service.describe(session, name))
+
+    def versions(
+        self, name: str | AdapterName, *, after: int | None = None, limit: int | None = None
+    ) -> list[VersionView]:
+        """An adapter's versions by number; with `limit`, one page (numbers after `after`)."""
+        self._ready()
+        with self.db.reading() as session:
+            found = service.list_versions(session, name, after=after, limit=limit)
+            return [VersionView.of(version, aliases) for version, aliases in found]
+
+    def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
+        """A ready version and its reconstructed PEFT files, open (served from the cache when there).
+        Close the files when done."""
+        version = self._ready_version(ref)
+        assert version.artifact_digest is not None and version.artifact_size is not None
+        files = service.materialize(
+            self.storage,
+            (version.artifact_digest, version.artifact_size),
+            label=version.ref,
+            cache=self.cache,
+        )
+        return version, files
+
+    def artifact(self, ref: str | Ref) -> tuple[VersionView, Iterator[bytes]]:
+        """A ready version and its stored artifact's bytes, verified as they stream."""
+        version = self._ready_version(ref)
+        assert version.artifact_digest is not None
+        return version, self.storage.iter_chunks(version.artifact_digest)
+
+    def _ready_version(self, ref: str | Ref) -> VersionView:
         self._ready()
         with self.db.transaction() as session:
-            found = service.search(session, namespace=namespace, task=task, base_model=base_model, tag=tag)
-            return [
-                AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases)
-                for adapter, count, latest, aliases in found
-            ]
+            version = service.require_ready(service.resolve(session, ref))
+            return VersionView.of(version, service.version_aliases(session, version))
+
+    def check(self) -> None:
+        """Raise unless the database (at the current schema) and the blob store are reachable."""
+        with self.db.transaction() as session:
+            session.execute(sa.text("SELECT 1"))
+        self.db.check_schema()
+        self.storage.ping()
 
     def show(self, ref: str | Ref) -> ShowResult:
         """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions."""
@@ -202,3 +435,45 @@ class LocalRegistry:
                 version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
                 versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
             )
+
+    # ------------------------------------------------------------------------------------- tokens
+
+    def create_token(
+        self,
+        name: str,
+        scope: str,
+        *,
+        namespace: str | None = None,
+        expires_at: dt.datetime | None = None,
+        by: str | None = None,
+        principal: tokens.Principal | None = None,
+    ) -> TokenCreated:
+        """Make a token as `principal` (default: this registry's local user, an admin)."""
+        self._ready()
+        principal = principal or (tokens.Principal.local(by) if by else self.principal)
+        with self.db.transaction() as session:
+            token, secret = tokens.create_token(
+                session, name=name, scope=scope, namespace=namespace, expires_at=expires_at, by=principal
+            )
+            return TokenCreated(token=TokenView.of(token), secret=secret)
+
+    def list_tokens(
+        self, *, include_revoked: bool = False, principal: tokens.Principal | None = None
+    ) -> list[TokenView]:
+        self._ready()
+        with self.db.transaction() as session:
+            found = tokens.list_tokens(
+                session, by=principal or self.principal, include_revoked=include_revoked
+            )
+            return [TokenView.of(t) for t in found]
+
+    def revoke_token(self, token_id: str, *, principal: tokens.Principal | None = None) -> TokenView:
+        self._ready()
+        with self.db.transaction() as session:
+            return TokenView.of(tokens.revoke_token(session, token_id, by=principal or self.principal))
+
+    def authenticate(self, secret: str) -> tokens.Principal:
+        """The principal a bearer token stands for (raises InvalidToken)."""
+        self._ready()
+        with self.db.reading() as session:
+            return tokens.authenticate(session, secret)

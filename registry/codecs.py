@@ -16,13 +16,14 @@ from typing import Any
 
 @dataclass(frozen=True)
 class CodecEnvironment:
+    """What this machine offers a codec beyond the request: base models and calibration texts."""
+
     models_dir: Path | None = None
     calibration_texts: Path | None = None
-    device: str | None = None
 
     @classmethod
     def from_settings(cls, settings) -> CodecEnvironment:
-        return cls(settings.models_dir, settings.calibration_texts, settings.device)
+        return cls(settings.models_dir, settings.calibration_texts)
 
     def resolve_model(self, model_id: str | None) -> Path | None:
         """The local directory of a base model id, or None."""
@@ -43,25 +44,19 @@ class CodecEnvironment:
         return default_texts(), "packaged corpus"
 
 
-def build_codec(requested: dict[str, Any], base_model_id: str | None, env: CodecEnvironment | None):
-    """The codec for a request, given the base model where this machine has it. Returns the codec and
-    a note on what it will use (recorded with the version's fidelity)."""
-    from adapters.compress.codec import make_codec
-
-    params = dict(requested.get("params", {}))
-    if env is not None and env.device and requested["codec"] != "raw":
-        params.setdefault("device", env.device)
-    codec = make_codec(requested["codec"], **params)
+def attach_base_model(codec, base_model_id: str | None, env: CodecEnvironment | None) -> dict[str, Any]:
+    """Give a codec that can use one (NOLA) the base model, where this machine has it, and the
+    calibration texts. Returns a note on what it will use (recorded with the version's fidelity)."""
     if not hasattr(codec, "base_model"):
-        return codec, {}
+        return {}
     note: dict[str, Any] = {"base_model": base_model_id}
     path = env.resolve_model(base_model_id) if env is not None else None
     if path is None:
         where = env.models_dir if env is not None and env.models_dir else "no models directory configured"
         note["base_model_found"] = False
         note["note"] = f"base model not available ({where}): fitted without it, gated on weight error"
-        return codec, note
+        return note
     codec.base_model = path
     codec.texts, note["calibration"] = env.texts()
     note["base_model_found"] = True
-    return codec, note
+    return note

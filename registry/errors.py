@@ -123,3 +123,61 @@ class InvalidRequest(RegistryError):
     """A request that is well-formed but incomplete or contradictory (e.g. a new adapter without a task)."""
 
     code = "invalid-request"
+
+
+class TokenNotFound(NotFound):
+    code = "token-not-found"
+
+
+class AuthenticationRequired(RegistryError):
+    """The operation needs a token and none was given."""
+
+    code = "unauthenticated"
+
+
+class InvalidToken(RegistryError):
+    """A token that is unknown, revoked or expired."""
+
+    code = "invalid-token"
+
+
+class PermissionDenied(RegistryError):
+    """The token's scope or namespace does not cover the operation."""
+
+    code = "forbidden"
+
+
+class DigestMismatch(RegistryError):
+    """Uploaded bytes whose sha256 is not the one the client announced: nothing is stored."""
+
+    code = "digest-mismatch"
+
+
+class WaitTimeout(RegistryError):
+    """A version did not settle (ready, rejected or failed) within the time given."""
+
+    code = "timeout"
+
+
+class ServiceUnavailable(RegistryError):
+    """The registry API, its database or its blob store cannot be reached."""
+
+    code = "service-unavailable"
+
+
+class RemoteError(RegistryError):
+    """The registry API answered with an error this client does not know."""
+
+    code = "remote-error"
+
+
+def _subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
+    found = [cls]
+    for sub in cls.__subclasses__():
+        found.extend(_subclasses(sub))
+    return found
+
+
+def error_classes() -> dict[str, type[RegistryError]]:
+    """Every domain error by its code (what the API's problem types are made from)."""
+    return {cls.code: cls for cls in _subclasses(RegistryError)}

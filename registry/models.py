@@ -45,8 +45,8 @@ class Adapter(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     namespace: Mapped[str] = mapped_column(sa.String(64))
     name: Mapped[str] = mapped_column(sa.String(64))
-    task: Mapped[str] = mapped_column(sa.String(64), index=True)
-    base_model: Mapped[str | None] = mapped_column(sa.String(256), index=True)
+    task: Mapped[str] = mapped_column(sa.String(64))
+    base_model: Mapped[str | None] = mapped_column(sa.String(256))
     description: Mapped[str | None] = mapped_column(sa.Text)
     # The highest version number handed out; bumped with UPDATE ... RETURNING, which serializes pushes.
     last_version: Mapped[int] = mapped_column(server_default=sa.text("0"))
@@ -64,6 +64,9 @@ class Adapter(Base):
         sa.CheckConstraint(_matches("task", NAME_REGEX), name="task_format"),
         sa.CheckConstraint("base_model IS NULL OR length(base_model) > 0", name="base_model_not_empty"),
         sa.CheckConstraint("last_version >= 0", name="last_version_not_negative"),
+        # Lookups by task or base model, paged in name order, read one index range.
+        sa.Index("ix_adapters_task_namespace_name", "task", "namespace", "name"),
+        sa.Index("ix_adapters_base_model_namespace_name", "base_model", "namespace", "name"),
     )
 
     @property
@@ -127,6 +130,12 @@ class Version(Base):
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
     created_by: Mapped[str | None] = mapped_column(sa.String(128))
     processed_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The job queue (see queue.py): codec runs so far, who holds the job and until when, and the
+    # earliest time a retry may start.
+    attempts: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    leased_by: Mapped[str | None] = mapped_column(sa.String(128))
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
 
@@ -154,6 +163,18 @@ class Version(Base):
             name="ready_has_artifact",
         ),
         sa.CheckConstraint("yanked_at IS NULL OR status = 'ready'", name="only_ready_yanked"),
+        sa.CheckConstraint("attempts >= 0", name="attempts_not_negative"),
+        sa.CheckConstraint(
+            "status <> 'compressing' OR (leased_by IS NOT NULL AND lease_expires_at IS NOT NULL)",
+            name="compressing_is_leased",
+        ),
+        # The queue: only unfinished versions, so claiming stays fast however many are ready.
+        sa.Index(
+            "ix_versions_queue",
+            "id",
+            postgresql_where=sa.text("status IN ('pending', 'compressing')"),
+            sqlite_where=sa.text("status IN ('pending', 'compressing')"),
+        ),
     )
 
     @property
@@ -190,4 +211,46 @@ class Alias(Base):
         ),
         sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
         sa.CheckConstraint("name <> 'latest'", name="name_not_reserved"),
+    )
+
+
+class TokenScope(str, enum.Enum):
+    READ = "read"  # list, show, resolve, pull
+    WRITE = "write"  # read + push, aliases, yank
+    ADMIN = "admin"  # write + tokens
+
+    def __str__(self) -> str:
+        return self.value
+
+
+SCOPES = tuple(s.value for s in TokenScope)
+
+
+class Token(Base):
+    """An API token. Only the sha256 of the secret is stored; `public_id` names it in lists and logs."""
+
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    public_id: Mapped[str] = mapped_column(sa.String(16), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.String(64))
+    scope: Mapped[str] = mapped_column(sa.String(16))
+    # None: every namespace.
+    namespace: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    created_by: Mapped[str | None] = mapped_column(sa.String(128))
+    expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        sa.CheckConstraint(sa.column("scope").in_(SCOPES), name="scope_known"),
+        sa.CheckConstraint(_matches("public_id", r"\A[0-9a-f]{12}\Z"), name="public_id_format"),
+        sa.CheckConstraint(_matches("secret_sha256", DIGEST_REGEX), name="secret_sha256_format"),
+        sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
+        sa.CheckConstraint(
+            sa.or_(sa.column("namespace").is_(None), _matches("namespace", NAME_REGEX)),
+            name="namespace_format",
+        ),
     )

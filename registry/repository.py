@@ -3,6 +3,8 @@ never commit: the caller owns the transaction (one per CLI command or API reques
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -10,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .db import utcnow
-from .models import Adapter, AdapterTag, Alias, Blob, Version, VersionStatus
+from .models import Adapter, AdapterTag, Alias, Blob, Token, Version, VersionStatus
 from .refs import AdapterName
 
 
@@ -24,6 +26,15 @@ def _insert(session: Session, model: Any) -> Any:
     else:  # pragma: no cover - make_engine accepts only these two
         raise NotImplementedError(dialect)
     return insert(model)
+
+
+def db_now(session: Session) -> dt.datetime:
+    """The database's clock on PostgreSQL (one clock for every process), this machine's on SQLite."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(sa.select(sa.func.now()))
+        assert now is not None
+        return now
+    return utcnow()
 
 
 class AdapterRepository:
@@ -86,15 +97,21 @@ class AdapterRepository:
             self.session.execute(_insert(self.session, AdapterTag).values(rows).on_conflict_do_nothing())
             self.session.refresh(adapter, ["tags"])
 
-    def search(
-        self,
+    @staticmethod
+    def _filtered(
+        query: sa.Select[Any],
         *,
-        namespace: str | None = None,
-        task: str | None = None,
-        base_model: str | None = None,
-        tag: str | None = None,
-    ) -> Sequence[Adapter]:
-        query = sa.select(Adapter).order_by(Adapter.namespace, Adapter.name)
+        namespace: str | None,
+        task: str | None,
+        base_model: str | None,
+        tag: str | None,
+        name: AdapterName | None = None,
+        after: AdapterName | None,
+        limit: int | None,
+    ) -> sa.Select[Any]:
+        query = query.order_by(Adapter.namespace, Adapter.name)
+        if name is not None:
+            query = query.where(Adapter.namespace == name.namespace, Adapter.name == name.name)
         if namespace is not None:
             query = query.where(Adapter.namespace == namespace)
         if task is not None:
@@ -103,7 +120,103 @@ class AdapterRepository:
             query = query.where(Adapter.base_model == base_model)
         if tag is not None:
             query = query.where(sa.exists().where(AdapterTag.adapter_id == Adapter.id, AdapterTag.tag == tag))
+        if after is not None:
+            query = query.where(sa.tuple_(Adapter.namespace, Adapter.name) > (after.namespace, after.name))
+        if limit is not None:
+            query = query.limit(limit)
+        return query
+
+    def search(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+        after: AdapterName | None = None,
+        limit: int | None = None,
+    ) -> Sequence[Adapter]:
+        """Adapters matching every given filter in name order: the first `limit` after `after`."""
+        query = self._filtered(
+            sa.select(Adapter),
+            namespace=namespace,
+            task=task,
+            base_model=base_model,
+            tag=tag,
+            after=after,
+            limit=limit,
+        )
         return self.session.scalars(query).all()
+
+    def summaries(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+        name: AdapterName | None = None,
+        after: AdapterName | None = None,
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """What a listing shows, as plain rows (no ORM objects: listings are the hot path): the
+        adapters matching every filter in name order, each with the number of its latest version
+        (newest ready, not yanked), its tags and its aliases, in one query. Versions are never
+        deleted and a rolled-back push gives its number back, so `last_version` is also the number
+        of versions."""
+        postgresql = self.session.get_bind().dialect.name == "postgresql"
+        array_agg = sa.func.json_agg if postgresql else sa.func.json_group_array
+        object_agg = sa.func.json_object_agg if postgresql else sa.func.json_group_object
+        latest = (
+            sa.select(sa.func.max(Version.number))
+            .where(
+                Version.adapter_id == Adapter.id,
+                Version.status == VersionStatus.READY.value,
+                Version.yanked_at.is_(None),
+            )
+            .scalar_subquery()
+        )
+        tags = (
+            sa.select(array_agg(AdapterTag.tag)).where(AdapterTag.adapter_id == Adapter.id).scalar_subquery()
+        )
+        aliases = (
+            sa.select(object_agg(Alias.name, Version.number))
+            .join(Version, Version.id == Alias.version_id)
+            .where(Alias.adapter_id == Adapter.id)
+            .scalar_subquery()
+        )
+        columns = sa.select(
+            Adapter.namespace,
+            Adapter.name,
+            Adapter.task,
+            Adapter.base_model,
+            Adapter.description,
+            Adapter.last_version,
+            Adapter.created_at,
+            Adapter.updated_at,
+            latest.label("latest"),
+            tags.label("tags"),
+            aliases.label("aliases"),
+        )
+        query = self._filtered(
+            columns,
+            namespace=namespace,
+            task=task,
+            base_model=base_model,
+            tag=tag,
+            name=name,
+            after=after,
+            limit=limit,
+        )
+        return [
+            dict(row) | {"tags": sorted(_json(row["tags"]) or []), "aliases": _json(row["aliases"]) or {}}
+            for row in self.session.execute(query).mappings()
+        ]
+
+
+def _json(value: Any) -> Any:
+    """A JSON aggregate's value: decoded already (psycopg) or text (SQLite)."""
+    return json.loads(value) if isinstance(value, str) else value
 
 
 class VersionRepository:
@@ -161,10 +274,16 @@ class VersionRepository:
             )
         )
 
-    def for_adapter(self, adapter: Adapter) -> Sequence[Version]:
-        return self.session.scalars(
-            sa.select(Version).where(Version.adapter_id == adapter.id).order_by(Version.number)
-        ).all()
+    def for_adapter(
+        self, adapter: Adapter, *, after: int | None = None, limit: int | None = None
+    ) -> Sequence[Version]:
+        """The adapter's versions by number: the first `limit` after number `after`."""
+        query = sa.select(Version).where(Version.adapter_id == adapter.id).order_by(Version.number)
+        if after is not None:
+            query = query.where(Version.number > after)
+        if limit is not None:
+            query = query.limit(limit)
+        return self.session.scalars(query).all()
 
     def summary(self, adapter_ids: Sequence[int]) -> dict[int, tuple[int, int | None]]:
         """Per adapter: (number of versions, number of the latest ready unyanked version)."""
@@ -241,3 +360,166 @@ class BlobRepository:
         self.session.execute(
             _insert(self.session, Blob).values(sha256=digest, size=size).on_conflict_do_nothing()
         )
+
+
+QUEUED = (VersionStatus.PENDING.value, VersionStatus.COMPRESSING.value)
+
+
+class QueueRepository:
+    """The job queue over `versions`: a pending version is a job; a worker claims it by setting
+    `compressing` with a lease (`leased_by`, `lease_expires_at`) that it renews while it works.
+    A lease that expires makes the job claimable again. Every write checks who holds the lease."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def now(self) -> dt.datetime:
+        return db_now(self.session)
+
+    def _claimable(self, now: dt.datetime) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            Version.status.in_(QUEUED),  # the partial index's predicate
+            sa.or_(
+                sa.and_(
+                    Version.status == VersionStatus.PENDING.value,
+                    sa.or_(Version.next_attempt_at.is_(None), Version.next_attempt_at <= now),
+                ),
+                sa.and_(Version.status == VersionStatus.COMPRESSING.value, Version.lease_expires_at < now),
+            ),
+        )
+
+    def expired(self, now: dt.datetime, *, min_attempts: int, limit: int = 100) -> Sequence[Version]:
+        """Jobs whose lease ran out after `min_attempts` runs or more, locked (others are skipped)."""
+        return self.session.scalars(
+            sa.select(Version)
+            .where(
+                Version.status.in_(QUEUED),
+                Version.status == VersionStatus.COMPRESSING.value,
+                Version.lease_expires_at < now,
+                Version.attempts >= min_attempts,
+            )
+            .order_by(Version.id)
+            .limit(limit)
+            .with_for_update(of=Version, skip_locked=True)
+            .execution_options(populate_existing=True)
+        ).all()
+
+    def next_claimable(self, now: dt.datetime) -> int | None:
+        """The oldest claimable job's id, row-locked; jobs other transactions hold are skipped."""
+        return self.session.scalar(
+            sa.select(Version.id)
+            .where(self._claimable(now))
+            .order_by(Version.id)
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        )
+
+    def lease(self, version_id: int, worker: str, until: dt.datetime) -> Version:
+        """Mark a locked job `compressing` for `worker` until `until`, counting the attempt."""
+        self.session.execute(
+            sa.update(Version)
+            .where(Version.id == version_id)
+            .values(
+                status=VersionStatus.COMPRESSING.value,
+                attempts=Version.attempts + 1,
+                leased_by=worker,
+                lease_expires_at=until,
+                next_attempt_at=None,
+            )
+            .execution_options(synchronize_session=False)
+        )
+        version = self.session.scalar(
+            sa.select(Version).where(Version.id == version_id).execution_options(populate_existing=True)
+        )
+        assert version is not None
+        return version
+
+    def _held(self, version_id: int, worker: str) -> sa.Update:
+        return (
+            sa.update(Version)
+            .where(
+                Version.id == version_id,
+                Version.status == VersionStatus.COMPRESSING.value,
+                Version.leased_by == worker,
+            )
+            .execution_options(synchronize_session=False)
+        )
+
+    def renew(self, version_id: int, worker: str, until: dt.datetime) -> bool:
+        """Extend a lease; False when `worker` no longer holds it."""
+        return (
+            self.session.execute(self._held(version_id, worker).values(lease_expires_at=until)).rowcount == 1
+        )
+
+    def requeue(
+        self, version_id: int, worker: str, *, at: dt.datetime | None, error: str | None, count_attempt: bool
+    ) -> bool:
+        """Give a held job back to the queue (to be claimed from `at`); False if not held."""
+        values: dict[str, Any] = {
+            "status": VersionStatus.PENDING.value,
+            "leased_by": None,
+            "lease_expires_at": None,
+            "next_attempt_at": at,
+        }
+        if error is not None:
+            values["error"] = error
+        if not count_attempt:
+            values["attempts"] = Version.attempts - 1
+        return self.session.execute(self._held(version_id, worker).values(**values)).rowcount == 1
+
+    def fail(self, version_id: int, worker: str, *, error: str, now: dt.datetime) -> bool:
+        """Mark a held job failed for good; False if not held."""
+        values = {
+            "status": VersionStatus.FAILED.value,
+            "error": error,
+            "processed_at": now,
+            "leased_by": None,
+            "lease_expires_at": None,
+            "next_attempt_at": None,
+        }
+        return self.session.execute(self._held(version_id, worker).values(**values)).rowcount == 1
+
+    def depth(self) -> dict[str, int]:
+        """Jobs per queue status (pending, compressing)."""
+        rows = self.session.execute(
+            sa.select(Version.status, sa.func.count())
+            .where(Version.status.in_(QUEUED))
+            .group_by(Version.status)
+        )
+        counts = dict.fromkeys(QUEUED, 0)
+        counts.update({str(status): int(count) for status, count in rows})
+        return counts
+
+
+class TokenRepository:
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def add(self, token: Token) -> Token:
+        self.session.add(token)
+        self.session.flush()
+        return token
+
+    def by_secret_hash(self, digest: str) -> Token | None:
+        return self.session.scalar(sa.select(Token).where(Token.secret_sha256 == digest))
+
+    def by_public_id(self, public_id: str) -> Token | None:
+        return self.session.scalar(sa.select(Token).where(Token.public_id == public_id))
+
+    def list(self, *, namespace: str | None = None, include_revoked: bool = False) -> Sequence[Token]:
+        query = sa.select(Token).order_by(Token.created_at, Token.id)
+        if namespace is not None:
+            query = query.where(Token.namespace == namespace)
+        if not include_revoked:
+            query = query.where(Token.revoked_at.is_(None))
+        return self.session.scalars(query).all()
+
+    def touch(self, token: Token, now: dt.datetime, *, every: dt.timedelta) -> None:
+        """Record use, at most once per `every` (a write per request would serialize on the row)."""
+        if token.last_used_at is None or now - token.last_used_at >= every:
+            self.session.execute(
+                sa.update(Token)
+                .where(Token.id == token.id)
+                .values(last_used_at=now)
+                .execution_options(synchronize_session=False)
+            )

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .models import Adapter, Version
+from .models import Adapter, Token, Version
 
 
 class View(BaseModel):
@@ -41,6 +41,7 @@ class VersionView(View):
     created_at: dt.datetime
     created_by: str | None
     processed_at: dt.datetime | None
+    attempts: int
 
     @classmethod
     def of(cls, version: Version, aliases: list[str] | None = None) -> VersionView:
@@ -66,6 +67,7 @@ class VersionView(View):
             created_at=version.created_at,
             created_by=version.created_by,
             processed_at=version.processed_at,
+            attempts=version.attempts,
         )
 
 
@@ -101,6 +103,23 @@ class AdapterView(View):
         )
 
 
+def adapter_view(summary: dict[str, Any]) -> AdapterView:
+    """An AdapterView from a listing row (`AdapterRepository.summaries`)."""
+    return AdapterView(
+        name=f"{summary['namespace']}/{summary['name']}",
+        namespace=summary["namespace"],
+        task=summary["task"],
+        base_model=summary["base_model"],
+        description=summary["description"],
+        tags=summary["tags"],
+        versions=summary["last_version"],
+        latest=summary["latest"],
+        aliases=dict(sorted(summary["aliases"].items())),
+        created_at=summary["created_at"],
+        updated_at=summary["updated_at"],
+    )
+
+
 class PushResult(View):
     created: bool
     version: VersionView
@@ -123,3 +142,36 @@ class AliasResult(View):
     alias: str
     version: int | None
     previous: int | None
+
+
+class TokenView(View):
+    id: str
+    name: str
+    scope: str
+    namespace: str | None
+    created_at: dt.datetime
+    created_by: str | None
+    expires_at: dt.datetime | None
+    last_used_at: dt.datetime | None
+    revoked_at: dt.datetime | None
+
+    @classmethod
+    def of(cls, token: Token) -> TokenView:
+        return cls(
+            id=token.public_id,
+            name=token.name,
+            scope=token.scope,
+            namespace=token.namespace,
+            created_at=token.created_at,
+            created_by=token.created_by,
+            expires_at=token.expires_at,
+            last_used_at=token.last_used_at,
+            revoked_at=token.revoked_at,
+        )
+
+
+class TokenCreated(View):
+    """A new token; `secret` is shown this once and stored nowhere."""
+
+    token: TokenView
+    secret: str

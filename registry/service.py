@@ -12,7 +12,6 @@ them, so listing and resolving stay light.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import shutil
@@ -24,7 +23,9 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from .codecs import CodecEnvironment, build_codec
+from . import queue
+from .cache import CachedAdapter, ReconstructionCache, open_folder
+from .codecs import CodecEnvironment, attach_base_model
 from .db import Database, utcnow
 from .errors import (
     AdapterConflict,
@@ -35,23 +36,19 @@ from .errors import (
     InvalidCodec,
     InvalidName,
     InvalidRequest,
-    OutputError,
-    OutputExists,
-    RegistryError,
     UnsupportedArtifact,
     VersionNotFound,
     VersionNotReady,
 )
 from .models import Adapter, Alias, Version, VersionStatus
+from .output import install, prepare_output, staging_for
 from .progress import Reporter, SilentReporter
+from .queue import Job
 from .refs import AdapterName, Ref, check_alias, check_name
 from .repository import AdapterRepository, AliasRepository, BlobRepository, VersionRepository
 from .storage import BlobStorage, sha256_file
 
 GateFallback = Literal["raw", "reject"]
-# PEFT keeps these config fields as sets and writes them in arbitrary order; sorted, identical
-# adapters serialize identically.
-SET_VALUED_CONFIG_FIELDS = ("target_modules", "exclude_modules")
 SOURCE_FILE = "source.safetensors"
 ARTIFACT_FILE = "artifact.bin"
 
@@ -71,6 +68,9 @@ class PushRequest:
     params: dict[str, Any] = field(default_factory=dict)
     on_gate_fail: GateFallback = "raw"
     created_by: str | None = None
+    # How messages name the directory (the API validates uploads in a temporary folder and names
+    # them as the client's own path).
+    label: str | None = None
 
     def __post_init__(self) -> None:
         if self.task is not None:
@@ -107,17 +107,6 @@ def as_ref(ref: str | Ref) -> Ref:
 # ---------------------------------------------------------------------------------------------- push
 
 
-def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
-    """The config with set-valued fields in sorted order (the same adapter saved twice by PEFT
-    can list its target modules in different orders)."""
-    normalized = dict(config)
-    for key in SET_VALUED_CONFIG_FIELDS:
-        value = normalized.get(key)
-        if isinstance(value, list) and all(isinstance(v, str) for v in value):
-            normalized[key] = sorted(set(value))
-    return normalized
-
-
 def check_codec(name: str, params: dict[str, Any]) -> None:
     """Raise InvalidCodec unless the codec exists and accepts these parameters."""
     from adapters.compress.codec import make_codec
@@ -151,13 +140,14 @@ def push(
         try:
             checkpoint = read_adapter(request.path)
         except InvalidAdapter as exc:
-            raise InvalidAdapterUpload(str(exc)) from None
-        checkpoint = dataclasses.replace(checkpoint, config=normalize_config(checkpoint.config))
+            message = str(exc)
+            if request.label is not None:
+                message = message.replace(str(request.path), request.label)
+            raise InvalidAdapterUpload(message) from None
         data = canonical_bytes(checkpoint)
     if max_bytes is not None and len(data) > max_bytes:
-        raise AdapterTooLarge(
-            f"{request.path}: adapter is {len(data)} bytes, more than the limit of {max_bytes}"
-        )
+        where = request.label or request.path
+        raise AdapterTooLarge(f"{where}: adapter is {len(data)} bytes, more than the limit of {max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
     # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
     config_base_model = checkpoint.config.get("base_model_name_or_path") or None
@@ -286,34 +276,79 @@ def process_version(
     version_id: int,
     *,
     reporter: Reporter | None = None,
+    device: str | None = None,
     environment: CodecEnvironment | None = None,
+    lease_seconds: float = 60,
 ) -> int:
-    """Run the requested codec on a `pending` version and record the outcome.
+    """Run the requested codec on a `pending` version now, in this process, and record the outcome.
 
     pending -> compressing -> ready (artifact stored and recorded), rejected (missed the fidelity gate
-    and the push said `reject`) or failed (any error, with its text). If the gate is missed and the
-    push said `raw`, the version is ready with the lossless source as its artifact. Returns the id.
+    and the push said `reject`) or failed (any error, with its text; inline runs are not retried).
+    If the gate is missed and the push said `raw`, the version is ready with the lossless source as
+    its artifact. The run holds a lease like a worker's, so if this process dies, a worker can take
+    the version over once the lease expires. Returns the id.
     """
-    with db.transaction() as session:
-        version = VersionRepository(session).get(version_id, for_update=True)
-        if version is None:
-            raise VersionNotFound(f"no version with id {version_id}")
-        if version.status != VersionStatus.PENDING.value:
-            raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
-        version.status = VersionStatus.COMPRESSING.value
-        source, requested = (version.source_digest, version.source_size), dict(version.requested)
-        requested.setdefault("base_model", version.adapter.base_model)
+    job = queue.claim_version(db, version_id, queue.worker_id("inline"), lease_seconds=lease_seconds)
+    run_job(
+        db,
+        storage,
+        job,
+        reporter=reporter,
+        device=device,
+        environment=environment,
+        lease_seconds=lease_seconds,
+    )
+    return version_id
+
+
+def run_job(
+    db: Database,
+    storage: BlobStorage,
+    job: Job,
+    *,
+    reporter: Reporter | None = None,
+    device: str | None = None,
+    environment: CodecEnvironment | None = None,
+    lease_seconds: float = 60,
+    max_attempts: int = 1,
+    backoff_seconds: float = 0,
+) -> str:
+    """Run a claimed job's codec while renewing its lease, and record what happened. Returns "ready",
+    "rejected", "retry" (failed, queued again), "failed" or "lost" (the lease passed to another run,
+    so nothing was recorded). `queue.Interrupted` gives the job back untouched and propagates."""
     try:
-        outcome = run_codec(
-            storage, source, requested, reporter=reporter or SilentReporter(), environment=environment
-        )
+        with queue.Lease(db, job, lease_seconds=lease_seconds):
+            outcome = run_codec(
+                storage,
+                job.source,
+                job.requested,
+                reporter=reporter or SilentReporter(),
+                device=device,
+                base_model=job.base_model,
+                environment=environment,
+            )
         with db.transaction() as session:
-            _record_outcome(session, version_id, outcome)
+            return _record_outcome(session, job, outcome)
+    except queue.Interrupted:
+        queue.release(db, job)
+        raise
     except BaseException as exc:
-        _mark_failed(db, version_id, exc)
+        result = queue.fail(db, job, exc, max_attempts=max_attempts, backoff_seconds=backoff_seconds)
         if not isinstance(exc, Exception):
             raise
-    return version_id
+        return result
+
+
+def _make_codec(name: str, params: dict[str, Any], device: str | None) -> Any:
+    """The codec, told to run on `device` when it takes a device (raw and simple codecs do not)."""
+    from adapters.compress.codec import make_codec
+
+    if device is not None and "device" not in params:
+        try:
+            return make_codec(name, **params, device=device)
+        except (TypeError, ValueError):
+            pass
+    return make_codec(name, **params)
 
 
 def run_codec(
@@ -322,11 +357,13 @@ def run_codec(
     requested: dict[str, Any],
     *,
     reporter: Reporter,
+    device: str | None = None,
+    base_model: str | None = None,
     environment: CodecEnvironment | None = None,
 ) -> Outcome:
-    """Fetch the source blob (verified), run the requested codec (with the base model, where this
-    machine has it), store the artifact if it is a new blob, and apply the fidelity gate. Touches no
-    database."""
+    """Fetch the source blob (verified), run the requested codec (on `device` if the codec takes
+    one, with the base model where this machine has it), store the artifact if it is a new blob,
+    and apply the fidelity gate. Touches no database."""
     from adapters.compress.codec import reconstruct
 
     source_digest = source[0]
@@ -334,8 +371,9 @@ def run_codec(
         source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
         storage.get_file(source_digest, source_file)
         checkpoint = reconstruct(source_file)
-        base_model = requested.get("base_model") or checkpoint.config.get("base_model_name_or_path")
-        codec, setup = build_codec(requested, base_model, environment)
+        codec = _make_codec(requested["codec"], requested.get("params", {}), device)
+        base_model = base_model or checkpoint.config.get("base_model_name_or_path")
+        setup = attach_base_model(codec, base_model, environment)
         with reporter.task(
             f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
         ) as advance:
@@ -371,42 +409,35 @@ def run_codec(
         )
 
 
-def _describe_error(exc: BaseException) -> str:
-    if isinstance(exc, RegistryError):
-        return str(exc)
-    if isinstance(exc, KeyboardInterrupt):
-        return "interrupted"
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _mark_failed(db: Database, version_id: int, exc: BaseException) -> None:
-    with db.transaction() as session:
-        version = VersionRepository(session).get(version_id, for_update=True)
-        if version is not None and version.status == VersionStatus.COMPRESSING.value:
-            version.status = VersionStatus.FAILED.value
-            version.error = _describe_error(exc)
-            version.processed_at = utcnow()
-
-
-def _record_outcome(session: Session, version_id: int, outcome: Outcome) -> None:
-    version = VersionRepository(session).get(version_id, for_update=True)
-    if version is None or version.status != VersionStatus.COMPRESSING.value:
-        return  # someone else settled it (e.g. a lease expired and another run finished first)
+def _record_outcome(session: Session, job: Job, outcome: Outcome) -> str:
+    """Write a run's outcome on its version, if the run still holds the lease; returns the status
+    written, or "lost"."""
+    version = VersionRepository(session).get(job.version_id, for_update=True)
+    if (
+        version is None
+        or version.status != VersionStatus.COMPRESSING.value
+        or version.leased_by != job.worker
+    ):
+        return "lost"  # the lease expired and another run took the job over
+    if outcome.artifact is None:
+        version.status = VersionStatus.REJECTED.value
+        version.error = outcome.rejection
+    else:
+        digest, size = outcome.artifact
+        BlobRepository(session).ensure(digest, size)
+        version.status = VersionStatus.READY.value
+        version.artifact_digest, version.artifact_size = digest, size
+        version.error = None  # an earlier attempt's
     version.codec = outcome.codec
     version.codec_params = outcome.codec_params
     version.fidelity = outcome.fidelity
     version.processed_at = utcnow()
-    if outcome.artifact is None:
-        version.status = VersionStatus.REJECTED.value
-        version.error = outcome.rejection
-        return
-    digest, size = outcome.artifact
-    BlobRepository(session).ensure(digest, size)
-    version.artifact_digest, version.artifact_size = digest, size
-    version.status = VersionStatus.READY.value
+    version.leased_by = version.lease_expires_at = version.next_attempt_at = None
     session.flush()
-    for alias in version.requested.get("aliases", []):
-        _point_alias(session, version, alias, by=version.created_by)
+    if version.status == VersionStatus.READY.value:
+        for alias in version.requested.get("aliases", []):
+            _point_alias(session, version, alias, by=version.created_by)
+    return version.status
 
 
 # ---------------------------------------------------------------------------------- resolve and read
@@ -478,10 +509,35 @@ def search(
     task: str | None = None,
     base_model: str | None = None,
     tag: str | None = None,
-) -> list[tuple[Adapter, int, int | None, dict[str, int]]]:
-    """Adapters matching every given filter, summarized (see `summarize`)."""
-    found = AdapterRepository(session).search(namespace=namespace, task=task, base_model=base_model, tag=tag)
-    return summarize(session, found)
+    after: AdapterName | None = None,
+    limit: int | None = None,
+) -> list[dict[str, Any]]:
+    """Adapters matching every given filter, in name order (the first `limit` after `after`), as
+    listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`)."""
+    return AdapterRepository(session).summaries(
+        namespace=namespace, task=task, base_model=base_model, tag=tag, after=after, limit=limit
+    )
+
+
+def describe(session: Session, name: AdapterName | str) -> dict[str, Any]:
+    """One adapter as a listing row; raises AdapterNotFound."""
+    name = name if isinstance(name, AdapterName) else AdapterName.parse(name)
+    found = AdapterRepository(session).summaries(name=name)
+    if not found:
+        raise AdapterNotFound(f"adapter {name} not found")
+    return found[0]
+
+
+def list_versions(
+    session: Session, name: AdapterName | str, *, after: int | None = None, limit: int | None = None
+) -> list[tuple[Version, list[str]]]:
+    """An adapter's versions by number (the first `limit` after `after`), each with its aliases."""
+    adapter = get_adapter(session, name)
+    by_version: dict[int, list[str]] = {}
+    for alias in AliasRepository(session).for_adapter(adapter):
+        by_version.setdefault(alias.version_id, []).append(alias.name)
+    versions = VersionRepository(session).for_adapter(adapter, after=after, limit=limit)
+    return [(v, by_version.get(v.id, [])) for v in versions]
 
 
 # --------------------------------------------------------------------------------------- aliases
@@ -549,11 +605,56 @@ def unyank(session: Session, ref: str | Ref) -> Version:
 # ------------------------------------------------------------------------------------------- pull
 
 
-def _prepare_output(out_dir: Path, force: bool) -> None:
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExists(f"{out_dir} exists and is not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
-        raise OutputExists(f"{out_dir} is not empty (use --force to overwrite the adapter files in it)")
+def _reconstruct_into(
+    storage: BlobStorage, artifact: tuple[str, int], label: str, folder: Path, reporter: Reporter
+) -> None:
+    from adapters.compress.codec import reconstruct
+    from adapters.compress.errors import CompressError
+    from adapters.compress.peft_io import write_adapter
+
+    digest, size = artifact
+    staged = folder / ".artifact"
+    with reporter.task("downloading", total=size, unit="bytes") as advance:
+        storage.get_file(digest, staged, progress=advance)
+    with reporter.task("reconstructing"):
+        try:
+            checkpoint = reconstruct(staged)
+        except CompressError as exc:
+            raise UnsupportedArtifact(f"{label}: its artifact cannot be decoded: {exc}") from None
+        staged.unlink()
+        write_adapter(checkpoint, folder)
+
+
+def materialize(
+    storage: BlobStorage,
+    artifact: tuple[str, int],
+    *,
+    label: str,
+    cache: ReconstructionCache | None = None,
+    reporter: Reporter | None = None,
+) -> CachedAdapter:
+    """The PEFT files an artifact reconstructs to, open for reading: from the cache when it holds
+    them, else fetched (verified against the artifact's sha256), decoded and, with a cache, kept.
+    Close the result when done."""
+    reporter = reporter or SilentReporter()
+    digest = artifact[0]
+    if cache is not None and cache.enabled:
+        found = cache.get(digest)
+        if found is not None:
+            return found
+        with cache.lock(digest):
+            found = cache.get(digest)  # made by another thread while we waited
+            if found is not None:
+                return found
+            folder = cache.staging()
+            try:
+                _reconstruct_into(storage, artifact, label, folder, reporter)
+                return cache.put(digest, folder)
+            finally:
+                shutil.rmtree(folder, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="adapters-reconstruct-") as tmp:
+        _reconstruct_into(storage, artifact, label, Path(tmp), reporter)
+        return open_folder(Path(tmp), digest)
 
 
 def pull(
@@ -564,54 +665,20 @@ def pull(
     *,
     force: bool = False,
     reporter: Reporter | None = None,
+    cache: ReconstructionCache | None = None,
 ) -> tuple[int, list[str]]:
     """Write the PEFT directory of the version `ref` names to `out_dir`. The artifact is verified
-    against its sha256 before it is decoded, and `out_dir` is only touched once everything succeeded.
-    Returns the version id and the files written."""
-    from adapters.compress.codec import reconstruct
-    from adapters.compress.errors import CompressError
-    from adapters.compress.peft_io import BIN_FILE, write_adapter
-
-    reporter = reporter or SilentReporter()
+    against its sha256 before it is decoded (and cached reconstructions as they are copied), and
+    `out_dir` is only touched once everything succeeded. Returns the version id and the files."""
     out_dir = Path(out_dir)
     with db.transaction() as session:
         version = require_ready(resolve(session, ref))
-        version_id, digest, size, label = (
-            version.id,
-            version.artifact_digest,
-            version.artifact_size,
-            version.ref,
-        )
-    assert digest is not None
-    _prepare_output(out_dir, force)
-    try:
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write to {out_dir}: {exc}") from None
-    try:
-        artifact = staging / ".artifact"
-        with reporter.task("downloading", total=size, unit="bytes") as advance:
-            storage.get_file(digest, artifact, progress=advance)
-        with reporter.task("reconstructing"):
-            try:
-                checkpoint = reconstruct(artifact)
-            except CompressError as exc:
-                raise UnsupportedArtifact(f"{label}: its artifact cannot be decoded: {exc}") from None
-            artifact.unlink()
-            write_adapter(checkpoint, staging)
-        files = sorted(p.name for p in staging.iterdir())
-        try:
-            if out_dir.is_dir() and not any(out_dir.iterdir()):
-                out_dir.rmdir()
-            if not out_dir.exists():
-                staging.rename(out_dir)
-            else:  # --force into a folder with files: replace the adapter's files, drop a stale .bin
-                (out_dir / BIN_FILE).unlink(missing_ok=True)
-                for name in files:
-                    (staging / name).replace(out_dir / name)
-        except OSError as exc:
-            raise OutputError(f"cannot write {out_dir}: {exc}") from None
-        return version_id, files
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        version_id, label = version.id, version.ref
+        assert version.artifact_digest is not None and version.artifact_size is not None
+        artifact = (version.artifact_digest, version.artifact_size)
+    prepare_output(out_dir, force)
+    with staging_for(out_dir) as staging:
+        with materialize(storage, artifact, label=label, cache=cache, reporter=reporter) as adapter:
+            for cached in adapter.files.values():
+                cached.copy_to(staging / cached.name)
+        return version_id, install(staging, out_dir)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+import sqlalchemy as sa
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Values that ship in examples and must never guard a real deployment.
+PLACEHOLDER_SECRETS = frozenset(
+    {"changeme", "change-me", "changethis", "change-this", "placeholder", "secret", "password", "minioadmin"}
+)
 
 
 class Settings(BaseSettings):
@@ -27,6 +34,9 @@ class Settings(BaseSettings):
         "Empty means a folder under ADAPTERS_HOME.",
     )
     url: str = Field(default="", description="Base URL of a remote registry API; empty means embedded mode.")
+    device: str | None = Field(
+        default=None, description="Device for compression: cpu, cuda or cuda:N (default: CUDA when present)."
+    )
     token: SecretStr | None = Field(default=None, description="Bearer token for the remote API.")
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, description="Largest accepted adapter upload.")
     models_dir: Path | None = Field(
@@ -38,7 +48,58 @@ class Settings(BaseSettings):
         default=None,
         description="Calibration texts (.txt or .jsonl) for compression; default: the packaged corpus.",
     )
-    device: str | None = Field(default=None, description="Device for compression: cpu, cuda (default: auto).")
+
+    # How pushes get compressed.
+    compression: Literal["auto", "inline", "queue"] = Field(
+        default="auto",
+        description="inline: the process that pushes runs the codec; queue: pushes stay pending until "
+        "an `adapters worker` claims them; auto: inline on SQLite, queue on PostgreSQL.",
+    )
+
+    # The API server.
+    api_host: str = Field(default="127.0.0.1", description="Address `adapters serve` listens on.")
+    api_port: int = Field(default=8080, ge=1, le=65535, description="Port `adapters serve` listens on.")
+    allow_anonymous_read: bool = Field(
+        default=False, description="Let requests without a token list, show and pull (read scope)."
+    )
+    db_pool_size: int = Field(default=10, ge=1, description="Database connections a server process keeps.")
+    log_format: Literal["json", "text"] = Field(default="json", description="Server and worker logs.")
+    log_level: str = Field(default="INFO", description="Server and worker log level.")
+
+    # Compression workers.
+    worker_lease_seconds: float = Field(
+        default=60, gt=0, description="How long a claimed job stays a worker's without a heartbeat."
+    )
+    worker_max_attempts: int = Field(default=3, ge=1, description="Codec runs per version before it fails.")
+    worker_backoff_seconds: float = Field(
+        default=10, ge=0, description="Wait before retry n: this times 2**(n-1), at most 10 minutes."
+    )
+    worker_poll_seconds: float = Field(default=2, gt=0, description="Idle wait between queue polls.")
+    worker_grace_seconds: float = Field(
+        default=30, ge=0, description="On SIGTERM: time the current job gets to finish before it is released."
+    )
+    worker_metrics_port: int = Field(
+        default=0, ge=0, le=65535, description="Port of a worker's /metrics; 0 turns it off."
+    )
+    extra_codecs: str = Field(
+        default="",
+        description="Comma-separated modules to import before running codecs (a hook for codecs that "
+        "register themselves; the tests use it for a deliberately slow codec).",
+    )
+
+    # Reconstruction cache.
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Reconstructed PEFT files, by artifact digest (default ADAPTERS_HOME/cache).",
+    )
+    cache_max_bytes: int = Field(
+        default=2 * 1024**3, ge=0, description="Size bound of the reconstruction cache; 0 turns it off."
+    )
+
+    # Read only to refuse placeholder credentials; boto3 reads the AWS chain itself.
+    aws_secret_access_key: SecretStr | None = Field(
+        default=None, validation_alias=AliasChoices("AWS_SECRET_ACCESS_KEY"), repr=False
+    )
 
     @model_validator(mode="after")
     def _fill_defaults(self) -> Settings:
@@ -47,12 +108,45 @@ class Settings(BaseSettings):
             self.database_url = f"sqlite:///{self.home / 'registry.db'}"
         if not self.storage_url:
             self.storage_url = str(self.home / "blobs")
+        if self.cache_dir is None:
+            self.cache_dir = self.home / "cache" / "reconstructed"
+        self.cache_dir = self.cache_dir.expanduser()
         return self
 
     @property
     def embedded(self) -> bool:
         """True when the registry runs in-process on SQLite (compression runs inline)."""
         return self.database_url.startswith("sqlite")
+
+    @property
+    def remote(self) -> bool:
+        """True when commands talk to a registry API (ADAPTERS_URL) instead of a database."""
+        return bool(self.url)
+
+    @property
+    def inline_compression(self) -> bool:
+        """Whether a push runs its codec right away (else it waits in the queue for a worker)."""
+        if self.compression == "auto":
+            return self.embedded
+        return self.compression == "inline"
+
+    @property
+    def codec_modules(self) -> list[str]:
+        return [m.strip() for m in self.extra_codecs.split(",") if m.strip()]
+
+    def placeholder_secrets(self) -> list[str]:
+        """The settings whose secret is a known placeholder (a server refuses to start with any)."""
+        found = []
+        try:
+            password = sa.make_url(self.database_url).password
+        except sa.exc.ArgumentError:
+            password = None
+        if password is not None and str(password).lower() in PLACEHOLDER_SECRETS:
+            found.append("ADAPTERS_DATABASE_URL (its password)")
+        aws = self.aws_secret_access_key
+        if aws is not None and aws.get_secret_value().lower() in PLACEHOLDER_SECRETS:
+            found.append("AWS_SECRET_ACCESS_KEY")
+        return found
 
 
 @lru_cache(maxsize=1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any, Protocol
 from urllib.parse import urlparse
@@ -38,8 +38,18 @@ class BlobStorage(Protocol):
         """Write the blob to `dest` after checking its sha256; returns its size in bytes."""
         ...
 
+    def iter_chunks(self, digest: str) -> Iterator[bytes]:
+        """The blob's bytes in chunks, for streaming. The last chunk is held back until the sha256 is
+        checked; a mismatch raises BlobCorrupted instead (a streaming reader aborts, so its client
+        sees a short body, never a whole wrong one). Missing blobs raise BlobNotFound at once."""
+        ...
+
     def delete(self, digest: str) -> None:
         """Remove the blob if present."""
+        ...
+
+    def ping(self) -> None:
+        """Raise StorageError unless the store is reachable (readiness checks)."""
         ...
 
     def describe(self) -> str:
@@ -71,6 +81,27 @@ def _copy_hashing(src: IO[bytes], dst: IO[bytes], progress: ByteProgress | None)
         if progress:
             progress(len(chunk))
     return digest.hexdigest(), size
+
+
+def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
+    with src:
+        while chunk := src.read(CHUNK):
+            yield chunk
+
+
+def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
+    """Pass chunks through, holding the last one back until the sha256 is checked."""
+    hasher, held = hashlib.sha256(), b""
+    for chunk in chunks:
+        hasher.update(chunk)
+        if held:
+            yield held
+        held = chunk
+    actual = hasher.hexdigest()
+    if actual != digest:
+        raise BlobCorrupted(f"blob sha256:{digest} in {where} is corrupted (its bytes hash to {actual})")
+    if held:
+        yield held
 
 
 def _temp_beside(dest: Path) -> Path:
@@ -140,8 +171,23 @@ class LocalBlobStorage:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def iter_chunks(self, digest: str) -> Iterator[bytes]:
+        try:
+            src = self.path(digest).open("rb")
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob sha256:{digest} is missing from {self.root}") from None
+        except OSError as exc:
+            raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
+        return _verified(digest, _read_chunks(src), self.describe())
+
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+    def ping(self) -> None:
+        if not (self.root.is_dir() or self.root.parent.is_dir()) or not os.access(
+            self.root if self.root.is_dir() else self.root.parent, os.W_OK
+        ):
+            raise StorageError(f"blob folder {self.root} is not writable")
 
 
 class S3BlobStorage:
@@ -260,11 +306,33 @@ class S3BlobStorage:
         finally:
             tmp.unlink(missing_ok=True)
 
+    def iter_chunks(self, digest: str) -> Iterator[bytes]:
+        try:
+            body = self._client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
+        except self._client_errors() as exc:
+            raise self._error("download", digest, exc) from exc
+
+        def chunks() -> Iterator[bytes]:
+            try:
+                yield from body.iter_chunks(CHUNK)
+            except self._client_errors() as exc:
+                raise self._error("download", digest, exc) from exc
+            finally:
+                body.close()
+
+        return _verified(digest, chunks(), self.describe())
+
     def delete(self, digest: str) -> None:
         try:
             self._client.delete_object(Bucket=self.bucket, Key=self.key(digest))
         except self._client_errors() as exc:
             raise self._error("delete", digest, exc) from exc
+
+    def ping(self) -> None:
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except self._client_errors() as exc:
+            raise StorageError(f"cannot reach {self.describe()}: {exc}") from exc
 
 
 def storage_from_url(url: str) -> BlobStorage:

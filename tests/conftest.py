@@ -6,9 +6,13 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 import torch
+
+from tests.factories import make_adapter
 
 # Tests run two pytest workers on two cores with tiny models: one torch thread each. More threads
 # than cores make OpenMP spin against itself, which slows tiny forward passes a hundredfold.
@@ -61,8 +65,42 @@ def s3_endpoint() -> Iterator[str]:
 @pytest.fixture
 def s3_bucket(s3_endpoint: str) -> str:
     """A new, empty bucket on the session's S3 endpoint."""
+    return make_bucket(s3_endpoint)
+
+
+@contextmanager
+def pg_schema(pg_url: str) -> Iterator[str]:
+    """An empty PostgreSQL schema of its own (first on the search path), dropped afterwards."""
+    import sqlalchemy as sa
+
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(pg_url, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield url.render_as_string(hide_password=False)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+def make_bucket(endpoint: str) -> str:
     import boto3
 
     name = f"test-{uuid.uuid4().hex[:12]}"
-    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket=name)
     return name
+
+
+@pytest.fixture(scope="session")
+def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small PEFT LoRA adapter (r=4 on q_proj and v_proj of a tiny Llama)."""
+    return make_adapter(tmp_path_factory.mktemp("adapter") / "adapter", seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same shapes as `adapter_dir`, other weights."""
+    return make_adapter(tmp_path_factory.mktemp("adapter") / "adapter", seed=7)

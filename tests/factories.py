@@ -141,3 +141,17 @@ def train_adapter(
         optimizer.step()
     peft_model.save_pretrained(str(out_dir))
     return Path(out_dir)
+
+
+def adapter_variants(adapter_dir: str | Path, out_root: str | Path, n: int) -> list[Path]:
+    """`n` adapters with the shapes of the one in `adapter_dir` and distinct content."""
+    from adapters.compress.peft_io import LoraCheckpoint, read_adapter, write_adapter
+
+    base = read_adapter(adapter_dir)
+    return [
+        write_adapter(
+            LoraCheckpoint(base.config, {k: v * (1 + i / 64) for k, v in base.tensors.items()}),
+            Path(out_root) / f"variant-{i}",
+        )
+        for i in range(n)
+    ]

@@ -3,7 +3,6 @@ HTTP), and whole registries on the two backends the product runs on."""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from sqlalchemy.orm import Session
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database, make_engine, upgrade
 from adapters.registry.storage import BlobStorage, LocalBlobStorage, S3BlobStorage
-from tests.factories import make_adapter
+from tests.conftest import pg_schema
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -23,17 +22,8 @@ BACKENDS = ["sqlite", "postgresql"]
 @pytest.fixture
 def fresh_pg_url(pg_url: str) -> Iterator[str]:
     """An empty PostgreSQL schema of its own (first on the search path), dropped afterwards."""
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(pg_url, poolclass=sa.NullPool)
-    with admin.begin() as conn:
-        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    url = sa.make_url(pg_url).update_query_dict({"options": f"-csearch_path={schema}"})
-    try:
-        yield url.render_as_string(hide_password=False)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    with pg_schema(pg_url) as url:
+        yield url
 
 
 @pytest.fixture
@@ -84,7 +74,13 @@ class Backend:
     storage: BlobStorage
 
     def env(self) -> dict[str, str]:
-        return {"ADAPTERS_DATABASE_URL": self.database_url, "ADAPTERS_STORAGE_URL": self.storage_url}
+        # No workers run here: PostgreSQL registries compress inline too (the setting for deployments
+        # without workers).
+        return {
+            "ADAPTERS_DATABASE_URL": self.database_url,
+            "ADAPTERS_STORAGE_URL": self.storage_url,
+            "ADAPTERS_COMPRESSION": "inline",
+        }
 
 
 @pytest.fixture(params=BACKENDS)
@@ -111,15 +107,3 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 def registry(backend: Backend) -> Iterator[LocalRegistry]:
     with LocalRegistry(Database(backend.database_url), backend.storage, max_upload_bytes=10**8) as reg:
         yield reg
-
-
-@pytest.fixture(scope="session")
-def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small PEFT LoRA adapter (r=4 on q_proj and v_proj of a tiny Llama)."""
-    return make_adapter(tmp_path_factory.mktemp("adapter") / "adapter", seed=0)
-
-
-@pytest.fixture(scope="session")
-def other_adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Same shapes as `adapter_dir`, other weights."""
-    return make_adapter(tmp_path_factory.mktemp("adapter") / "adapter", seed=7)

@@ -138,3 +138,30 @@ def test_aliases_point_into_their_own_adapter(session):
     _rejected(session, sa.insert(models.Alias).values(adapter_id=second, name="prod", version_id=version_id))
     _rejected(session, sa.insert(models.Alias).values(adapter_id=first, name="latest", version_id=version_id))
     _rejected(session, sa.insert(models.Alias).values(adapter_id=first, name="Prod!", version_id=version_id))
+
+
+def test_0002_gives_versions_left_compressing_an_expired_lease(fresh_db_url):
+    db = Database(fresh_db_url)
+    db.upgrade("0001")
+    with db.engine.begin() as conn:
+        adapter_id = conn.execute(
+            sa.text("INSERT INTO adapters (namespace, name, task) VALUES ('acme', 'x', 't') RETURNING id")
+        ).scalar_one()
+        for digest in (DIGEST, OTHER):
+            conn.execute(sa.text(f"INSERT INTO blobs (sha256, size) VALUES ('{digest}', 10)"))
+        for number, status in [(1, "compressing"), (2, "pending")]:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO versions (adapter_id, number, status, source_digest, source_size, requested,"
+                    " peft_config) VALUES (:a, :n, :s, :d, 10, '{}', '{}')"
+                ),
+                {"a": adapter_id, "n": number, "s": status, "d": DIGEST if number == 1 else OTHER},
+            )
+    db.upgrade()
+    with db.engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT number, attempts, leased_by, lease_expires_at FROM versions ORDER BY number")
+        ).all()
+    assert rows[0].attempts == 1 and rows[0].leased_by and rows[0].lease_expires_at is not None
+    assert (rows[1].attempts, rows[1].leased_by, rows[1].lease_expires_at) == (0, None, None)
+    db.dispose()

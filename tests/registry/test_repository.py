@@ -105,3 +105,20 @@ def test_search_combines_filters(session):
     assert [x.name for x in repo.search(tag="en")] == ["a", "c"]
     assert [x.name for x in repo.search(tag="en", base_model="llama", task="support")] == ["a"]
     assert [x.name for x in repo.search(namespace="acme")] == ["a", "b"]
+
+
+def test_a_pooled_connection_that_died_while_idle_is_replaced(pg_url, monkeypatch):
+    from adapters.registry import db as db_module
+    from adapters.registry.db import Database
+
+    monkeypatch.setattr(db_module, "IDLE_PING_SECONDS", 0.0)
+    database = Database(pg_url, pool_size=1, max_overflow=0)
+    with database.transaction() as session:
+        pid = session.scalar(sa.text("SELECT pg_backend_pid()"))
+    admin = sa.create_engine(pg_url, poolclass=sa.NullPool)
+    with admin.begin() as conn:
+        assert conn.scalar(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+    admin.dispose()
+    with database.reading() as session:  # the dead connection is pinged, dropped and replaced
+        assert session.scalar(sa.text("SELECT pg_backend_pid()")) != pid
+    database.dispose()

@@ -130,3 +130,21 @@ def test_storage_urls(tmp_path, monkeypatch):
         storage_from_url("s3:///prefix")
     with pytest.raises(ConfigurationError, match="unsupported"):
         storage_from_url("ftp://host/path")
+
+
+def test_streaming_reads_are_verified_after_the_last_chunk(store, tmp_path):
+    data = os.urandom(3 * 1024 * 1024 + 5)
+    source = tmp_path / "blob"
+    source.write_bytes(data)
+    digest = hashlib.sha256(data).hexdigest()
+    store.put_file(digest, source)
+    assert b"".join(store.iter_chunks(digest)) == data
+    store.ping()
+    with pytest.raises(BlobNotFound):
+        store.iter_chunks("0" * 64)
+    _overwrite(store, digest, data[:-1] + bytes([data[-1] ^ 1]))
+    received = []
+    with pytest.raises(BlobCorrupted):
+        for chunk in store.iter_chunks(digest):
+            received.append(chunk)
+    assert sum(map(len, received)) < len(data)  # the last chunk is held back: the reader aborts short

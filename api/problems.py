@@ -1,0 +1,162 @@
+"""The one place where errors become HTTP: RFC 9457 problem details (`application/problem+json`).
+
+Every domain error has a stable `code` (registry/errors.py); its problem `type` is
+`https://adapters.dev/problems/<code>`, its `title` is fixed per code, and `detail` is the error's
+message. Request validation failures are `validation-error` (422, with the failing fields); anything
+unexpected is `internal-error` (500) with the request id and no internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from adapters.compress.errors import CompressError
+from adapters.registry import errors
+from adapters.registry.logs import request_id_var
+
+from .schemas import Problem
+
+log = logging.getLogger("adapters.api")
+
+PROBLEM_JSON = "application/problem+json"
+TYPE_BASE = "https://adapters.dev/problems/"
+
+# Status per domain error code; codes not listed (and subclasses of none listed) are 500.
+STATUS: dict[str, int] = {
+    errors.NotFound.code: 404,
+    errors.BlobNotFound.code: 500,  # a version whose blob is gone: the store lost data
+    errors.InvalidName.code: 400,
+    errors.InvalidRef.code: 400,
+    errors.InvalidRequest.code: 400,
+    errors.DigestMismatch.code: 400,
+    errors.InvalidAdapterUpload.code: 422,
+    errors.InvalidCodec.code: 422,
+    errors.AdapterTooLarge.code: 413,
+    errors.AdapterConflict.code: 409,
+    errors.VersionNotReady.code: 409,
+    errors.AuthenticationRequired.code: 401,
+    errors.InvalidToken.code: 401,
+    errors.PermissionDenied.code: 403,
+    errors.StorageError.code: 503,
+    errors.SchemaOutdated.code: 503,
+    errors.ServiceUnavailable.code: 503,
+}
+
+
+def status_for(exc: errors.RegistryError) -> int:
+    for cls in type(exc).__mro__:
+        code = getattr(cls, "code", None)
+        if code in STATUS:
+            return STATUS[code]
+    return 500
+
+
+def title_for(cls: type[errors.RegistryError]) -> str:
+    """`AdapterNotFound` -> "Adapter not found"."""
+    words = re.findall(r"[A-Z][a-z0-9]*", cls.__name__)
+    return " ".join([words[0], *(w.lower() for w in words[1:])]) if words else cls.code
+
+
+def problem(
+    status: int,
+    code: str,
+    title: str,
+    detail: str | None,
+    request: Request,
+    *,
+    headers: dict[str, str] | None = None,
+    **extra: Any,
+) -> JSONResponse:
+    body = Problem(
+        type=TYPE_BASE + code if code else "about:blank",
+        title=title,
+        status=status,
+        detail=detail,
+        instance=request.url.path,
+        code=code or None,
+        request_id=request_id_var.get(),
+        **extra,
+    )
+    return JSONResponse(
+        body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+def _registry_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, errors.RegistryError)
+    status = status_for(exc)
+    headers = None
+    if status == 401:
+        challenge = 'Bearer error="invalid_token"' if isinstance(exc, errors.InvalidToken) else "Bearer"
+        headers = {"WWW-Authenticate": challenge}
+    if status >= 500:
+        log.error("%s: %s", exc.code, exc)
+    return problem(status, exc.code, title_for(type(exc)), str(exc), request, headers=headers)
+
+
+def _compress_error(request: Request, exc: Exception) -> JSONResponse:
+    # The compression library only raises these about input it was handed: an upload or an artifact.
+    return problem(422, errors.InvalidAdapterUpload.code, "Invalid adapter upload", str(exc), request)
+
+
+def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    fields = [
+        {
+            "loc": [str(p) for p in e.get("loc", ())],
+            "msg": str(e.get("msg", "")),
+            "type": str(e.get("type", "")),
+        }
+        for e in exc.errors()
+    ]
+    detail = "; ".join(f"{'.'.join(f['loc'])}: {f['msg']}" for f in fields)
+    return problem(422, "validation-error", "Validation error", detail, request, errors=fields)
+
+
+def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    phrase = HTTPStatus(exc.status_code).phrase
+    detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
+    return problem(exc.status_code, "", phrase, detail, request, headers=getattr(exc, "headers", None))
+
+
+def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    detail = f"an internal error occurred; quote request id {request_id_var.get()} when reporting it"
+    return problem(500, "internal-error", "Internal error", detail, request)
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(errors.RegistryError, _registry_error)
+    app.add_exception_handler(CompressError, _compress_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, internal_error)
+
+
+def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries for the problems an operation can answer with."""
+    return {
+        status: {
+            "description": HTTPStatus(status).phrase,
+            "content": {PROBLEM_JSON: {"schema": {"$ref": "#/components/schemas/Problem"}}},
+        }
+        for status in statuses
+    }
+
+
+def problem_types() -> dict[str, tuple[int, str]]:
+    """Every problem type this API can answer with: code -> (status, title)."""
+    found = {cls.code: (status_for(cls(cls.code)), title_for(cls)) for cls in errors.error_classes().values()}
+    found["validation-error"] = (422, "Validation error")
+    found["request-too-large"] = (413, "Request too large")
+    found["internal-error"] = (500, "Internal error")
+    return found

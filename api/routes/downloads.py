@@ -1,0 +1,137 @@
+"""Downloads of a version: its reconstructed PEFT files one by one, both as a tarball, or the stored
+(compressed) artifact. Reconstructions come from the cache when it has them. Every byte is checked
+against its sha256 as it streams (the digest is also sent, in `X-Content-SHA256` and the ETag); a
+mismatch aborts the response, so a client never receives a whole wrong file."""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from typing import Any, Literal
+
+from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+
+from adapters.registry.cache import CachedFile
+from adapters.registry.refs import AdapterName, Ref
+
+from .. import problems
+from ..auth import Reader
+from ..params import Name, Namespace, Number
+from ..state import State
+
+router = APIRouter(prefix="/v1/adapters/{namespace}/{name}/versions/{number}", tags=["downloads"])
+
+FileName = Literal["adapter_config.json", "adapter_model.safetensors"]
+MEDIA_TYPES = {
+    "adapter_config.json": "application/json",
+    "adapter_model.safetensors": "application/octet-stream",
+}
+BLOCK = 512
+
+
+def _binary(description: str, *media_types: str) -> dict[int | str, dict[str, Any]]:
+    return {
+        200: {
+            "description": description,
+            "content": {m: {"schema": {"type": "string", "format": "binary"}} for m in media_types},
+            "headers": {
+                "X-Content-SHA256": {"description": "sha256 of the body", "schema": {"type": "string"}},
+            },
+        },
+        **problems.responses(401, 403, 404, 409, 422, 503),
+    }
+
+
+def _headers(filename: str, size: int, sha256: str | None) -> dict[str, str]:
+    headers = {
+        "Content-Length": str(size),
+        "Content-Disposition": f'attachment; filename="{filename}"',
+        # A version number names immutable content.
+        "Cache-Control": "private, max-age=31536000, immutable",
+    }
+    if sha256:
+        headers["X-Content-SHA256"] = sha256
+        headers["ETag"] = f'"sha256:{sha256}"'
+    return headers
+
+
+@router.get(
+    "/files/{filename}",
+    response_class=StreamingResponse,
+    summary="One reconstructed PEFT file of a ready version",
+    responses=_binary("The file", "application/json", "application/octet-stream"),
+)
+def download_file(
+    namespace: Namespace, name: Name, number: Number, filename: FileName, state: State, principal: Reader
+) -> StreamingResponse:
+    _, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
+    for other in files.files.values():
+        if other.name != filename:
+            other.handle.close()
+    cached = files.files[filename]
+    return StreamingResponse(
+        cached.chunks(),
+        media_type=MEDIA_TYPES[filename],
+        headers=_headers(filename, cached.size, cached.sha256),
+    )
+
+
+def _tar(prefix: str, files: list[CachedFile]) -> tuple[int, Iterator[bytes]]:
+    """A ustar archive of `files` under `prefix/`, streamed; its size is known up front."""
+    headers = []
+    for f in files:
+        info = tarfile.TarInfo(f"{prefix}/{f.name}")
+        info.size, info.mode, info.mtime = f.size, 0o644, 0
+        headers.append(info.tobuf(format=tarfile.USTAR_FORMAT))
+    pads = [b"\0" * (-f.size % BLOCK) for f in files]
+    size = sum(len(h) + f.size + len(p) for h, f, p in zip(headers, files, pads)) + 2 * BLOCK
+
+    def chunks() -> Iterator[bytes]:
+        for header, f, pad in zip(headers, files, pads):
+            yield header
+            yield from f.chunks()
+            yield pad
+        yield b"\0" * (2 * BLOCK)
+
+    return size, chunks()
+
+
+@router.get(
+    "/archive",
+    response_class=StreamingResponse,
+    summary="The reconstructed PEFT directory of a ready version, as a tarball",
+    responses=_binary(
+        "application/x-tar", "A tar of <name>-<number>/adapter_config.json and adapter_model.safetensors"
+    ),
+)
+def download_archive(
+    namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
+) -> StreamingResponse:
+    _, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
+    prefix = f"{name}-{number}"
+    size, body = _tar(prefix, [files.files[n] for n in sorted(files.files)])
+    return StreamingResponse(
+        body, media_type="application/x-tar", headers=_headers(f"{prefix}.tar", size, None)
+    )
+
+
+@router.get(
+    "/artifact",
+    response_class=StreamingResponse,
+    summary="The stored artifact of a ready version (compressed, as its codec wrote it)",
+    responses=_binary(
+        "application/octet-stream", "The artifact; `adapters reconstruct` turns it into PEFT files"
+    ),
+)
+def download_artifact(
+    namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
+) -> StreamingResponse:
+    version, chunks = state.registry.artifact(Ref(AdapterName(namespace, name), number=number))
+    assert version.artifact_digest is not None and version.artifact_size is not None
+    filename = f"{name}-{number}.{version.codec or 'raw'}.safetensors"
+    return StreamingResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers=_headers(filename, version.artifact_size, version.artifact_digest),
+    )

@@ -1,0 +1,100 @@
+"""Request and response bodies of the API that are not the registry's own views (those are reused as
+they are: `AdapterView`, `VersionView`, `PushResult`, `AliasResult`, `TokenView`, `TokenCreated`)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapters.registry.refs import DIGEST_PATTERN, NAME_PATTERN
+from adapters.registry.schemas import AdapterView, TokenView, VersionView
+
+NAME = rf"^{NAME_PATTERN}$"
+DIGEST = rf"^{DIGEST_PATTERN}$"
+
+
+class Problem(BaseModel):
+    """An error, as RFC 9457 problem details. `type` is stable per kind of error; `code` is its last
+    path segment, for clients that switch on it."""
+
+    type: str = Field(
+        description="URI naming the kind of problem, e.g. https://adapters.dev/problems/adapter-not-found"
+    )
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = Field(default=None, description="The request path.")
+    code: str | None = None
+    request_id: str | None = None
+    errors: list[dict[str, Any]] | None = Field(
+        default=None, description="Failing fields (validation errors)."
+    )
+
+
+class AdapterPage(BaseModel):
+    adapters: list[AdapterView]
+    next: str | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+class VersionPage(BaseModel):
+    versions: list[VersionView]
+    next: int | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+class AliasTarget(BaseModel):
+    """Where an alias points: a version number, or a ref of this adapter (`ns/name@other-alias`, ...)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    version: int | None = Field(default=None, ge=1, le=999_999_999)
+    ref: str | None = Field(default=None, max_length=256)
+
+
+class YankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class TokenRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(pattern=NAME, description="What the token is for, e.g. ci or team-a-deploy.")
+    scope: Literal["read", "write", "admin"]
+    namespace: str | None = Field(default=None, pattern=NAME, description="Limit the token to one namespace.")
+    expires_at: dt.datetime | None = None
+
+
+class TokenList(BaseModel):
+    tokens: list[TokenView]
+
+
+class PushMetadata(BaseModel):
+    """The `metadata` part of an upload: the push's options and the sha256 of each file part."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: str | None = Field(default=None, pattern=NAME)
+    base_model: str | None = Field(default=None, min_length=1, max_length=256)
+    description: str | None = Field(default=None, max_length=4096)
+    tags: list[str] = Field(default_factory=list, max_length=64)
+    aliases: list[str] = Field(default_factory=list, max_length=64)
+    codec: str = Field(default="raw", max_length=32)
+    params: dict[str, Any] = Field(default_factory=dict)
+    on_gate_fail: Literal["raw", "reject"] = "raw"
+    config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")
+    weights_sha256: str = Field(pattern=DIGEST, description="sha256 of the `weights` part.")
+    source: str | None = Field(
+        default=None, max_length=1024, description="How error messages name the upload (the client's path)."
+    )
+
+
+class Health(BaseModel):
+    status: Literal["ok"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ok", "unavailable"]
+    checks: dict[str, str]

@@ -1,0 +1,35 @@
+"""adapters worker: compress pending versions from the queue."""
+
+from __future__ import annotations
+
+import click
+
+from .context import AppContext, pass_app
+
+
+@click.command()
+@click.option("--once", is_flag=True, help="Exit when the queue is empty instead of waiting for jobs.")
+@click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
+@pass_app
+def worker(app: AppContext, once: bool, max_jobs: int | None) -> None:
+    """Claim pending versions from the database, compress them (on CUDA when present, or
+    ADAPTERS_DEVICE), store the artifacts and record the outcome. Run as many as you like, on as many
+    machines: each job goes to one worker at a time. SIGTERM lets the current job finish (for up to
+    ADAPTERS_WORKER_GRACE_SECONDS) or gives it back, then exits.
+
+    \b
+    Example:
+      ADAPTERS_DATABASE_URL=postgresql://registry@db/registry adapters worker
+    """
+    from adapters.registry import logs
+    from adapters.registry.worker import Worker
+
+    app.require_local("adapters worker")
+    settings = app.settings
+    placeholders = settings.placeholder_secrets()
+    if placeholders:
+        raise click.ClickException(
+            f"refusing to start with placeholder secrets in {', '.join(placeholders)}: set real ones"
+        )
+    logs.configure(settings.log_format, settings.log_level)
+    Worker(settings).run(once=once, max_jobs=max_jobs)

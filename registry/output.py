@@ -1,0 +1,55 @@
+"""Writing a pulled adapter to a folder, the same way for the embedded and the remote registry: refuse a
+non-empty destination unless forced, build everything in a staging folder beside it, and only then
+move the files into place, so a failed pull leaves the destination as it was."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import OutputError, OutputExists
+
+# A stale file a forced pull removes: the adapter is always written back as safetensors.
+STALE_FILES = ("adapter_model.bin",)
+
+
+def prepare_output(out_dir: Path, force: bool) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExists(f"{out_dir} exists and is not a directory")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not force:
+        raise OutputExists(f"{out_dir} is not empty (use --force to overwrite the adapter files in it)")
+
+
+@contextmanager
+def staging_for(out_dir: Path) -> Iterator[Path]:
+    """A temporary folder beside `out_dir` (same file system, so the final move is a rename)."""
+    try:
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    except OSError as exc:
+        raise OutputError(f"cannot write to {out_dir}: {exc}") from None
+    try:
+        yield staging
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def install(staging: Path, out_dir: Path) -> list[str]:
+    """Move the files of `staging` into `out_dir`; returns their names."""
+    files = sorted(p.name for p in staging.iterdir())
+    try:
+        if out_dir.is_dir() and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+        if not out_dir.exists():
+            staging.rename(out_dir)
+        else:  # --force into a folder with files: replace the adapter's files, drop a stale .bin
+            for name in STALE_FILES:
+                (out_dir / name).unlink(missing_ok=True)
+            for name in files:
+                (staging / name).replace(out_dir / name)
+    except OSError as exc:
+        raise OutputError(f"cannot write {out_dir}: {exc}") from None
+    return files

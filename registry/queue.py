@@ -1,0 +1,208 @@
+"""The compression job queue: claim, lease, heartbeat, retry, release.
+
+A version in `pending` is a job. Claiming it (`claim_next`: the oldest claimable version, found with
+`FOR UPDATE SKIP LOCKED` so concurrent workers never take the same row) sets `compressing` with a lease
+that the claimer renews from a heartbeat thread (`Lease`) while the codec runs. When the run ends the
+claimer records the outcome (`service.record_outcome`), gives the job back (`release`, on shutdown), or
+reports the error (`fail`): an error that another run could cure (storage, a crash of the codec's
+machinery) puts the job back with exponential backoff until `max_attempts` runs were spent; input the
+codec refuses fails at once. A claimer that dies stops renewing; its lease expires and the next
+`claim_next` takes the job again (or fails it when its attempts are spent).
+
+Delivery is at least once: two runs of one job can overlap when a lease expires under a live but
+stalled worker. That is harmless: outputs are content-addressed blobs, and only the current lease
+holder's outcome is recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import socket
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from .db import Database
+from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, VersionNotReady
+from .models import Version, VersionStatus
+from .repository import QueueRepository
+
+log = logging.getLogger("adapters.queue")
+
+MAX_BACKOFF = dt.timedelta(minutes=10)
+
+
+def worker_id(kind: str = "worker") -> str:
+    """A name for this claimer, unique across machines and restarts: kind:host:pid:random."""
+    return f"{kind}:{socket.gethostname()[:64]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed version: what the codec needs, and the lease that makes it ours."""
+
+    version_id: int
+    ref: str
+    source: tuple[str, int]  # (sha256, size) of the source blob
+    requested: dict[str, Any]
+    base_model: str | None  # the adapter's base model id, for codecs that use one
+    attempts: int  # including this one
+    worker: str
+    lease_expires_at: dt.datetime
+
+    @classmethod
+    def of(cls, version: Version) -> Job:
+        assert version.leased_by is not None and version.lease_expires_at is not None
+        return cls(
+            version_id=version.id,
+            ref=version.ref,
+            source=(version.source_digest, version.source_size),
+            requested=dict(version.requested),
+            base_model=version.adapter.base_model,
+            attempts=version.attempts,
+            worker=version.leased_by,
+            lease_expires_at=version.lease_expires_at,
+        )
+
+
+class Interrupted(BaseException):
+    """Raised in a worker's main thread to stop the current run and give its job back (shutdown).
+    A BaseException, so codecs' `except Exception` blocks let it through."""
+
+
+def _seconds(value: float) -> dt.timedelta:
+    return dt.timedelta(seconds=value)
+
+
+def claim_next(db: Database, worker: str, *, lease_seconds: float, max_attempts: int) -> Job | None:
+    """Claim the oldest claimable job for `worker`, or return None when there is none.
+
+    Jobs whose lease expired after their last allowed attempt are failed first, with the reason.
+    """
+    with db.transaction() as session:
+        queue = QueueRepository(session)
+        now = queue.now()
+        for version in queue.expired(now, min_attempts=max_attempts):
+            log.warning("giving up on %s: its lease expired on attempt %d", version.ref, version.attempts)
+            queue.fail(
+                version.id,
+                str(version.leased_by),
+                error=f"gave up after {version.attempts} attempts: the last run stopped without "
+                f"finishing (its lease held by {version.leased_by} expired)",
+                now=now,
+            )
+        version_id = queue.next_claimable(now)
+        if version_id is None:
+            return None
+        return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds)))
+
+
+def claim_version(db: Database, version_id: int, worker: str, *, lease_seconds: float) -> Job:
+    """Claim one given pending version now (inline compression), whatever its retry time."""
+    with db.transaction() as session:
+        queue = QueueRepository(session)
+        version = session.get(Version, version_id, with_for_update={"of": Version}, populate_existing=True)
+        if version is None:
+            raise VersionNotFound(f"no version with id {version_id}")
+        if version.status != VersionStatus.PENDING.value:
+            raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
+        return Job.of(queue.lease(version_id, worker, queue.now() + _seconds(lease_seconds)))
+
+
+def renew(db: Database, job: Job, *, lease_seconds: float) -> bool:
+    """Extend the job's lease; False when it is no longer ours."""
+    with db.transaction() as session:
+        queue = QueueRepository(session)
+        return queue.renew(job.version_id, job.worker, queue.now() + _seconds(lease_seconds))
+
+
+def release(db: Database, job: Job) -> bool:
+    """Give the job back untouched (shutdown): pending again, this attempt not counted."""
+    with db.transaction() as session:
+        return QueueRepository(session).requeue(
+            job.version_id, job.worker, at=None, error=None, count_attempt=False
+        )
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether another run of the same job would fail the same way (bad input, refused parameters).
+    Storage trouble and crashes of the machinery (CUDA out of memory, a killed subprocess) are not."""
+    if isinstance(exc, (StorageError, BlobNotFound)):
+        return False
+    # The compression library's errors are ValueErrors: they describe its input.
+    return isinstance(exc, (RegistryError, ValueError, TypeError))
+
+
+def describe_error(exc: BaseException) -> str:
+    if isinstance(exc, RegistryError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return f"{type(exc).__name__}: {exc}"
+
+
+def backoff(attempts: int, base_seconds: float) -> dt.timedelta:
+    """Wait before the retry that follows run number `attempts`: base * 2**(attempts-1), capped."""
+    return min(_seconds(base_seconds * 2 ** max(attempts - 1, 0)), MAX_BACKOFF)
+
+
+def fail(
+    db: Database,
+    job: Job,
+    exc: BaseException,
+    *,
+    max_attempts: int = 1,
+    backoff_seconds: float = 0,
+) -> str:
+    """Record that the run failed: retry later while attempts remain and the error is transient,
+    else mark the version failed. Returns what happened: "retry", "failed" or "lost" (the lease
+    was no longer ours, so nothing was written)."""
+    error = describe_error(exc)
+    with db.transaction() as session:
+        queue = QueueRepository(session)
+        now = queue.now()
+        if job.attempts < max_attempts and not is_permanent(exc):
+            wait = backoff(job.attempts, backoff_seconds)
+            message = f"attempt {job.attempts} of {max_attempts} failed, retrying: {error}"
+            if queue.requeue(job.version_id, job.worker, at=now + wait, error=message, count_attempt=True):
+                return "retry"
+            return "lost"
+        if max_attempts > 1 and not is_permanent(exc):
+            error = f"gave up after {job.attempts} attempts: {error}"
+        return "failed" if queue.fail(job.version_id, job.worker, error=error, now=now) else "lost"
+
+
+class Lease:
+    """Renews a job's lease from a background thread every third of the lease while the `with` body
+    runs. If the lease is lost (it expired and another worker took the job), `lost` is set; the
+    outcome of this run will then not be recorded."""
+
+    def __init__(self, db: Database, job: Job, *, lease_seconds: float) -> None:
+        self.db = db
+        self.job = job
+        self.lease_seconds = lease_seconds
+        self.lost = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"lease-{job.version_id}", daemon=True)
+
+    def _run(self) -> None:
+        interval = self.lease_seconds / 3
+        while not self._stop.wait(interval):
+            try:
+                if not renew(self.db, self.job, lease_seconds=self.lease_seconds):
+                    log.warning("lost the lease on %s", self.job.ref)
+                    self.lost.set()
+                    return
+            except Exception:  # a database hiccup: try again next beat, the lease may still hold
+                log.exception("could not renew the lease on %s", self.job.ref)
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()

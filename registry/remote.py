@@ -1,0 +1,404 @@
+"""The registry over its HTTP API: `RemoteRegistry` has the methods of `LocalRegistry` and returns the
+same views, so every CLI command works against either with the same output.
+
+Errors come back as problem details whose `code` names a domain error; they are raised again here as
+that error, with the server's message. Whatever can be checked without the server (names, refs, the
+files of a directory, the output folder) is checked first, with the embedded registry's messages.
+Downloads are checked against the sha256 the server sends before anything is written.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import queue
+import re
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import httpx
+
+from .errors import (
+    BlobCorrupted,
+    InvalidAdapterUpload,
+    InvalidRequest,
+    OutputError,
+    RegistryError,
+    RemoteError,
+    ServiceUnavailable,
+    TokenNotFound,
+    VersionNotReady,
+    error_classes,
+)
+from .output import install, prepare_output, staging_for
+from .progress import Advance, Reporter, SilentReporter
+from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
+from .schemas import (
+    AdapterView,
+    AliasResult,
+    PullResult,
+    PushResult,
+    ShowResult,
+    TokenCreated,
+    TokenView,
+    VersionView,
+)
+from .settings import Settings
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+PULLED_FILES = ("adapter_config.json", "adapter_model.safetensors")
+CHUNK = 1024 * 1024
+PAGE = 500
+NAME = re.compile(NAME_PATTERN)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _Counting:
+    """A file for httpx to stream from, reporting progress as it is read."""
+
+    def __init__(self, fh: BinaryIO, advance: Advance) -> None:
+        self.fh = fh
+        self.advance = advance
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.fh.read(n)
+        self.advance(len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self.fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
+
+def _as_ref(ref: str | Ref) -> Ref:
+    return ref if isinstance(ref, Ref) else Ref.parse(ref)
+
+
+def _as_name(name: str | AdapterName) -> AdapterName:
+    return name if isinstance(name, AdapterName) else AdapterName.parse(name)
+
+
+class RemoteRegistry:
+    def __init__(
+        self,
+        url: str,
+        token: str | None = None,
+        *,
+        timeout: float = 300,
+        retries: int = 3,
+        user_agent: str = "",
+    ) -> None:
+        self.url = url.rstrip("/")
+        headers = {"User-Agent": user_agent or "adapters-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        self.http = httpx.Client(
+            base_url=self.url,
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=10),
+            transport=httpx.HTTPTransport(retries=retries),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RemoteRegistry:
+        token = settings.token.get_secret_value() if settings.token is not None else None
+        return cls(settings.url, token)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> RemoteRegistry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------------------------ plumbing
+
+    def _error(self, response: httpx.Response) -> RegistryError:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        if not isinstance(body, dict):
+            body = {}
+        code = str(body.get("code") or "")
+        detail = str(body.get("detail") or body.get("title") or response.reason_phrase)
+        if code == "validation-error":
+            return InvalidRequest(f"the server refused the request: {detail}")
+        cls = error_classes().get(code)
+        if cls is None:
+            return RemoteError(f"{self.url} answered {response.status_code}: {detail}")
+        return cls(detail)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"cannot reach the registry at {self.url}: {exc}") from None
+        if response.is_error:
+            raise self._error(response)
+        return response
+
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
+    @staticmethod
+    def _adapter_path(name: AdapterName) -> str:
+        return f"/v1/adapters/{name.namespace}/{name.name}"
+
+    # -------------------------------------------------------------------------------------- writes
+
+    def push(
+        self,
+        path: str | Path,
+        name: str | AdapterName,
+        *,
+        task: str | None = None,
+        base_model: str | None = None,
+        description: str | None = None,
+        tags: tuple[str, ...] | list[str] = (),
+        aliases: tuple[str, ...] | list[str] = (),
+        codec: str = "raw",
+        params: dict[str, Any] | None = None,
+        on_gate_fail: str = "raw",
+        created_by: str | None = None,  # the server records the token's name
+        reporter: Reporter | None = None,
+    ) -> PushResult:
+        """Upload a PEFT directory as the next version of `name` (streamed, with each file's sha256)."""
+        reporter = reporter or SilentReporter()
+        adapter = _as_name(name)
+        if task is not None:
+            check_name(task, "task")
+        for tag in tags:
+            check_name(tag, "tag")
+        for alias in aliases:
+            check_alias(alias)
+        folder = Path(path)
+        if not folder.is_dir():
+            raise InvalidAdapterUpload(f"{path}: not a directory")
+        config = folder / CONFIG_FILE
+        if not config.is_file():
+            raise InvalidAdapterUpload(f"{path}: missing {CONFIG_FILE}")
+        weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
+        if weights is None:
+            raise InvalidAdapterUpload(f"{path}: missing {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]})")
+        metadata = {
+            "task": task,
+            "base_model": base_model,
+            "description": description,
+            "tags": list(tags),
+            "aliases": list(aliases),
+            "codec": codec,
+            "params": dict(params or {}),
+            "on_gate_fail": on_gate_fail,
+            "config_sha256": _sha256(config),
+            "weights_sha256": _sha256(weights),
+            "source": str(path),
+        }
+        total = config.stat().st_size + weights.stat().st_size
+        with (
+            reporter.task("uploading", total=total, unit="bytes") as advance,
+            config.open("rb") as config_fh,
+            weights.open("rb") as weights_fh,
+        ):
+            files = [
+                ("metadata", (None, json.dumps(metadata).encode(), "application/json")),
+                ("config", (CONFIG_FILE, _Counting(config_fh, advance), "application/json")),
+                ("weights", (weights.name, _Counting(weights_fh, advance), "application/octet-stream")),
+            ]
+            body = self._json("POST", f"{self._adapter_path(adapter)}/versions", files=files)
+        return PushResult.model_validate(body)
+
+    def wait(
+        self,
+        ref: str | Ref,
+        *,
+        timeout: float | None = None,
+        on_change: Callable[[VersionView], None] | None = None,
+    ) -> VersionView:
+        """Poll until the version `ref` names is ready, rejected or failed."""
+        from .client import poll_until_settled
+
+        return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
+
+    def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
+        ref = _as_ref(target)
+        check_alias(alias)
+        body = self._json("PUT", f"{self._adapter_path(ref.adapter)}/aliases/{alias}", json={"ref": str(ref)})
+        return AliasResult.model_validate(body)
+
+    def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult:
+        adapter = _as_name(name)
+        check_alias(alias)
+        return AliasResult.model_validate(
+            self._json("DELETE", f"{self._adapter_path(adapter)}/aliases/{alias}")
+        )
+
+    def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView:
+        version = self.resolve(ref)
+        path = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/yank"
+        return VersionView.model_validate(self._json("POST", path, json={"reason": reason}))
+
+    def unyank(self, ref: str | Ref) -> VersionView:
+        version = self.resolve(ref)
+        path = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/yank"
+        return VersionView.model_validate(self._json("DELETE", path))
+
+    # --------------------------------------------------------------------------------------- reads
+
+    def resolve(self, ref: str | Ref) -> VersionView:
+        parsed = _as_ref(ref)
+        return VersionView.model_validate(self._json("GET", "/v1/resolve", params={"ref": str(parsed)}))
+
+    def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
+        """Download `url` to `dest`, checking the body against the sha256 the server sent. Hashing and
+        writing run in a second thread, overlapped with receiving (hashlib and file writes release the
+        GIL), so checking costs little time on a machine with a core to spare."""
+        digest = hashlib.sha256()
+        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
+        failed: list[BaseException] = []
+
+        def consume(out: BinaryIO) -> None:
+            try:
+                while (chunk := chunks.get()) is not None:
+                    digest.update(chunk)
+                    out.write(chunk)
+            except OSError as exc:  # handed to the receiving thread, which raises it
+                failed.append(exc)
+                while chunks.get() is not None:  # drain, so the receiver never blocks on a full queue
+                    pass
+
+        try:
+            with self.http.stream("GET", url) as response:
+                if response.is_error:
+                    response.read()
+                    raise self._error(response)
+                expected = response.headers.get("x-content-sha256")
+                size = int(response.headers.get("content-length", "0")) or None
+                with (
+                    reporter.task(f"downloading {label}", total=size, unit="bytes") as advance,
+                    dest.open("wb") as out,
+                ):
+                    writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
+                    writer.start()
+                    try:
+                        for chunk in response.iter_bytes(CHUNK):
+                            chunks.put(chunk)
+                            advance(len(chunk))
+                    finally:
+                        chunks.put(None)
+                        writer.join()
+        except httpx.TransportError as exc:
+            raise ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}") from None
+        if failed:
+            raise OutputError(f"cannot write {dest}: {failed[0]}")
+        if expected is None or digest.hexdigest() != expected:
+            raise BlobCorrupted(
+                f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"
+            )
+
+    def pull(
+        self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
+    ) -> PullResult:
+        """Download a version's reconstructed PEFT files into `out_dir` (verified, then moved in)."""
+        reporter = reporter or SilentReporter()
+        version = self.resolve(ref)
+        if version.status != "ready":
+            reason = f": {version.error}" if version.error else ""
+            raise VersionNotReady(f"{version.ref} is {version.status}{reason}")
+        out = Path(out_dir)
+        prepare_output(out, force)
+        base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
+        with staging_for(out) as staging:
+            for filename in PULLED_FILES:
+                self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+            files = install(staging, out)
+        return PullResult(version=version, path=str(out_dir), files=files)
+
+    def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        after = None
+        while True:
+            query = {k: v for k, v in params.items() if v is not None} | {"limit": PAGE}
+            if after is not None:
+                query["after"] = after
+            page = self._json("GET", path, params=query)
+            yield from page[key]
+            after = page.get("next")
+            if after is None:
+                return
+
+    def list(
+        self,
+        *,
+        namespace: str | None = None,
+        task: str | None = None,
+        base_model: str | None = None,
+        tag: str | None = None,
+    ) -> list[AdapterView]:
+        for value in (namespace, task, tag):
+            if value is not None and not NAME.fullmatch(value):
+                return []  # breaks the naming rule: nothing can match (as in the embedded registry)
+        if base_model is not None and not 0 < len(base_model) <= 256:
+            return []
+        params = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
+        return [AdapterView.model_validate(a) for a in self._pages("/v1/adapters", "adapters", params)]
+
+    def versions(self, name: str | AdapterName) -> list[VersionView]:
+        path = f"{self._adapter_path(_as_name(name))}/versions"
+        return [VersionView.model_validate(v) for v in self._pages(path, "versions", {})]
+
+    def show(self, ref: str | Ref) -> ShowResult:
+        """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions."""
+        parsed = _as_ref(ref)
+        adapter = AdapterView.model_validate(self._json("GET", self._adapter_path(parsed.adapter)))
+        versions = self.versions(parsed.adapter)
+        version = None if parsed.is_latest and adapter.latest is None else self.resolve(parsed)
+        return ShowResult(adapter=adapter, version=version, versions=versions)
+
+    # -------------------------------------------------------------------------------------- tokens
+
+    def create_token(
+        self,
+        name: str,
+        scope: str,
+        *,
+        namespace: str | None = None,
+        expires_at: dt.datetime | None = None,
+        by: str | None = None,
+    ) -> TokenCreated:
+        check_name(name, "token name")
+        if namespace is not None:
+            check_name(namespace, "namespace")
+        body = {
+            "name": name,
+            "scope": scope,
+            "namespace": namespace,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+        }
+        return TokenCreated.model_validate(self._json("POST", "/v1/tokens", json=body))
+
+    def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]:
+        body = self._json("GET", "/v1/tokens", params={"include_revoked": include_revoked})
+        return [TokenView.model_validate(t) for t in body["tokens"]]
+
+    def revoke_token(self, token_id: str) -> TokenView:
+        if not re.fullmatch(r"[0-9a-f]{12}", token_id):
+            raise TokenNotFound(f"no token {token_id!r}")
+        return TokenView.model_validate(self._json("DELETE", f"/v1/tokens/{token_id}"))

@@ -1,0 +1,193 @@
+"""The job queue on both backends: claims, leases, retries with backoff, release, and races."""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+import sqlalchemy as sa
+
+from adapters.registry import models, queue, service
+from adapters.registry.client import LocalRegistry
+from adapters.registry.db import Database
+from adapters.registry.errors import StorageError, VersionNotReady
+from adapters.registry.service import Outcome
+from tests.factories import adapter_variants
+
+
+def _pending(registry: LocalRegistry, dirs) -> list[int]:
+    ids = []
+    for i, path in enumerate(dirs):
+        pushed = registry.push(path, f"acme/q{i}", task="t", process=False).version
+        assert pushed.status == "pending"
+        with registry.db.transaction() as session:
+            ids.append(service.resolve(session, pushed.ref).id)
+    return ids
+
+
+def _version(registry: LocalRegistry, version_id: int) -> models.Version:
+    with registry.db.transaction() as session:
+        version = session.get(models.Version, version_id)
+        assert version is not None
+        return version
+
+
+def _expire_lease(registry: LocalRegistry, version_id: int) -> None:
+    with registry.db.transaction() as session:
+        past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
+        session.execute(
+            sa.update(models.Version).where(models.Version.id == version_id).values(lease_expires_at=past)
+        )
+
+
+@pytest.fixture
+def variants(adapter_dir, tmp_path):
+    return adapter_variants(adapter_dir, tmp_path, 3)
+
+
+def test_claims_take_the_oldest_job_once(registry, variants):
+    ids = _pending(registry, variants)
+    first = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+    second = queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=3)
+    assert (first.version_id, second.version_id) == (ids[0], ids[1])
+    assert first.attempts == 1 and first.worker == "w1"
+    claimed = _version(registry, ids[0])
+    assert claimed.status == "compressing" and claimed.leased_by == "w1" and claimed.lease_expires_at
+    third = queue.claim_next(registry.db, "w3", lease_seconds=60, max_attempts=3)
+    assert third.version_id == ids[2]
+    assert queue.claim_next(registry.db, "w4", lease_seconds=60, max_attempts=3) is None
+
+
+def test_a_job_runs_records_and_clears_its_lease(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+    assert service.run_job(registry.db, registry.storage, job, lease_seconds=60) == "ready"
+    done = _version(registry, version_id)
+    assert (done.status, done.leased_by, done.lease_expires_at, done.attempts) == ("ready", None, None, 1)
+
+
+def test_an_expired_lease_is_claimed_again_and_the_old_holder_records_nothing(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    stale = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+    assert queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=3) is None  # leased
+    _expire_lease(registry, version_id)
+    fresh = queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=3)
+    assert (fresh.version_id, fresh.attempts, fresh.worker) == (version_id, 2, "w2")
+    assert not queue.renew(registry.db, stale, lease_seconds=60)
+    assert queue.renew(registry.db, fresh, lease_seconds=60)
+    outcome = Outcome("raw", {}, {}, artifact=stale.source)
+    with registry.db.transaction() as session:
+        assert service._record_outcome(session, stale, outcome) == "lost"
+    assert queue.fail(registry.db, stale, RuntimeError("late"), max_attempts=3) == "lost"
+    assert _version(registry, version_id).status == "compressing"
+    assert service.run_job(registry.db, registry.storage, fresh, lease_seconds=60) == "ready"
+
+
+def test_an_expired_lease_on_the_last_attempt_fails_the_version(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    for attempt in (1, 2):
+        job = queue.claim_next(registry.db, f"w{attempt}", lease_seconds=60, max_attempts=2)
+        assert job.attempts == attempt
+        _expire_lease(registry, version_id)
+    assert queue.claim_next(registry.db, "w3", lease_seconds=60, max_attempts=2) is None
+    failed = _version(registry, version_id)
+    assert failed.status == "failed" and failed.leased_by is None
+    assert "gave up after 2 attempts" in failed.error and "w2" in failed.error
+
+
+def test_transient_errors_retry_with_backoff_then_fail(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=2)
+    assert (
+        queue.fail(registry.db, job, StorageError("s3 is down"), max_attempts=2, backoff_seconds=300)
+        == "retry"
+    )
+    waiting = _version(registry, version_id)
+    assert waiting.status == "pending" and waiting.leased_by is None
+    assert "attempt 1 of 2 failed, retrying: s3 is down" in waiting.error
+    assert waiting.next_attempt_at > dt.datetime.now(dt.timezone.utc) + dt.timedelta(minutes=4)
+    assert queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=2) is None  # backing off
+    with registry.db.transaction() as session:
+        session.execute(
+            sa.update(models.Version).where(models.Version.id == version_id).values(next_attempt_at=None)
+        )
+    job = queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=2)
+    assert job.attempts == 2
+    assert queue.fail(registry.db, job, StorageError("still down"), max_attempts=2) == "failed"
+    failed = _version(registry, version_id)
+    assert failed.status == "failed" and failed.error == "gave up after 2 attempts: still down"
+
+
+def test_errors_about_the_input_fail_at_once(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=5)
+    assert queue.fail(registry.db, job, ValueError("bad params"), max_attempts=5) == "failed"
+    assert _version(registry, version_id).error == "ValueError: bad params"
+
+
+def test_backoff_doubles_and_is_capped():
+    assert [queue.backoff(n, 10).total_seconds() for n in (1, 2, 3)] == [10, 20, 40]
+    assert queue.backoff(30, 10) == queue.MAX_BACKOFF
+
+
+def test_release_gives_the_job_back_without_counting_the_attempt(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+    assert queue.release(registry.db, job)
+    released = _version(registry, version_id)
+    assert (released.status, released.attempts, released.leased_by) == ("pending", 0, None)
+    assert not queue.release(registry.db, job)  # no longer ours
+
+
+def test_an_interrupted_run_releases_its_job(registry, variants, monkeypatch):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+
+    def interrupted(*args, **kwargs):
+        raise queue.Interrupted
+
+    monkeypatch.setattr(service, "run_codec", interrupted)
+    with pytest.raises(queue.Interrupted):
+        service.run_job(registry.db, registry.storage, job, lease_seconds=60)
+    assert _version(registry, version_id).status == "pending"
+
+
+def test_the_heartbeat_keeps_a_short_lease_alive(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    job = queue.claim_next(registry.db, "w1", lease_seconds=1.5, max_attempts=3)
+    with queue.Lease(registry.db, job, lease_seconds=1.5) as lease:
+        threading.Event().wait(3.5)  # longer than the lease: only the heartbeat keeps it ours
+        assert queue.claim_next(registry.db, "w2", lease_seconds=60, max_attempts=3) is None
+    assert not lease.lost.is_set()
+    assert _version(registry, version_id).leased_by == "w1"
+
+
+def test_inline_processing_refuses_a_version_that_is_not_pending(registry, variants):
+    (version_id,) = _pending(registry, variants[:1])
+    queue.claim_next(registry.db, "w1", lease_seconds=60, max_attempts=3)
+    with pytest.raises(VersionNotReady, match="is compressing, not pending"):
+        service.process_version(registry.db, registry.storage, version_id)
+
+
+def test_concurrent_claims_on_postgresql_never_share_a_job(fresh_pg_url, s3_storage, adapter_dir, tmp_path):
+    n_jobs, n_threads = 12, 6
+    database = Database(fresh_pg_url, pool_size=n_threads + 2)
+    database.upgrade()
+    with LocalRegistry(database, s3_storage) as registry:
+        ids = _pending(registry, adapter_variants(adapter_dir, tmp_path, n_jobs))
+        barrier = threading.Barrier(n_threads)
+
+        def drain(worker: int) -> list[int]:
+            barrier.wait()
+            got = []
+            while (
+                job := queue.claim_next(database, f"w{worker}", lease_seconds=60, max_attempts=3)
+            ) is not None:
+                got.append(job.version_id)
+            return got
+
+        with ThreadPoolExecutor(n_threads) as pool:
+            claimed = [i for got in pool.map(drain, range(n_threads)) for i in got]
+        assert sorted(claimed) == sorted(ids)

@@ -1,0 +1,68 @@
+"""A codec for the worker tests, loaded by worker processes through the test hook
+ADAPTERS_EXTRA_CODECS=tests.worker.slow_codec.
+
+Each run appends "<pid> <content digest>" to the `log` file it is given, then can wait until a
+`release` file exists (so a test can stop or kill a worker while it is provably mid-job, without
+guessing at timings), sleep a little (`seconds`, to make jobs overlap in a race), or `fail` with a
+RuntimeError (an error of the machinery, which workers retry). The artifact is the tensors as they
+are, under this codec's format name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+from typing import ClassVar
+
+from adapters.compress import stfile
+from adapters.compress.codec import CompressionReport, canonical_bytes, config_metadata, register_codec
+
+WAIT_LIMIT = 120
+
+
+@register_codec
+class SlowCodec:
+    name: ClassVar[str] = "test-slow"
+    format_version: ClassVar[int] = 1
+
+    def __init__(
+        self, log: str = "", release: str | None = None, seconds: float = 0.0, fail: str | None = None
+    ):
+        self.log, self.release, self.seconds, self.fail = log, release, seconds, fail
+
+    @classmethod
+    def from_params(cls, log: str, release: str | None = None, seconds: float = 0.0, fail: str | None = None):
+        return cls(log, release, seconds, fail)
+
+    def compress(self, checkpoint, out_file, *, progress=None) -> CompressionReport:
+        content = hashlib.sha256(canonical_bytes(checkpoint)).hexdigest()[:16]
+        with Path(self.log).open("a") as fh:
+            fh.write(f"{os.getpid()} {content}\n")
+        deadline = time.monotonic() + WAIT_LIMIT
+        while self.release and not Path(self.release).exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.release} never appeared")
+            time.sleep(0.05)
+        time.sleep(self.seconds)
+        if self.fail:
+            raise RuntimeError(self.fail)
+        size = stfile.write(out_file, checkpoint.tensors, config_metadata(self, checkpoint.config))
+        return CompressionReport(
+            codec=self.name,
+            source_bytes=checkpoint.nbytes(),
+            artifact_bytes=size,
+            params={"seconds": self.seconds},
+            fidelity={"lossless": True},
+        )
+
+    def decode(self, tensors, metadata, config):
+        return tensors
+
+
+def runs(log: Path) -> list[tuple[int, str]]:
+    """(pid, content digest) of every run logged so far."""
+    if not log.exists():
+        return []
+    return [(int(pid), digest) for pid, digest in (line.split() for line in log.read_text().splitlines())]
