@@ -16,5 +16,11 @@ lint:  ## ruff
 example:  ## the quick start: train a tiny LoRA, push it, pull it, load it with PEFT
 	./examples/quickstart.sh
 
-bench:  ## benchmarks (slow; see bench/README.md)
-	$(PY) bench/run_all.py
+bench:  ## every benchmark, one after another (hours on 2 cores; see bench/README.md)
+	$(PY) bench/speed/llama7b.py --json bench/out/speed.json
+	$(PY) -m bench.service.lookup
+	$(PY) -m bench.service.pull
+	$(PY) -m bench.service.concurrency
+	$(PY) bench/fidelity/data.py
+	$(PY) bench/fidelity/train.py
+	$(PY) bench/fidelity/run.py

@@ -1,5 +1,5 @@
-"""Base models and calibration texts: input statistics for the activation-aware fit, and agreement
-between an adapter and its reconstruction.
+"""Base models and calibration texts: loading them, batching them, and the input statistics of the
+activation-aware fit. (Agreement between an adapter and a candidate is `distill.Teacher.agreement`.)
 
 Needs `transformers` and `peft` (the `hf` extra); imported only when these functions run. Models are
 read from local directories only.
@@ -8,10 +8,8 @@ read from local directories only.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 
@@ -139,49 +137,3 @@ def collect_stats(
             collector.token_mask = batch["attention_mask"].bool()
             model(**batch)
     return collector.result(max_rank)
-
-
-def _outputs(model, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, bool]:
-    """(values [n, d], weights [n], are_logits): per-token logits for LMs, per-text for classifiers,
-    last hidden states otherwise."""
-    out = model(**batch)
-    mask = batch["attention_mask"].bool()
-    logits = getattr(out, "logits", None)
-    if logits is not None and logits.dim() == 3:  # [batch, seq, vocab]
-        return logits[mask].float(), torch.ones(int(mask.sum())), True
-    if logits is not None:  # [batch, classes]
-        return logits.float(), torch.ones(logits.shape[0]), True
-    hidden = out.last_hidden_state
-    return hidden[mask].float(), torch.ones(int(mask.sum())), False
-
-
-@torch.no_grad()
-def agreement(reference, candidate, tokenizer, texts: Sequence[str], **kw) -> dict[str, Any]:
-    """How closely `candidate` reproduces `reference` on the texts.
-
-    For models with logits: top-1 agreement and mean KL(reference || candidate) per prediction
-    (every token for LMs, every text for classifiers). Without a head: relative error of the last
-    hidden states.
-    """
-    device = next(reference.parameters()).device
-    agree = total = 0
-    kl_sum = err_sum = ref_sum = 0.0
-    logits_mode = True
-    for batch in token_batches(tokenizer, texts, device=device, **kw):
-        ref, weights, logits_mode = _outputs(reference, batch)
-        cand, _, _ = _outputs(candidate, batch)
-        total += int(weights.numel())
-        if logits_mode:
-            agree += int((ref.argmax(-1) == cand.argmax(-1)).sum())
-            log_p, log_q = ref.log_softmax(-1), cand.log_softmax(-1)
-            kl_sum += float((log_p.exp() * (log_p - log_q)).sum())
-        else:
-            err_sum += float(((ref - cand) ** 2).sum())
-            ref_sum += float((ref**2).sum())
-    if logits_mode:
-        return {
-            "predictions": total,
-            "agreement": round(agree / max(total, 1), 6),
-            "kl": kl_sum / max(total, 1),
-        }
-    return {"predictions": total, "hidden_rel_error": round(math.sqrt(err_sum / max(ref_sum, 1e-30)), 6)}

@@ -61,7 +61,7 @@ def logits(
 
 def compare(reference: torch.Tensor, candidate: torch.Tensor, labels: Sequence[int]) -> dict[str, float]:
     """Accuracy of the candidate, and its top-1 agreement and mean KL(reference || candidate)
-    per text (the definitions of `adapters.compress.calibration.agreement`)."""
+    per text (the definitions of `adapters.compress.distill.Teacher.agreement`)."""
     target = torch.tensor(list(labels))
     log_p, log_q = reference.log_softmax(-1), candidate.log_softmax(-1)
     return {
