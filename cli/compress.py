@@ -95,6 +95,13 @@ def describe(report) -> str:
     "(from --calibration, or the packaged corpus).",
 )
 @click.option("--steps", type=int, default=200, show_default=True, help="Distillation steps.")
+@click.option(
+    "--hidden-weight",
+    type=float,
+    default=0.0,
+    show_default=True,
+    help="Distillation: weight of the last hidden states' relative MSE beside the KL.",
+)
 @click.option("--min-agreement", type=float, help="Gate: least top-1 agreement with the original (held-out).")
 @click.option("--max-kl", type=float, help="Gate: largest mean KL(original || compressed), held-out.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random bases.")
@@ -113,6 +120,7 @@ def compress(
     calibration: Path | None,
     base_model: Path | None,
     steps: int,
+    hidden_weight: float,
     min_agreement: float | None,
     max_kl: float | None,
     seed: int,
@@ -143,7 +151,7 @@ def compress(
         raise click.ClickException(f"{output} exists (use --force to overwrite)")
     try:
         config = NolaConfig(ratio=ratio, bits=bits, basis=basis, fit=fit, seed=seed, device=device)
-        distill = DistillConfig(steps=steps)
+        distill = DistillConfig(steps=steps, hidden_weight=hidden_weight)
         gate = Gate(min_agreement=min_agreement, max_kl=max_kl) if min_agreement or max_kl else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None

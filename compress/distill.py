@@ -4,7 +4,9 @@ base model with the original adapter.
 A weight- or activation-space fit keeps each module close on its own; what matters is the model's
 output. Starting from the activation-aware fit, every coefficient is optimised end to end on
 KL(original || NOLA) over the output distribution (logits of an LM's tokens or a classifier's texts;
-relative MSE of the last hidden states for a model without a head). The teacher's outputs are
+relative MSE of the last hidden states for a model without a head; optionally that MSE as well, beside
+the KL: a classifier's few logits per text carry little signal each, its hidden states one per token).
+The teacher's outputs are
 computed once and cached; the base model stays frozen; the coefficients are quantization-aware
 (straight-through: the forward pass uses the stored values, the gradient flows to the float ones).
 
@@ -22,6 +24,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -47,12 +50,18 @@ class DistillConfig:
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature of the KL"})
     qat: bool = field(default=True, metadata={"help": "train through the coefficient quantizer"})
     seed: int = field(default=0, metadata={"help": "order of the training batches"})
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "weight of the last hidden states' relative MSE, added to the KL (0: KL only)"},
+    )
 
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.max_length < 1:
             raise ValueError("steps must be >= 0, batch_size and max_length >= 1")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not self.temperature > 0:
             raise ValueError("lr and temperature must be positive")
+        if not (self.hidden_weight >= 0 and math.isfinite(self.hidden_weight)):
+            raise ValueError("hidden_weight must be a non-negative number")
 
 
 class _Expand(torch.autograd.Function):
@@ -194,13 +203,11 @@ class Teacher:
                 if name in available:
                     self.names[key] = name
 
-    def outputs(
-        self, texts: Sequence[str]
-    ) -> list[tuple[dict[str, torch.Tensor], tuple[torch.Tensor, bool]]]:
-        """(batch, (teacher outputs, are_logits)) for the texts."""
+    def outputs(self, texts: Sequence[str], hidden: bool = False) -> list[tuple[dict, _Out]]:
+        """(batch, teacher outputs) for the texts; with `hidden`, the last hidden states too."""
         batches = token_batches(self.tokenizer, list(texts), self.batch_size, self.max_length, self.device)
         with torch.no_grad():
-            return [(b, _outputs(self.model, b, None)) for b in batches]
+            return [(b, _outputs(self.model, b, None, hidden)) for b in batches]
 
     def params(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PEFT parameter names for the LoRA factors among `tensors` (adapter keys)."""
@@ -215,8 +222,8 @@ class Teacher:
         agree = total = 0
         kl = err = ref = 0.0
         logits = True
-        for batch, (teacher, logits) in data:
-            student, _ = _outputs(self.model, batch, params)
+        for batch, (teacher, logits, _) in data:
+            student, _, _ = _outputs(self.model, batch, params)
             if logits:
                 agree += int((student.argmax(-1) == teacher.argmax(-1)).sum())
                 kl += float(_loss(student, teacher, True, 1.0)) * teacher.shape[0]
@@ -233,19 +240,26 @@ class Teacher:
         return {"hidden_rel_error": math.sqrt(err / max(ref, 1e-30)), "predictions": total}
 
 
-def _outputs(model, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None):
-    """(values [n, d], are_logits) per prediction: LM tokens, classifier texts, or hidden states."""
+class _Out(NamedTuple):
+    values: torch.Tensor  # [n, d] per prediction: LM tokens, classifier texts, or hidden states
+    logits: bool  # values are logits (else hidden states)
+    hidden: torch.Tensor | None  # [tokens, d] last hidden states, when asked for beside the logits
+
+
+def _outputs(
+    model, batch: dict[str, torch.Tensor], params: dict[str, torch.Tensor] | None, hidden: bool = False
+) -> _Out:
+    kwargs = {**batch, "output_hidden_states": True} if hidden else batch
     if params is None:
-        out = model(**batch)
+        out = model(**kwargs)
     else:
-        out = torch.func.functional_call(model, params, args=(), kwargs=batch, strict=False)
+        out = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False)
     mask = batch["attention_mask"].bool()
     logits = getattr(out, "logits", None)
-    if logits is not None and logits.dim() == 3:
-        return logits[mask].float(), True
-    if logits is not None:
-        return logits.float(), True
-    return out.last_hidden_state[mask].float(), False
+    if logits is None:
+        return _Out(out.last_hidden_state[mask].float(), False, None)
+    last = out.hidden_states[-1][mask].float() if hidden else None
+    return _Out(logits[mask].float() if logits.dim() == 3 else logits.float(), True, last)
 
 
 def _loss(student: torch.Tensor, teacher: torch.Tensor, logits: bool, temperature: float) -> torch.Tensor:
@@ -253,6 +267,10 @@ def _loss(student: torch.Tensor, teacher: torch.Tensor, logits: bool, temperatur
         log_p = torch.log_softmax(teacher / temperature, dim=-1)
         log_q = torch.log_softmax(student / temperature, dim=-1)
         return (log_p.exp() * (log_p - log_q)).sum(-1).mean() * temperature**2
+    return _relative_mse(student, teacher)
+
+
+def _relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
 
 
@@ -278,7 +296,7 @@ def distill(
     if not fit_texts or not held_out_texts:
         raise CompressError("distillation needs calibration texts and held-out texts")
     started = time.perf_counter()
-    train = teacher.outputs(fit_texts)
+    train = teacher.outputs(fit_texts, hidden=cfg.hidden_weight > 0)
     held = teacher.outputs(held_out_texts)
     group_size = initial.config.group_size
     student = _Student(initial, teacher.device, group_size)
@@ -296,10 +314,13 @@ def distill(
     losses: list[float] = []
     cuda = teacher.device.type == "cuda"
     for step in range(cfg.steps):
-        batch, (target, logits) = train[order[step % len(order)]]
+        batch, target = train[order[step % len(order)]]
+        hidden = target.hidden is not None
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out, _ = _outputs(teacher.model, batch, student.weights(names, quantized=cfg.qat))
-        loss = _loss(out.float(), target, logits, cfg.temperature)
+            out = _outputs(teacher.model, batch, student.weights(names, quantized=cfg.qat), hidden)
+        loss = _loss(out.values.float(), target.values, target.logits, cfg.temperature)
+        if hidden:
+            loss = loss + cfg.hidden_weight * _relative_mse(out.hidden.float(), target.hidden)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

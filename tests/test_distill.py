@@ -45,6 +45,27 @@ def test_distillation_improves_agreement_over_the_activation_fit(trained):
             assert (before.ks, before.fmts, before.nbytes) == (after.ks, after.fmts, after.nbytes)
 
 
+def test_the_hidden_state_term_takes_part(trained):
+    base, checkpoint, texts = trained
+    fit_texts, held_texts = split_texts(texts, 0.3)
+    teacher = Teacher(base, checkpoint, torch.device("cpu"), batch_size=8)
+    initial = fit_adapter(checkpoint, NolaConfig(ratio=12, fit="weight"))
+    runs = {
+        w: distill(
+            teacher, initial, fit_texts, held_texts, DistillConfig(steps=20, batch_size=8, hidden_weight=w)
+        )
+        for w in (0.0, 1.0)
+    }
+    record = runs[1.0].notes["distill"]
+    assert record["hidden_weight"] == 1.0 and record["loss_last"] < record["loss_first"]
+    # The same batches and start: only the hidden-state term can make the coefficients differ.
+    first = [m.stored_a.values(m.stored_a.kmax) for m in runs[0.0].modules]
+    second = [m.stored_a.values(m.stored_a.kmax) for m in runs[1.0].modules]
+    assert any(not torch.equal(a, b) for a, b in zip(first, second))
+    with pytest.raises(ValueError, match="hidden_weight"):
+        DistillConfig(hidden_weight=-1)
+
+
 def test_pipeline_measures_the_encoded_artifact_and_gates(trained, tmp_path):
     base, checkpoint, texts = trained
     codec = NolaCodec(

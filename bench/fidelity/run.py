@@ -170,18 +170,26 @@ class Bench:
 
     def nola(self, name: str, ratio: float) -> dict[str, Any]:
         cfg = NolaConfig(ratio=ratio, **NOLA_VARIANTS[name])
-        artifact = OUT / "artifacts" / f"{name.replace(' ', '-')}-{ratio:g}x.nola"
+        artifact = self.args.out.parent / "artifacts" / f"{name.replace(' ', '-')}-{ratio:g}x.nola"
         artifact.parent.mkdir(parents=True, exist_ok=True)
         if cfg.fit == "distill":
             from adapters.compress.distill import DistillConfig
 
-            calib, _ = load_split("calibration", self.args.data)
+            texts, _ = load_split("calibration", self.args.data)
+            texts = texts[: self.args.calib_limit or None]
+            if self.args.distill_texts == "train+calibration":
+                # Unlabelled texts only: the teacher labels them. The codec holds a fifth out.
+                texts = load_split("train", self.args.data)[0] + texts
             codec = NolaCodec(
                 cfg,
                 stats=self.stats,
                 base_model=self.args.base,
-                texts=calib[: self.args.calib_limit or None],
-                distill=DistillConfig(steps=self.args.distill_steps),
+                texts=texts,
+                distill=DistillConfig(
+                    steps=self.args.distill_steps,
+                    lr=self.args.distill_lr,
+                    hidden_weight=self.args.distill_hidden_weight,
+                ),
             )
         else:
             codec = NolaCodec(cfg, stats=self.stats if cfg.fit == "activation" else None)
@@ -260,7 +268,7 @@ class Bench:
 
     def ablate(self, name: str, ratio: float) -> list[dict[str, Any]]:
         """Only one kind of module taken from the NOLA reconstruction, every other module exact."""
-        artifact = OUT / "artifacts" / f"{name.replace(' ', '-')}-{ratio:g}x.nola"
+        artifact = self.args.out.parent / "artifacts" / f"{name.replace(' ', '-')}-{ratio:g}x.nola"
         decoded = reconstruct(artifact).tensors
         rows = []
         for kind in sorted({module_kind(p.module) for p in self.pairs}):
@@ -328,6 +336,16 @@ def main() -> None:
     parser.add_argument("--nola", nargs="*", default=list(NOLA_VARIANTS), help="NOLA variants to run")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to run")
     parser.add_argument("--distill-steps", type=int, default=200, help="steps of the distill variant")
+    parser.add_argument("--distill-lr", type=float, default=0.02, help="step size of the distill variant")
+    parser.add_argument(
+        "--distill-hidden-weight", type=float, default=0.0, help="hidden-state MSE beside the KL"
+    )
+    parser.add_argument(
+        "--distill-texts",
+        choices=["calibration", "train+calibration"],
+        default="calibration",
+        help="texts the distill variant learns from (their labels are never used)",
+    )
     parser.add_argument(
         "--ablate",
         nargs="*",
