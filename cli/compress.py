@@ -98,7 +98,7 @@ def describe(report) -> str:
 @click.option(
     "--hidden-weight",
     type=float,
-    default=0.0,
+    default=1.0,
     show_default=True,
     help="Distillation: weight of the last hidden states' relative MSE beside the KL.",
 )

@@ -338,7 +338,7 @@ def main() -> None:
     parser.add_argument("--distill-steps", type=int, default=200, help="steps of the distill variant")
     parser.add_argument("--distill-lr", type=float, default=0.02, help="step size of the distill variant")
     parser.add_argument(
-        "--distill-hidden-weight", type=float, default=0.0, help="hidden-state MSE beside the KL"
+        "--distill-hidden-weight", type=float, default=1.0, help="hidden-state MSE beside the KL"
     )
     parser.add_argument(
         "--distill-texts",
