@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Have `docker compose` validate docker-compose.yml (needs Docker with the compose plugin; no engine
+# is started): with the example settings, with the GPU profile, and refused without a database password.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+docker compose --env-file .env.example config -q
+docker compose --env-file .env.example --profile gpu config -q
+empty=$(mktemp)
+trap 'rm -f "$empty"' EXIT
+if env -i PATH="$PATH" docker compose --env-file "$empty" config -q 2>/dev/null; then
+  echo "docker-compose.yml accepted a configuration without POSTGRES_PASSWORD" >&2
+  exit 1
+fi
+echo "docker-compose.yml: valid"
