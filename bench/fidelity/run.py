@@ -189,6 +189,7 @@ class Bench:
                     steps=self.args.distill_steps,
                     lr=self.args.distill_lr,
                     hidden_weight=self.args.distill_hidden_weight,
+                    temperature=self.args.distill_temperature,
                 ),
             )
         else:
@@ -339,6 +340,9 @@ def main() -> None:
     parser.add_argument("--distill-lr", type=float, default=0.02, help="step size of the distill variant")
     parser.add_argument(
         "--distill-hidden-weight", type=float, default=1.0, help="hidden-state MSE beside the KL"
+    )
+    parser.add_argument(
+        "--distill-temperature", type=float, default=1.0, help="softmax temperature of the KL"
     )
     parser.add_argument(
         "--distill-texts",
