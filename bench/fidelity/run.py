@@ -342,7 +342,7 @@ def main() -> None:
         "--distill-hidden-weight", type=float, default=1.0, help="hidden-state MSE beside the KL"
     )
     parser.add_argument(
-        "--distill-temperature", type=float, default=1.0, help="softmax temperature of the KL"
+        "--distill-temperature", type=float, default=2.0, help="softmax temperature of the KL"
     )
     parser.add_argument(
         "--distill-texts",
