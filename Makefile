@@ -17,6 +17,8 @@ example:  ## the quick start: train a tiny LoRA, push it, pull it, load it with 
 	./examples/quickstart.sh
 
 bench:  ## every benchmark, one after another (hours on 2 cores; see bench/README.md)
+	$(PY) -m pip install -q -e ".[bench]"
+	mkdir -p bench/out
 	$(PY) bench/speed/llama7b.py --json bench/out/speed.json
 	$(PY) -m bench.service.lookup
 	$(PY) -m bench.service.pull

@@ -152,7 +152,7 @@ def ci(
     from adapters.compress.nola import NolaCodec, NolaConfig
     from adapters.compress.peft_io import read_adapter
     from adapters.compress.pipeline import Gate
-    from adapters.registry.errors import RegistryError
+    from adapters.registry.errors import NotFound, RegistryError
 
     try:
         config = NolaConfig(ratio=ratio)
@@ -196,8 +196,8 @@ def ci(
                     )
                 )
                 continue
-        except RegistryError:
-            pass  # new adapter, or new content
+        except NotFound:
+            pass  # new adapter, or new content (anything else, e.g. a bad token, stops the run)
         codec = NolaCodec(config, base_model=base_model, texts=texts, distill=distill, gate=gate)
         with tempfile.TemporaryDirectory(prefix="adapters-ci-") as tmp, reporter.task(f"compressing {name}"):
             report = codec.compress(checkpoint, Path(tmp) / "artifact")
@@ -217,20 +217,25 @@ def ci(
             fidelity={k: v for k, v in report.fidelity.items() if k != "modules"},
         )
         if outcome.decision == "passed" and not dry_run:
-            pushed = app.registry.push(
-                directory,
-                name,
-                task=task,
-                codec="nola",
-                params=params,
-                on_gate_fail="reject",
-                created_by=app.user,
-                reporter=reporter,
-            )
-            outcome.version = pushed.version.ref
-            outcome.decision = "pushed" if pushed.version.status != "rejected" else "failed"
-            if pushed.version.status in ("failed", "rejected"):
-                outcome.decision, outcome.detail = "failed", f"registry: {pushed.version.error}"
+            try:
+                pushed = app.registry.push(
+                    directory,
+                    name,
+                    task=task,
+                    codec="nola",
+                    params=params,
+                    on_gate_fail="reject",
+                    created_by=app.user,
+                    reporter=reporter,
+                )
+            except RegistryError as exc:  # reported with the others rather than ending the run
+                outcome.decision, outcome.detail = "failed", f"registry: {exc}"
+            else:
+                outcome.version = pushed.version.ref
+                if pushed.version.status in ("failed", "rejected"):
+                    outcome.decision, outcome.detail = "failed", f"registry: {pushed.version.error}"
+                else:
+                    outcome.decision = "pushed"
         outcomes.append(outcome)
 
     settings = {"ratio": ratio, "min_agreement": min_agreement, "max_kl": max_kl, "dry_run": dry_run}

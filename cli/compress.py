@@ -152,7 +152,8 @@ def compress(
     try:
         config = NolaConfig(ratio=ratio, bits=bits, basis=basis, fit=fit, seed=seed, device=device)
         distill = DistillConfig(steps=steps, hidden_weight=hidden_weight)
-        gate = Gate(min_agreement=min_agreement, max_kl=max_kl) if min_agreement or max_kl else None
+        gated = min_agreement is not None or max_kl is not None
+        gate = Gate(min_agreement=min_agreement, max_kl=max_kl) if gated else None
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     checkpoint = read_adapter(directory)

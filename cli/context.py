@@ -51,6 +51,17 @@ class AppContext:
                 "and set ADAPTERS_DATABASE_URL (and ADAPTERS_STORAGE_URL) instead"
             )
 
+    def start_service(self) -> None:
+        """Before a long-running service starts: refuse placeholder secrets, then set up logging."""
+        from adapters.registry import logs
+
+        placeholders = self.settings.placeholder_secrets()
+        if placeholders:
+            raise click.ClickException(
+                f"refusing to start with placeholder secrets in {', '.join(placeholders)}: set real ones"
+            )
+        logs.configure(self.settings.log_format, self.settings.log_level)
+
     def close(self) -> None:
         if self._registry is not None:
             self._registry.close()

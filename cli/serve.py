@@ -22,15 +22,9 @@ def serve(app: AppContext, host: str | None, port: int | None) -> None:
     import uvicorn
 
     from adapters.api.app import create_app
-    from adapters.registry import logs
 
     settings = app.settings
-    placeholders = settings.placeholder_secrets()
-    if placeholders:
-        raise click.ClickException(
-            f"refusing to start with placeholder secrets in {', '.join(placeholders)}: set real ones"
-        )
-    logs.configure(settings.log_format, settings.log_level)
+    app.start_service()
     uvicorn.run(
         create_app(settings),
         host=host or settings.api_host,

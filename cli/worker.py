@@ -21,15 +21,9 @@ def worker(app: AppContext, once: bool, max_jobs: int | None) -> None:
     Example:
       ADAPTERS_DATABASE_URL=postgresql://registry@db/registry adapters worker
     """
-    from adapters.registry import logs
     from adapters.registry.worker import Worker
 
     app.require_local("adapters worker")
     settings = app.settings
-    placeholders = settings.placeholder_secrets()
-    if placeholders:
-        raise click.ClickException(
-            f"refusing to start with placeholder secrets in {', '.join(placeholders)}: set real ones"
-        )
-    logs.configure(settings.log_format, settings.log_level)
+    app.start_service()
     Worker(settings).run(once=once, max_jobs=max_jobs)

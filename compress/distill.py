@@ -3,12 +3,12 @@ base model with the original adapter.
 
 A weight- or activation-space fit keeps each module close on its own; what matters is the model's
 output. Starting from the activation-aware fit, every coefficient is optimised end to end on
-KL(original || NOLA) over the output distribution (logits of an LM's tokens or a classifier's texts;
-relative MSE of the last hidden states for a model without a head; optionally that MSE as well, beside
-the KL: a classifier's few logits per text carry little signal each, its hidden states one per token).
-The teacher's outputs are
-computed once and cached; the base model stays frozen; the coefficients are quantization-aware
-(straight-through: the forward pass uses the stored values, the gradient flows to the float ones).
+KL(original || NOLA) over the output distribution (logits of an LM's tokens or a classifier's texts),
+plus the relative MSE of the last hidden states (`hidden_weight`: a classifier's few logits per text
+carry little signal, its hidden states one vector per token); a model without a head gets the MSE
+alone. The teacher's outputs are computed once and cached; the base model stays frozen; the
+coefficients are quantization-aware (straight-through: the forward pass uses the stored values, the
+gradient flows to the float ones).
 
 The factors are rebuilt from the coefficients on every step by the bases themselves (`expand`, with
 `project` as its exact adjoint for the gradient), so no dense basis matrix is ever held for the whole

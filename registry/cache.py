@@ -34,6 +34,7 @@ from typing import BinaryIO
 
 from .errors import BlobCorrupted
 from .refs import check_digest
+from .storage import sha256_file
 
 log = logging.getLogger("adapters.cache")
 MANIFEST = "manifest.json"
@@ -121,15 +122,6 @@ class CachedAdapter:
         self.close()
 
 
-def _hash_file(path: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
 def open_folder(
     folder: Path, digest: str, *, on_corrupt: Callable[[str], None] | None = None
 ) -> CachedAdapter:
@@ -139,7 +131,7 @@ def open_folder(
     for path in sorted(Path(folder).iterdir()):
         if path.name == MANIFEST:
             continue
-        sha, size = _hash_file(path)
+        sha, size = sha256_file(path)
         # Hashed just now, from the same file: its reads need not hash it again.
         files[path.name] = CachedFile(path.name, sha, size, path.open("rb"), digest, on_corrupt, trusted=True)
     return CachedAdapter(digest, files)

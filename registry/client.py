@@ -189,9 +189,7 @@ class LocalRegistry:
             max_upload_bytes=settings.max_upload_bytes,
             auto_upgrade=settings.embedded,
             inline=settings.inline_compression,
-            cache=ReconstructionCache(
-                settings.cache_dir or settings.home / "cache", settings.cache_max_bytes
-            ),
+            cache=ReconstructionCache(settings.cache_dir, settings.cache_max_bytes),
             lease_seconds=settings.worker_lease_seconds,
             device=settings.device,
             codec_modules=settings.codec_modules,
@@ -405,10 +403,10 @@ class LocalRegistry:
         return version, self.storage.iter_chunks(version.artifact_digest)
 
     def _ready_version(self, ref: str | Ref) -> VersionView:
+        """The version behind a download: a plain read, without its aliases (downloads need none)."""
         self._ready()
-        with self.db.transaction() as session:
-            version = service.require_ready(service.resolve(session, ref))
-            return VersionView.of(version, service.version_aliases(session, version))
+        with self.db.reading() as session:
+            return VersionView.of(service.require_ready(service.resolve(session, ref)))
 
     def check(self) -> None:
         """Raise unless the database (at the current schema) and the blob store are reachable."""

@@ -9,6 +9,7 @@ same code behaves the same on both.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -190,6 +191,7 @@ def alembic_config(connection: Connection | None = None) -> Any:
     return config
 
 
+@functools.cache  # the migrations ship with the package: read them once, not on every /readyz
 def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 

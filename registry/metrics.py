@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 
 from .db import Database
 from .models import Blob, Version
-from .repository import QueueRepository
+from .repository import QUEUED
 
 log = logging.getLogger("adapters.metrics")
 
@@ -35,11 +35,12 @@ class RegistryCollector(Collector):
         blobs = GaugeMetricFamily("adapters_blobs", "Blobs the registry stores")
         try:
             with self.db.transaction() as session:
-                for status, count in QueueRepository(session).depth().items():
-                    queue.add_metric([status], count)
                 rows = session.execute(sa.select(Version.status, sa.func.count()).group_by(Version.status))
-                for status, count in rows:
-                    versions.add_metric([str(status)], int(count))
+                by_status = {str(status): int(count) for status, count in rows}
+                for status, count in by_status.items():
+                    versions.add_metric([status], count)
+                for status in QUEUED:  # the queue's statuses, zero included
+                    queue.add_metric([status], by_status.get(status, 0))
                 count, total = session.execute(sa.select(sa.func.count(), sa.func.sum(Blob.size))).one()
                 blobs.add_metric([], int(count or 0))
                 stored.add_metric([], int(total or 0))

@@ -47,6 +47,7 @@ from .schemas import (
     VersionView,
 )
 from .settings import Settings
+from .storage import sha256_file
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
@@ -54,14 +55,6 @@ PULLED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CHUNK = 1024 * 1024
 PAGE = 500
 NAME = re.compile(NAME_PATTERN)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class _Counting:
@@ -208,8 +201,8 @@ class RemoteRegistry:
             "codec": codec,
             "params": dict(params or {}),
             "on_gate_fail": on_gate_fail,
-            "config_sha256": _sha256(config),
-            "weights_sha256": _sha256(weights),
+            "config_sha256": sha256_file(config)[0],
+            "weights_sha256": sha256_file(weights)[0],
             "source": str(path),
         }
         total = config.stat().st_size + weights.stat().st_size

@@ -479,17 +479,6 @@ class QueueRepository:
         }
         return self.session.execute(self._held(version_id, worker).values(**values)).rowcount == 1
 
-    def depth(self) -> dict[str, int]:
-        """Jobs per queue status (pending, compressing)."""
-        rows = self.session.execute(
-            sa.select(Version.status, sa.func.count())
-            .where(Version.status.in_(QUEUED))
-            .group_by(Version.status)
-        )
-        counts = dict.fromkeys(QUEUED, 0)
-        counts.update({str(status): int(count) for status, count in rows})
-        return counts
-
 
 class TokenRepository:
     def __init__(self, session: Session) -> None:

@@ -3,6 +3,10 @@
 # is started): with the example settings, with the GPU profile, and refused without a database password.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if ! docker compose version >/dev/null 2>&1; then
+  echo "check-compose.sh needs Docker with the compose plugin (docker compose version)" >&2
+  exit 2
+fi
 docker compose --env-file .env.example config -q
 docker compose --env-file .env.example --profile gpu config -q
 empty=$(mktemp)

@@ -45,6 +45,7 @@ from peers import PEERS, RECORD_BYTES, lora_source_bytes
 
 from adapters.compress.calibration import collect_stats, load_base_model, with_adapter
 from adapters.compress.codec import reconstruct
+from adapters.compress.distill import DistillConfig
 from adapters.compress.fidelity import measure
 from adapters.compress.nola import NolaCodec, NolaConfig
 from adapters.compress.peft_io import LoraCheckpoint, read_adapter
@@ -173,8 +174,6 @@ class Bench:
         artifact = self.args.out.parent / "artifacts" / f"{name.replace(' ', '-')}-{ratio:g}x.nola"
         artifact.parent.mkdir(parents=True, exist_ok=True)
         if cfg.fit == "distill":
-            from adapters.compress.distill import DistillConfig
-
             texts, _ = load_split("calibration", self.args.data)
             texts = texts[: self.args.calib_limit or None]
             if self.args.distill_texts == "train+calibration":
@@ -336,13 +335,17 @@ def main() -> None:
     parser.add_argument("--sweep", type=float, nargs="*", default=[5, 10, 20, 40], help="sweep ratios")
     parser.add_argument("--nola", nargs="*", default=list(NOLA_VARIANTS), help="NOLA variants to run")
     parser.add_argument("--peers", nargs="*", default=list(PEERS), help="peers to run")
-    parser.add_argument("--distill-steps", type=int, default=200, help="steps of the distill variant")
-    parser.add_argument("--distill-lr", type=float, default=0.02, help="step size of the distill variant")
+    # The distill variant's settings default to the codec's own (DistillConfig).
+    parser.add_argument("--distill-steps", type=int, default=DistillConfig.steps)
+    parser.add_argument("--distill-lr", type=float, default=DistillConfig.lr, help="Adam step size")
     parser.add_argument(
-        "--distill-hidden-weight", type=float, default=1.0, help="hidden-state MSE beside the KL"
+        "--distill-hidden-weight",
+        type=float,
+        default=DistillConfig.hidden_weight,
+        help="hidden-state MSE weight",
     )
     parser.add_argument(
-        "--distill-temperature", type=float, default=2.0, help="softmax temperature of the KL"
+        "--distill-temperature", type=float, default=DistillConfig.temperature, help="KL temperature"
     )
     parser.add_argument(
         "--distill-texts",

@@ -189,9 +189,11 @@ def test_refusals_name_the_clients_own_path(upload_service, adapter_dir, tmp_pat
 def test_a_file_changed_during_upload_is_caught(upload_service, adapter_dir, tmp_path, monkeypatch):
     import adapters.registry.remote as remote
 
-    real = remote._sha256
+    real = remote.sha256_file
     monkeypatch.setattr(
-        remote, "_sha256", lambda path: "0" * 64 if path.name == SAFETENSORS_FILE else real(path)
+        remote,
+        "sha256_file",
+        lambda path: ("0" * 64, 0) if path.name == SAFETENSORS_FILE else real(path),
     )
     with pytest.raises(DigestMismatch, match=r"adapter_model\.safetensors: received bytes hash to"):
         upload_service.client().push(adapter_dir, "acme/x", task="t")
