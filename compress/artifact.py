@@ -138,6 +138,14 @@ def serialize(config: dict[str, Any], header: dict[str, Any], tensors: dict[str,
     return stfile.dumps(tensors, metadata)
 
 
+def annotate(data: bytes, fields: dict[str, Any]) -> bytes:
+    """The artifact `data` with `fields` added to its header (the gate's verdict, measured figures):
+    the same tensors, a new checksum."""
+    tensors, metadata = stfile.loads(data)
+    header = decode_header(metadata[HEADER_KEY]) | fields
+    return serialize(json.loads(metadata[CONFIG_KEY]), header, tensors)
+
+
 def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: torch.device):
     """Every PEFT tensor an artifact stands for, after checking everything that can be checked."""
     if metadata.get(CHECKSUM_KEY) != checksum(tensors, metadata):

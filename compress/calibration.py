@@ -45,16 +45,36 @@ def read_texts(path: str | Path) -> list[str]:
 
 
 DEFAULT_CORPUS = "calibration.txt"
+# Enough for a classifier's held-out gate (one prediction per text) and a fit set beside it.
+DEFAULT_CORPUS_SIZE = 4096
 
 
-def default_texts() -> list[str]:
-    """The packaged general-purpose corpus (145 short texts: prose, instructions, dialogue, questions,
-    code and numbers), for when the user gives no calibration texts. Texts from the adapter's own
-    domain are better; this keeps compression usable without them."""
+def default_texts(count: int = DEFAULT_CORPUS_SIZE) -> list[str]:
+    """The packaged general-purpose corpus, for when the user gives no calibration texts: 145
+    hand-written short texts (prose, instructions, dialogue, questions, code and numbers) and, up to
+    `count`, texts from the seeded generator in corpus.py. Texts from the adapter's own domain are
+    better; this keeps compression usable, and the gate decidable, without them."""
     from importlib.resources import files
 
+    from .corpus import generated_texts
+
     data = files("adapters.compress").joinpath("data", DEFAULT_CORPUS).read_text(encoding="utf-8")
-    return [line.strip() for line in data.splitlines() if line.strip()]
+    written = [line.strip() for line in data.splitlines() if line.strip()]
+    return written + generated_texts(max(0, count - len(written)))
+
+
+def calibration_texts(path: str | Path | None, count: int = DEFAULT_CORPUS_SIZE) -> tuple[list[str], str]:
+    """The user's texts (a file, see `read_texts`), topped up from the packaged corpus to `count`
+    so the held-out gate has enough predictions; and a note on where they came from."""
+    if path is None:
+        return default_texts(count), "packaged corpus"
+    texts = read_texts(path)
+    missing = count - len(texts)
+    if missing <= 0:
+        return texts, str(path)
+    known = set(texts)
+    extra = [t for t in default_texts(count + len(texts)) if t not in known][:missing]
+    return texts + extra, f"{path} ({len(texts)} texts) + packaged corpus ({len(extra)})"
 
 
 def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> tuple[list[str], list[str]]:

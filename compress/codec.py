@@ -31,7 +31,8 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class CompressionReport:
-    """What a codec did: its parameters, the fidelity it measured, and the bytes before and after."""
+    """What a codec did: its parameters, the fidelity it measured, and the bytes before and after
+    (whole files: the source file and the artifact)."""
 
     codec: str
     source_bytes: int
@@ -59,9 +60,15 @@ class Codec(Protocol):
     format_version: ClassVar[int]
 
     def compress(
-        self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
+        self,
+        checkpoint: LoraCheckpoint,
+        out_file: Path,
+        *,
+        progress: Progress | None = None,
+        source_bytes: int | None = None,
     ) -> CompressionReport:
-        """Write the artifact for `checkpoint` to `out_file` and report what it cost."""
+        """Write the artifact for `checkpoint` to `out_file` and report what it cost against the
+        source file (`source_bytes`, by default the size of the canonical source file)."""
         ...
 
     def decode(
@@ -87,15 +94,20 @@ class RawCodec:
     format_version: ClassVar[int] = 1
 
     def compress(
-        self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
+        self,
+        checkpoint: LoraCheckpoint,
+        out_file: Path,
+        *,
+        progress: Progress | None = None,
+        source_bytes: int | None = None,
     ) -> CompressionReport:
         data = canonical_bytes(checkpoint)
         Path(out_file).write_bytes(data)
         if progress:
-            progress(len(checkpoint.pairs), len(checkpoint.pairs))
+            progress(1, 1)
         return CompressionReport(
             codec=self.name,
-            source_bytes=checkpoint.nbytes(),
+            source_bytes=source_bytes or len(data),
             artifact_bytes=len(data),
             fidelity={"lossless": True, "max_rel_error": 0.0},
         )

@@ -41,7 +41,16 @@ from .quant import FactorCode, fake_quantize
 class DistillConfig:
     """How to distill. Recorded in the artifact."""
 
-    steps: int = field(default=200, metadata={"help": "optimizer steps"})
+    steps: int = field(default=1000, metadata={"help": "most optimizer steps"})
+    max_seconds: float = field(
+        default=600.0, metadata={"help": "time budget of one distillation run; it stops at the next check"}
+    )
+    eval_every: int = field(
+        default=50, metadata={"help": "steps between checks of the validation loss (early stopping)"}
+    )
+    patience: int = field(
+        default=4, metadata={"help": "checks without a better validation loss before stopping"}
+    )
     batch_size: int = field(default=16, metadata={"help": "texts per step"})
     lr: float = field(
         default=0.02, metadata={"help": "Adam step size, relative to each coefficient tensor's RMS"}
@@ -62,6 +71,8 @@ class DistillConfig:
     def __post_init__(self) -> None:
         if self.steps < 0 or self.batch_size < 1 or self.max_length < 1:
             raise ValueError("steps must be >= 0, batch_size and max_length >= 1")
+        if self.eval_every < 1 or self.patience < 1 or not self.max_seconds > 0:
+            raise ValueError("eval_every, patience and max_seconds must be positive")
         if not (self.lr > 0 and math.isfinite(self.lr)) or not self.temperature > 0:
             raise ValueError("lr and temperature must be positive")
         if not (self.hidden_weight >= 0 and math.isfinite(self.hidden_weight)):
@@ -207,11 +218,24 @@ class Teacher:
                 if name in available:
                     self.names[key] = name
 
-    def outputs(self, texts: Sequence[str], hidden: bool = False) -> list[tuple[dict, _Out]]:
-        """(batch, teacher outputs) for the texts; with `hidden`, the last hidden states too."""
+    def outputs(self, texts: Sequence[str], hidden: bool = False) -> Targets:
+        """(batch, teacher outputs) for the texts, batch by batch; with `hidden`, the last hidden
+        states too."""
         batches = token_batches(self.tokenizer, list(texts), self.batch_size, self.max_length, self.device)
+        return Targets(self.model, list(batches), hidden)
+
+    def predictions(self, texts: Sequence[str]) -> list[int]:
+        """How many predictions each text gives the held-out measurement: one for a text classifier,
+        one per token for a language model (and per token for hidden states)."""
+        if not texts:
+            return []
+        probe = next(token_batches(self.tokenizer, [texts[0]], 1, self.max_length, self.device))
         with torch.no_grad():
-            return [(b, _outputs(self.model, b, None, hidden)) for b in batches]
+            logits = getattr(self.model(**probe), "logits", None)
+        if logits is not None and logits.dim() == 2:
+            return [1] * len(texts)
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
 
     def params(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PEFT parameter names for the LoRA factors among `tensors` (adapter keys)."""
@@ -242,6 +266,38 @@ class Teacher:
                 "predictions": total,
             }
         return {"hidden_rel_error": math.sqrt(err / max(ref, 1e-30)), "predictions": total}
+
+
+class Targets:
+    """The teacher's outputs for a list of token batches, as (batch, outputs) pairs.
+
+    Outputs are kept while they fit in `max_bytes` and computed again (one forward pass) beyond:
+    a language model's logits over a large vocabulary for thousands of texts would not fit in
+    memory, a classifier's always do.
+    """
+
+    def __init__(self, model, batches: list[dict], hidden: bool, max_bytes: int = 1 << 30):
+        self.model, self.batches, self.hidden, self.max_bytes = model, batches, hidden, max_bytes
+        self._kept: dict[int, _Out] = {}
+        self._bytes = 0
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    def __getitem__(self, index: int) -> tuple[dict, _Out]:
+        batch = self.batches[index]
+        out = self._kept.get(index)
+        if out is None:
+            with torch.no_grad():
+                out = _outputs(self.model, batch, None, self.hidden)
+            size = sum(t.numel() * t.element_size() for t in (out.values, out.hidden) if t is not None)
+            if self._bytes + size <= self.max_bytes:
+                self._kept[index] = out
+                self._bytes += size
+        return batch, out
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
 
 
 class _Out(NamedTuple):
@@ -278,34 +334,50 @@ def _relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
 
 
-def _score(result: dict[str, float]) -> float:
-    return result["agreement"] - 1e-3 * result["kl"] if "agreement" in result else -result["hidden_rel_error"]
+def _mean_loss(student: _Student, teacher: Teacher, data, cfg: DistillConfig) -> float:
+    """The training loss (with the stored, quantized coefficients) averaged over `data`."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        weights = student.weights(teacher.names, quantized=True)
+        for batch, target in data:
+            total += float(_step_loss(teacher, batch, target, weights, cfg)) * target.values.shape[0]
+            count += target.values.shape[0]
+    return total / max(count, 1)
+
+
+def _step_loss(teacher: Teacher, batch, target: _Out, weights, cfg: DistillConfig) -> torch.Tensor:
+    hidden = target.hidden is not None
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=teacher.device.type == "cuda"):
+        out = _outputs(teacher.model, batch, weights, hidden)
+    loss = _loss(out.values.float(), target.values, target.logits, cfg.temperature)
+    if hidden:
+        loss = loss + cfg.hidden_weight * _relative_mse(out.hidden.float(), target.hidden)
+    return loss
 
 
 def distill(
     teacher: Teacher,
     initial: NolaFit,
-    fit_texts: Sequence[str],
-    held_out_texts: Sequence[str],
+    train: list,
+    validation: list,
     cfg: DistillConfig | None = None,
     progress: Progress | None = None,
 ) -> NolaFit:
-    """Distill `initial` (usually the activation-aware fit) on `fit_texts`; report on `held_out_texts`.
-
-    The result records, under notes["distill"], the settings, the loss, the time taken, and top-1
-    agreement / KL on the held-out texts before and after. If distillation does not improve the
-    held-out figures, the initial coefficients are kept (and the record says so).
+    """Distill `initial` (usually the activation-aware fit) on the teacher's outputs `train`
+    (`Teacher.outputs(texts, hidden=cfg.hidden_weight > 0)`), stopping early when the loss on
+    `validation` (texts the training never sees, and not the gate's held-out texts) stops improving,
+    or when the time budget is spent. The coefficients with the lowest validation loss are kept, or
+    the initial ones if distillation did not lower it; notes["distill"] records the settings, the
+    losses, the steps run, why it stopped and the time taken.
     """
     cfg = cfg or DistillConfig()
-    if not fit_texts or not held_out_texts:
-        raise CompressError("distillation needs calibration texts and held-out texts")
+    if not train or not validation:
+        raise CompressError("distillation needs calibration texts to train on and to validate with")
     started = time.perf_counter()
-    train = teacher.outputs(fit_texts, hidden=cfg.hidden_weight > 0)
-    held = teacher.outputs(held_out_texts)
     group_size = initial.config.group_size
     student = _Student(initial, teacher.device, group_size)
-    names = teacher.names
-    before = teacher.agreement(held, student.weights(names, quantized=True))
+    before = best = _mean_loss(student, teacher, validation, cfg)
+    best_state = None
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
     warmup = max(1, cfg.steps // 20)
 
@@ -316,41 +388,55 @@ def distill(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     losses: list[float] = []
-    cuda = teacher.device.type == "cuda"
+    stale, stopped, steps = 0, "steps", 0
     for step in range(cfg.steps):
         batch, target = train[order[step % len(order)]]
-        hidden = target.hidden is not None
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-            out = _outputs(teacher.model, batch, student.weights(names, quantized=cfg.qat), hidden)
-        loss = _loss(out.values.float(), target.values, target.logits, cfg.temperature)
-        if hidden:
-            loss = loss + cfg.hidden_weight * _relative_mse(out.hidden.float(), target.hidden)
+        loss = _step_loss(teacher, batch, target, student.weights(teacher.names, quantized=cfg.qat), cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         schedule.step()
         losses.append(loss.item())
+        steps = step + 1
         if progress:
-            progress(step + 1, cfg.steps)
+            progress(steps, cfg.steps)
+        if steps % cfg.eval_every and steps != cfg.steps:
+            continue
+        current = _mean_loss(student, teacher, validation, cfg)
+        if current < best:
+            best, stale = current, 0
+            best_state = [p.detach().clone() for p in student.parameters()]
+        else:
+            stale += 1
+        if stale >= cfg.patience:
+            stopped = "early stop: validation loss stopped improving"
+            break
+        if time.perf_counter() - started > cfg.max_seconds:
+            stopped = f"time budget of {cfg.max_seconds:g} s"
+            break
 
-    after_fit = replace(initial, modules=student.export())
-    after = teacher.agreement(
-        held, _Student(after_fit, teacher.device, group_size).weights(names, quantized=False)
-    )
-    improved = _score(after) > _score(before)
+    improved = best_state is not None
+    if improved:
+        with torch.no_grad():
+            for param, value in zip(student.parameters(), best_state):
+                param.copy_(value)
     window = max(1, len(losses) // 10)
     record = {
         **asdict(cfg),
         "initial_fit": initial.method,
+        "steps_run": steps,
+        "stopped": stopped,
         "loss_first": round(sum(losses[:window]) / window, 6) if losses else None,
         "loss_last": round(sum(losses[-window:]) / window, 6) if losses else None,
-        "held_out_before": before,
-        "held_out_after": after,
+        "validation_before": round(before, 6),
+        "validation_best": round(best, 6),
+        "validation_predictions": sum(t.values.shape[0] for _, t in validation),
         "kept": "distilled" if improved else "initial",
         "seconds": round(time.perf_counter() - started, 1),
         "device": str(teacher.device),
     }
-    chosen = after_fit if improved else initial
+    if not improved:
+        return replace(initial, notes={**initial.notes, "distill": record})
     return replace(
-        chosen, method="distill" if improved else initial.method, notes={**initial.notes, "distill": record}
+        initial, modules=student.export(), method="distill", notes={**initial.notes, "distill": record}
     )

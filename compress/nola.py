@@ -41,7 +41,13 @@ WEIGHTINGS = ("absolute", "relative", "balanced")
 class NolaConfig:
     """How to compress. Every field is recorded in the artifact."""
 
-    ratio: float = field(default=20.0, metadata={"help": "target: LoRA factor bytes / coefficient bytes"})
+    ratio: float = field(
+        default=32.0,
+        metadata={
+            "help": "whole-file ratio (source file bytes / artifact bytes): the largest the size search "
+            "tries, or, with no gate, the exact size made"
+        },
+    )
     bits: str = field(default="auto", metadata={"help": "coefficient format, or auto (rate-distortion)"})
     basis: str = field(default="fast", metadata={"help": "fast (structured, O(n log n)) or dense (paper)"})
     fit: str = field(
@@ -259,36 +265,54 @@ class NolaCodec:
         texts: Sequence[str] | None = None,
         distill: Any = None,
         gate: Any = None,
+        held_out_predictions: int | None = None,
     ):
         """`stats`: input statistics per module; `base_model` (a local directory) with `texts` enables
-        distillation and the held-out measurement; `distill` a DistillConfig; `gate` a pipeline.Gate."""
+        distillation and the held-out measurement; `distill` a DistillConfig; `gate` a gate.Gate (the
+        size is then searched up to config.ratio; without one, exactly config.ratio is made)."""
+        from .gate import DEFAULT_PREDICTIONS
+
         self.config = config or NolaConfig()
         self.stats = stats or {}
         self.base_model, self.texts, self.distill, self.gate = base_model, texts, distill, gate
+        self.held_out_predictions = held_out_predictions or DEFAULT_PREDICTIONS
 
     @classmethod
     def from_params(cls, **params: Any) -> NolaCodec:
-        """Parameters by name: NolaConfig fields, `distill_<field>` for DistillConfig, and the gate's
-        `min_agreement`, `max_kl`, `max_weight_error` (a gate applies when any is given)."""
+        """Parameters by name: NolaConfig fields, `distill_<field>` for DistillConfig, the gate's
+        fields (`min_agreement`, `max_kl`, `max_weight_error`, `confidence`, `min_predictions`) and
+        `held_out_predictions`. The gate always applies (its defaults where none is given): a version
+        compressed in the registry is never stored ungated."""
         from .distill import DistillConfig
-        from .pipeline import Gate
+        from .gate import Gate
 
-        gate_fields = {"min_agreement", "max_kl", "max_weight_error"}
+        gate_fields = set(Gate.__dataclass_fields__)
         gate = {k: params.pop(k) for k in list(params) if k in gate_fields}
         distill = {
             k.removeprefix("distill_"): params.pop(k) for k in list(params) if k.startswith("distill_")
         }
+        held_out = params.pop("held_out_predictions", None)
         try:
+            held_out = None if held_out is None else int(held_out)
+            gate_obj = Gate(**gate)
+            if held_out is not None and held_out < gate_obj.min_predictions:
+                raise ValueError(f"held_out_predictions must be at least {gate_obj.min_predictions}")
             return cls(
                 NolaConfig(**params),
                 distill=DistillConfig(**distill) if distill else None,
-                gate=Gate(**gate) if gate else None,
+                gate=gate_obj,
+                held_out_predictions=held_out,
             )
         except TypeError as exc:
             raise ValueError(f"bad NOLA parameters: {exc}") from None
 
     def compress(
-        self, checkpoint: LoraCheckpoint, out_file: Path, *, progress: Progress | None = None
+        self,
+        checkpoint: LoraCheckpoint,
+        out_file: Path,
+        *,
+        progress: Progress | None = None,
+        source_bytes: int | None = None,
     ) -> CompressionReport:
         from .pipeline import run
 
@@ -300,6 +324,8 @@ class NolaCodec:
             texts=self.texts,
             distill_config=self.distill,
             gate=self.gate,
+            source_bytes=source_bytes,
+            held_out_predictions=self.held_out_predictions,
             progress=progress,
         )
         Path(out_file).write_bytes(data)
@@ -329,7 +355,7 @@ class NolaFit:
     method: str  # weight | activation | distill
     stats: dict[str, InputStats]
     lora_bytes: int
-    notes: dict[str, Any] = field(default_factory=dict)  # recorded in the header (e.g. distillation)
+    notes: dict[str, Any] = field(default_factory=dict)  # reported with the fidelity (e.g. distillation)
 
 
 def lora_pairs(checkpoint: LoraCheckpoint) -> list[LoraPair]:
@@ -337,13 +363,27 @@ def lora_pairs(checkpoint: LoraCheckpoint) -> list[LoraPair]:
     return [p for p in checkpoint.pairs if p.kind == "linear"]
 
 
-def fit_adapter(
+@dataclass
+class Prepared:
+    """What a fit does not need to redo for another byte budget: the modules in same-shaped batches
+    and, per rank component, the Pareto front of its (k, format) choices."""
+
+    checkpoint: LoraCheckpoint
+    config: NolaConfig
+    batches: list[_Batch]
+    units: list[list[Candidate]]
+    stats: dict[str, InputStats]
+    lora_bytes: int  # the modelled factors' bytes in the source
+    device: torch.device
+
+
+def prepare(
     checkpoint: LoraCheckpoint,
     cfg: NolaConfig,
     stats: dict[str, InputStats] | None = None,
     progress: Progress | None = None,
-) -> NolaFit:
-    """Choose (k, format) per factor under the byte budget and fit every module's coefficients."""
+) -> Prepared:
+    """Everything of a fit that does not depend on the byte budget (see `fit_budget`)."""
     device = resolve_device(cfg.device)
     pairs = lora_pairs(checkpoint)
     use_stats = cfg.fit in ("auto", "activation")
@@ -351,30 +391,28 @@ def fit_adapter(
     if cfg.fit == "activation" and not stats:
         raise CompressError("fit=activation needs input statistics for the adapter's modules")
     batches = list(_batches(checkpoint, pairs, stats, device))
-    steps, done = 2 * len(batches), 0
-
-    def tick() -> None:
-        nonlocal done
-        done += 1
-        if progress:
-            progress(done, steps)
-
     lora_bytes = sum(
         checkpoint.tensors[k].numel() * checkpoint.tensors[k].element_size()
         for p in pairs
         for k in (p.a_key, p.b_key)
     )
     units: list[list[Candidate]] = []
-    for batch in batches:
+    for done, batch in enumerate(batches, 1):
         units.extend(
             _fixed_choices(batch, cfg) if cfg.k_fraction is not None else _candidates(batch, cfg, device)
         )
-        tick()
-    chosen = allocate(units, int(lora_bytes / cfg.ratio))
+        if progress:
+            progress(done, len(batches))
+    return Prepared(checkpoint, cfg, batches, units, stats, lora_bytes, device)
 
+
+def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None) -> NolaFit:
+    """Choose (k, format) per factor within `budget` coefficient bytes and fit every module."""
+    cfg, device = prepared.config, prepared.device
+    chosen = allocate(prepared.units, max(0, int(budget)))
     modules: list[ModuleFit] = []
     offset = 0
-    for batch in batches:
+    for done, batch in enumerate(prepared.batches, 1):
         count = len(batch.pairs) * batch.rank
         options = [c.option for c in chosen[offset : offset + count]]
         offset += count
@@ -389,8 +427,22 @@ def fit_adapter(
             batch.a, batch.b, metric, basis_a, basis_b, choices_a, choices_b, cfg.group_size, cfg.rounds
         )
         modules += [ModuleFit(p, qa, qb) for p, qa, qb in zip(batch.pairs, fitted.stored_a, fitted.stored_b)]
-        tick()
-    return NolaFit(cfg, modules, "activation" if stats else "weight", stats, lora_bytes)
+        if progress:
+            progress(done, len(prepared.batches))
+    method = "activation" if prepared.stats else "weight"
+    return NolaFit(cfg, modules, method, prepared.stats, prepared.lora_bytes)
+
+
+def fit_adapter(
+    checkpoint: LoraCheckpoint,
+    cfg: NolaConfig,
+    stats: dict[str, InputStats] | None = None,
+    progress: Progress | None = None,
+    *,
+    budget: int,
+) -> NolaFit:
+    """Fit every module within `budget` coefficient bytes (`prepare` then `fit_budget`)."""
+    return fit_budget(prepare(checkpoint, cfg, stats), budget, progress)
 
 
 def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, CompressionReport]:
@@ -415,7 +467,6 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         "params": asdict(cfg),
         "fit": fitted.method,
         "modules": records,
-        **fitted.notes,
     }
     pairs = [m.pair for m in fitted.modules]
     extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
@@ -433,11 +484,14 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         "bits_per_coefficient": _mean_bits(records),
         "coefficients": _coefficients(records),
     }
+    coefficient_bytes = codes.numel() + 2 * scales.numel()
     fidelity.update(
         lossless_tensors=len(extras),
+        lossless_bytes=sum(t.numel() * t.element_size() for t in extras.values()),
         lora_bytes=fitted.lora_bytes,
-        coefficient_bytes=codes.numel() + 2 * scales.numel(),
-        **{k: v for k, v in fitted.notes.items() if k == "distill"},
+        coefficient_bytes=coefficient_bytes,
+        lora_ratio=round(fitted.lora_bytes / coefficient_bytes, 3) if coefficient_bytes else None,
+        **fitted.notes,
     )
     report = CompressionReport(
         codec=NolaCodec.name,

@@ -1,66 +1,196 @@
-"""Compression as a whole: statistics, fit, distillation, held-out measurement and the fidelity gate.
+"""Compression as a whole: statistics, the size search, fits, distillation, held-out measurement, gate.
 
-    texts --split--> fit texts -> input statistics -> rate-distortion choice + activation-aware fit
-                                                   -> distillation (with a base model)
-                     held-out texts -> top-1 agreement and KL of the *encoded artifact* against the
-                                       original adapter -> the gate
+    texts --split--> held-out texts (enough predictions for the gate) -> top-1 agreement and KL of each
+                     candidate *artifact as a reader decodes it* against the original adapter
+                 --> fit texts -> input statistics -> rate-distortion choice + activation-aware fit
+                               -> distillation (with a base model), validated on texts of their own
 
-Without a base model only weight/activation fits run, and the gate falls back to the weight error
-(which is a poor proxy for behaviour, so its default threshold is strict); the record says which.
+With a gate, the size is searched (search.py): closed-form fits bisect the ladder of whole-file
+ratios for the largest that passes; with a base model, distillation then tries the rungs above it,
+starting from the closed-form fit of each. The smallest passing artifact is returned; when nothing
+passes, the most faithful attempt is returned with the failed verdict, and the caller keeps the
+lossless source. Without a gate, one artifact of exactly the asked ratio is made.
+
+Sizes are whole files: the artifact (header, lossless tensors, coefficients) against the source file.
 """
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from .calibration import collect_stats, split_texts
-from .codec import CompressionReport, Progress, decode_artifact
+from . import artifact
+from .calibration import collect_stats
+from .codec import CompressionReport, Progress, canonical_bytes, decode_artifact
 from .distill import DistillConfig, Teacher, distill
 from .errors import CompressError
-from .nola import NolaConfig, encode, fit_adapter, lora_pairs, resolve_device
+from .gate import DEFAULT_PREDICTIONS, Gate
+from .nola import NolaConfig, NolaFit, Prepared, encode, fit_budget, lora_pairs, prepare, resolve_device
 from .peft_io import LoraCheckpoint
+from .search import Attempt, ladder, largest_passing
 from .stats import InputStats
 from .stfile import loads
 
+# Distillation runs (minutes each on a CPU) the search spends above the best closed-form size.
+MAX_DISTILL_RUNS = 3
+# Texts kept for fitting: the held-out set takes at most the rest.
+MIN_FIT_FRACTION = 0.5
+# Validation texts for distillation's early stopping, taken from the fit texts.
+VALIDATION_FRACTION, MAX_VALIDATION_TEXTS = 0.1, 256
+# Texts the input statistics are collected over (one forward pass each).
+MAX_STATS_TEXTS = 1024
+# Bytes left below a size target for the header's measured figures, which vary from fit to fit,
+# and how far below the target a fit may land (each refit costs a whole fit).
+SIZE_SLACK, SIZE_TOLERANCE = 64, 0.02
+
 
 @dataclass
-class Gate:
-    """Thresholds a compressed version must meet to be served instead of its lossless source."""
+class TextSplit:
+    fit: list[str]
+    validation: list[str]
+    held_out: list[str]
+    held_out_predictions: int
 
-    min_agreement: float | None = 0.99  # top-1 agreement with the original adapter, held-out texts
-    max_kl: float | None = None  # mean KL(original || compressed) per prediction
-    max_weight_error: float | None = 0.05  # only when no held-out measurement is possible
 
-    def __post_init__(self) -> None:
-        for name, value in asdict(self).items():
-            if value is not None and not (isinstance(value, (int, float)) and value >= 0):
-                raise ValueError(f"gate threshold {name} must be a non-negative number or None")
-        if self.min_agreement is not None and self.min_agreement > 1:
-            raise ValueError("min_agreement is a fraction in [0, 1]")
+def split_for_predictions(
+    texts: Sequence[str], predictions: Sequence[int], target: int, seed: int = 0
+) -> TextSplit:
+    """A seeded split of `texts` (each good for `predictions[i]` held-out predictions) into held-out
+    texts worth at least `target` predictions (at most half the texts), validation texts for early
+    stopping, and the rest for fitting."""
+    order = list(range(len(texts)))
+    random.Random(seed).shuffle(order)  # noqa: S311 - a reproducible split, not a secret
+    limit = int(len(texts) * (1 - MIN_FIT_FRACTION))
+    held: list[int] = []
+    count = 0
+    for i in order[:limit]:
+        if count >= target:
+            break
+        held.append(i)
+        count += predictions[i]
+    rest = order[len(held) :]
+    n_val = min(MAX_VALIDATION_TEXTS, round(len(rest) * VALIDATION_FRACTION)) if len(rest) >= 10 else 0
+    return TextSplit(
+        fit=[texts[i] for i in sorted(rest[n_val:])],
+        validation=[texts[i] for i in sorted(rest[:n_val])],
+        held_out=[texts[i] for i in sorted(held)],
+        held_out_predictions=count,
+    )
 
-    def check(self, fidelity: dict[str, Any]) -> dict[str, Any]:
-        held = fidelity.get("held_out") or {}
-        failures: list[str] = []
-        if "agreement" in held:
-            basis = "held-out agreement"
-            if self.min_agreement is not None and held["agreement"] < self.min_agreement:
-                failures.append(f"agreement {held['agreement']:.4f} < {self.min_agreement}")
-            if self.max_kl is not None and held["kl"] > self.max_kl:
-                failures.append(f"KL {held['kl']:.4g} > {self.max_kl}")
-        else:
-            basis = "weight error (no base model to measure behaviour)"
-            err = fidelity.get("weight_rel_error", 1.0)
-            if self.max_weight_error is not None and err > self.max_weight_error:
-                failures.append(f"weight error {err:.4f} > {self.max_weight_error}")
-        return {
-            "passed": not failures,
-            "basis": basis,
-            "thresholds": asdict(self),
-            "reason": "; ".join(failures) if failures else "within thresholds",
-        }
+
+class _Bar:
+    """Maps the phases of a run onto one progress scale of 1000 steps."""
+
+    TOTAL = 1000
+
+    def __init__(self, progress: Progress | None):
+        self.progress, self.done = progress, 0
+
+    def phase(self, start: float, end: float) -> Progress:
+        def report(done: int, total: int) -> None:
+            self.set(start + (end - start) * done / max(total, 1))
+
+        return report
+
+    def set(self, fraction: float) -> None:
+        done = max(self.done, min(self.TOTAL, round(fraction * self.TOTAL)))
+        if self.progress and done != self.done:
+            self.done = done
+            self.progress(done, self.TOTAL)
+
+
+def _method(fit: str, stats, base_model, texts) -> str:
+    if fit == "auto":
+        if base_model and texts:
+            return "distill"
+        return "activation" if stats else "weight"
+    if fit == "distill" and not (base_model and texts):
+        raise CompressError("fit=distill needs a base model and calibration texts")
+    return fit
+
+
+class _Run:
+    """One compression: the prepared fit, the teacher and its outputs, and the attempts made."""
+
+    def __init__(
+        self,
+        checkpoint: LoraCheckpoint,
+        prepared: Prepared,
+        source_bytes: int,
+        gate: Gate | None,
+        teacher: Teacher | None = None,
+        held: list | None = None,
+    ):
+        self.checkpoint, self.prepared, self.source_bytes = checkpoint, prepared, source_bytes
+        self.gate, self.teacher, self.held = gate, teacher, held
+        empty, _ = encode(checkpoint, fit_budget(prepared, 0))
+        self.overhead = len(empty)  # header and lossless tensors: what no budget can shrink
+
+    def measure(self, fitted: NolaFit) -> tuple[bytes, CompressionReport]:
+        """The artifact of a fit, judged: held-out agreement of the artifact as a reader decodes it,
+        on texts the fit never saw, and the gate's verdict, both also recorded in its header (so
+        `adapters inspect` shows them, and the size counts them)."""
+        data, report = encode(self.checkpoint, fitted)
+        report.source_bytes = self.source_bytes
+        recorded: dict[str, Any] = {}
+        if self.teacher is not None and self.held:
+            decoded = decode_artifact(*loads(data))
+            pairs = lora_pairs(self.checkpoint)
+            factors = {k: decoded.tensors[k] for p in pairs for k in (p.a_key, p.b_key)}
+            recorded["held_out"] = self.teacher.agreement(self.held, self.teacher.params(factors))
+            report.fidelity["held_out"] = recorded["held_out"]
+        if self.gate is not None:
+            recorded["gate"] = self.gate.check(report.fidelity)
+            report.fidelity["gate"] = recorded["gate"]
+            report.fidelity["gate_passed"] = recorded["gate"]["passed"]
+        if recorded:
+            data = artifact.annotate(data, recorded)
+            report.artifact_bytes = len(data)
+        return data, report
+
+    def fit_to_size(self, target: int) -> tuple[NolaFit, bytes, CompressionReport] | None:
+        """The fit whose whole artifact comes closest below `target` bytes (None: out of reach).
+        A fixed k_fraction sets every size itself: the target does not apply."""
+        if self.prepared.config.k_fraction is not None:
+            fitted = fit_budget(self.prepared, self.prepared.lora_bytes * 4)
+            return (fitted, *self.measure(fitted))
+        limit = target - SIZE_SLACK // 2
+        budget = target - self.overhead - SIZE_SLACK
+        best = None
+        for _ in range(3):
+            if budget <= 0:
+                break
+            fitted = fit_budget(self.prepared, budget)
+            data, report = self.measure(fitted)
+            if len(data) <= limit:
+                best = (fitted, data, report)
+                if limit - len(data) < SIZE_TOLERANCE * target:
+                    break
+            # The header grows with what is stored: aim again with this fit's own overhead.
+            overhead = len(data) - report.fidelity["coefficient_bytes"]
+            aim = target - SIZE_SLACK - overhead
+            if len(data) > limit:
+                aim = min(aim, budget - (len(data) - limit) - 8)
+            if aim == budget or (best is not None and aim < budget):
+                break
+            budget = aim
+        return best
+
+    def attempt(
+        self, ratio: float, made: tuple[NolaFit, bytes, CompressionReport] | None, how: str
+    ) -> Attempt:
+        if made is None:
+            reason = (
+                f"{ratio:g}x ({int(self.source_bytes / ratio)} bytes) is out of reach: the header and "
+                f"lossless tensors alone take {self.overhead} bytes"
+            )
+            return Attempt(ratio, None, how, {"passed": False, "reason": reason})
+        fitted, data, report = made
+        verdict = report.fidelity.get("gate", {"passed": True})
+        return Attempt(ratio, len(data), how, verdict, result=(fitted, data, report))
 
 
 def run(
@@ -72,46 +202,103 @@ def run(
     texts: Sequence[str] | None = None,
     distill_config: DistillConfig | None = None,
     gate: Gate | None = None,
-    held_out: float = 0.2,
+    source_bytes: int | None = None,
+    held_out_predictions: int = DEFAULT_PREDICTIONS,
     progress: Progress | None = None,
 ) -> tuple[bytes, CompressionReport]:
     """Compress with everything the inputs allow; returns the artifact bytes and the report.
 
+    `config.ratio` is the largest whole-file ratio (`source_bytes`, by default the canonical source
+    file's, over the artifact's) that the search tries, or with no gate the exact ratio made.
     config.fit: weight | activation | distill | auto (distill with a base model and texts, activation
     with statistics, else weight).
     """
-    method = config.fit
-    if method == "auto":
-        method = (
-            "distill"
-            if base_model and texts
-            else ("activation" if stats or (base_model and texts) else "weight")
-        )
-    if method == "distill" and not (base_model and texts):
-        raise CompressError("fit=distill needs a base model and calibration texts")
-    teacher = fit_texts = held_texts = None
+    source_bytes = source_bytes or len(canonical_bytes(checkpoint))
+    method = _method(config.fit, stats, base_model, texts)
+    distill_config = distill_config or DistillConfig()
+    bar = _Bar(progress)
+    teacher = held = split = None
     if base_model and texts:
-        fit_texts, held_texts = split_texts(list(texts), held_out)
-        device = resolve_device(config.device)
-        teacher = Teacher(base_model, checkpoint, device)
+        teacher = Teacher(base_model, checkpoint, resolve_device(config.device))
+        split = split_for_predictions(texts, teacher.predictions(texts), held_out_predictions)
+        if not split.fit:
+            raise CompressError(f"too few calibration texts ({len(texts)}) to fit and to measure")
         if stats is None and method != "weight":
             modules = [p.module for p in lora_pairs(checkpoint)]
-            stats = collect_stats(teacher.model, teacher.tokenizer, fit_texts, modules)
-    fit_config = NolaConfig(**{**asdict(config), "fit": "weight" if method == "weight" else "activation"})
-    fitted = fit_adapter(checkpoint, fit_config, stats, progress)
-    if method == "distill":
-        fitted = distill(teacher, fitted, fit_texts, held_texts, distill_config, progress)
-    if fit_texts is not None:
-        fitted.notes["calibration"] = {"fit_texts": len(fit_texts), "held_out_texts": len(held_texts)}
-    data, report = encode(checkpoint, fitted)
-    if teacher is not None:
-        # Measure what a reader gets: the artifact decoded, on texts the fit never saw.
-        tensors, metadata = loads(data)
-        decoded = decode_artifact(tensors, metadata)
-        factors = {k: decoded.tensors[k] for p in lora_pairs(checkpoint) for k in (p.a_key, p.b_key)}
-        report.fidelity["held_out"] = teacher.agreement(teacher.outputs(held_texts), teacher.params(factors))
+            stats = collect_stats(teacher.model, teacher.tokenizer, split.fit[:MAX_STATS_TEXTS], modules)
+        held = teacher.outputs(split.held_out) if split.held_out else []
+    fit_config = replace(config, fit="weight" if method == "weight" else "activation")
+    prepared = prepare(checkpoint, fit_config, stats, bar.phase(0.0, 0.1))
+    job = _Run(checkpoint, prepared, source_bytes, gate, teacher, held)
+    distilling = method == "distill"
+    closed_end = 0.3 if distilling else 1.0
+    expected = max(3, len(ladder(config.ratio)).bit_length() + 1)
+    step = [0]
+
+    def closed_form(ratio: float) -> Attempt:
+        made = job.fit_to_size(int(source_bytes / ratio))
+        step[0] += 1
+        bar.set(0.1 + (closed_end - 0.1) * min(1.0, step[0] / expected))
+        return job.attempt(ratio, made, "activation" if prepared.stats else "weight")
+
+    train = validation = None
+
+    def distilled(ratio: float, start: Attempt | None, share: tuple[float, float]) -> Attempt:
+        nonlocal train, validation
+        assert teacher is not None and split is not None
+        if train is None:
+            train = teacher.outputs(split.fit, hidden=distill_config.hidden_weight > 0)
+            validation = teacher.outputs(split.validation or split.fit[:1])
+        base = start if start is not None and start.result is not None else closed_form(ratio)
+        if base.result is None:
+            return replace(base, method="distill")
+        fitted = distill(teacher, base.result[0], train, validation, distill_config, bar.phase(*share))
+        return job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
+
+    if gate is None or config.k_fraction is not None:
+        chosen = closed_form(config.ratio)
+        if chosen.result is None:
+            raise CompressError(chosen.verdict["reason"])
+        if distilling:
+            chosen = distilled(config.ratio, chosen, (closed_end, 1.0))
+        attempts = [chosen]
+    else:
+        rungs = ladder(config.ratio)
+        index, attempts = largest_passing(rungs, closed_form)
+        chosen = attempts[[a.ratio for a in attempts].index(rungs[index])] if index is not None else None
+        if distilling:
+            by_ratio = {a.ratio: a for a in attempts}
+            above = range(index - 1 if index is not None else len(rungs) - 1, -1, -1)
+            for run_number, i in enumerate(list(above)[:MAX_DISTILL_RUNS]):
+                share = (
+                    closed_end + (1 - closed_end) * run_number / MAX_DISTILL_RUNS,
+                    closed_end + (1 - closed_end) * (run_number + 1) / MAX_DISTILL_RUNS,
+                )
+                result = distilled(rungs[i], by_ratio.get(rungs[i]), share)
+                attempts.append(result)
+                if not result.passed:
+                    break
+                chosen = result
+        if chosen is None:  # nothing passed: the most faithful attempt, with its failed verdict
+            made = [a for a in attempts if a.result is not None]
+            if not made:
+                raise CompressError(f"no size passed the fidelity gate: {attempts[-1].verdict['reason']}")
+            chosen = min(made, key=lambda a: (a.ratio, a.method != "distill"))
+    bar.set(1.0)
+    _, data, report = chosen.result
+    if split is not None:
+        report.fidelity["calibration"] = {
+            "texts": len(texts or ()),
+            "fit_texts": len(split.fit),
+            "validation_texts": len(split.validation),
+            "held_out_texts": len(split.held_out),
+            "held_out_predictions": split.held_out_predictions,
+        }
     if gate is not None:
-        verdict = gate.check(report.fidelity)
-        report.fidelity["gate"] = verdict
-        report.fidelity["gate_passed"] = verdict["passed"]
+        report.fidelity["search"] = {
+            "max_ratio": config.ratio,
+            "attempts": [a.summary() for a in attempts],
+            "chosen_ratio": chosen.ratio if chosen.passed else None,
+        }
     return data, report
+
