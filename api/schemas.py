@@ -81,7 +81,9 @@ class PushMetadata(BaseModel):
     description: str | None = Field(default=None, max_length=4096)
     tags: list[str] = Field(default_factory=list, max_length=64)
     aliases: list[str] = Field(default_factory=list, max_length=64)
-    codec: str = Field(default="raw", max_length=32)
+    codec: str | None = Field(
+        default=None, max_length=32, description="nola or raw; default: the server's (nola unless configured)"
+    )
     params: dict[str, Any] = Field(default_factory=dict)
     on_gate_fail: Literal["raw", "reject"] = "raw"
     config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")

@@ -6,54 +6,58 @@ from pathlib import Path
 
 import click
 
-from .context import AppContext, human_size, json_option, pass_app
+from adapters.compress.gate import DATA_FREE_MAX_WEIGHT_ERROR, DEFAULT_PREDICTIONS, MIN_PREDICTIONS_FLOOR
+
+from .context import AppContext, json_option, pass_app
+from .fidelity import fidelity_lines
 
 FORMAT_CHOICES = ["auto", "fp16", "int8", "int4", "int3", "int2", "ternary"]
 
 
 def load_inputs(calibration: Path | None, base_model: Path | None):
-    """(statistics, texts) from --calibration: a statistics file, or texts (which need a base model).
-    A base model without --calibration uses the packaged corpus."""
+    """(statistics, texts, where the texts come from) from --calibration: a statistics file, or texts
+    (which need a base model), topped up from the packaged corpus to the number the gate needs."""
+    from adapters.compress.calibration import calibration_texts
+
     if calibration is None:
         if base_model is None:
-            return None, None
-        from adapters.compress.calibration import default_texts
-
-        return None, default_texts()
+            return None, None, None
+        return (None, *calibration_texts(None))
     from adapters.compress.stats import STATS_FORMAT
     from adapters.compress.stfile import read_metadata
 
     if calibration.suffix == ".safetensors" and STATS_FORMAT in read_metadata(calibration):
         from adapters.compress.stats import load_stats
 
-        return load_stats(calibration), None
+        return load_stats(calibration), None, None
     if base_model is None:
         raise click.UsageError("--calibration with texts needs --base-model (a local model directory)")
-    from adapters.compress.calibration import read_texts
+    return (None, *calibration_texts(calibration))
 
-    return None, read_texts(calibration)
+
+def source_file_bytes(directory: Path) -> int:
+    """The adapter's weights file on disk: what the artifact replaces."""
+    from adapters.compress.peft_io import BIN_FILE, SAFETENSORS_FILE
+
+    for name in (SAFETENSORS_FILE, BIN_FILE):
+        if (directory / name).is_file():
+            return (directory / name).stat().st_size
+    raise click.ClickException(f"{directory}: no {SAFETENSORS_FILE}")
+
+
+def report_fidelity(report) -> dict:
+    """A codec report's fidelity with its whole-file sizes, as a version records them."""
+    return {
+        **report.fidelity,
+        "source_bytes": report.source_bytes,
+        "artifact_bytes": report.artifact_bytes,
+        "ratio": round(report.ratio, 3),
+    }
 
 
 def describe(report) -> str:
-    """One line that never gives a ratio without the fidelity it cost."""
-    f = report.fidelity
-    parts = [
-        f"{human_size(report.source_bytes)} -> {human_size(report.artifact_bytes)} ({report.ratio:.1f}x)",
-        f"fit {report.params.get('fit', '-')}",
-        f"{report.params.get('bits_per_coefficient', '-')} bits/coefficient",
-        f"weight error {f.get('weight_rel_error', 0):.3f} "
-        f"(worst module {f.get('weight_rel_error_max', 0):.3f})",
-    ]
-    if "output_rel_error" in f:
-        parts.append(f"output error {f['output_rel_error']:.3f} (worst {f['output_rel_error_max']:.3f})")
-    held = f.get("held_out", {})
-    if "agreement" in held:
-        parts.append(
-            f"held-out agreement {held['agreement']:.4f}, KL {held['kl']:.2e} ({held['predictions']})"
-        )
-    if "gate" in f:
-        parts.append(f"gate {'passed' if f['gate_passed'] else 'FAILED'} ({f['gate']['reason']})")
-    return ", ".join(parts)
+    """Lines that never give a ratio without the fidelity it cost."""
+    return "\n".join(f"  {label:<10} {line}" for label, line in fidelity_lines(report_fidelity(report)))
 
 
 @click.command()
@@ -61,7 +65,15 @@ def describe(report) -> str:
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="Artifact file."
 )
-@click.option("--ratio", type=float, default=20.0, show_default=True, help="LoRA bytes / coefficient bytes.")
+@click.option(
+    "--ratio",
+    type=float,
+    default=32.0,
+    show_default=True,
+    help="Largest whole-file ratio (source weights file / artifact) the size search tries; "
+    "with --no-gate, the exact ratio made.",
+)
+@click.option("--no-gate", is_flag=True, help="No gate and no search: exactly --ratio (for benchmarks).")
 @click.option(
     "--bits",
     type=click.Choice(FORMAT_CHOICES),
@@ -94,7 +106,14 @@ def describe(report) -> str:
     help="Local base model directory: distill, and measure agreement on held-out texts "
     "(from --calibration, or the packaged corpus).",
 )
-@click.option("--steps", type=int, default=200, show_default=True, help="Distillation steps.")
+@click.option("--steps", type=int, default=1000, show_default=True, help="Most distillation steps per run.")
+@click.option(
+    "--distill-seconds",
+    type=float,
+    default=600.0,
+    show_default=True,
+    help="Time budget of one distillation run (it also stops early when validation stops improving).",
+)
 @click.option(
     "--hidden-weight",
     type=float,
@@ -102,8 +121,28 @@ def describe(report) -> str:
     show_default=True,
     help="Distillation: weight of the last hidden states' relative MSE beside the KL.",
 )
-@click.option("--min-agreement", type=float, help="Gate: least top-1 agreement with the original (held-out).")
+@click.option(
+    "--min-agreement",
+    type=float,
+    default=0.99,
+    show_default=True,
+    help="Gate: least top-1 agreement with the original on held-out predictions (its lower 95% bound).",
+)
 @click.option("--max-kl", type=float, help="Gate: largest mean KL(original || compressed), held-out.")
+@click.option(
+    "--max-weight-error",
+    type=float,
+    default=DATA_FREE_MAX_WEIGHT_ERROR,
+    show_default=True,
+    help="Gate without a base model (data-free): largest relative weight error.",
+)
+@click.option(
+    "--held-out-predictions",
+    type=int,
+    default=DEFAULT_PREDICTIONS,
+    show_default=True,
+    help=f"Held-out predictions to measure agreement on (at least {MIN_PREDICTIONS_FLOOR}).",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random bases.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu or cuda.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
@@ -114,67 +153,87 @@ def compress(
     directory: Path,
     output: Path,
     ratio: float,
+    no_gate: bool,
     bits: str,
     basis: str,
     fit: str,
     calibration: Path | None,
     base_model: Path | None,
     steps: int,
+    distill_seconds: float,
     hidden_weight: float,
-    min_agreement: float | None,
+    min_agreement: float,
     max_kl: float | None,
+    max_weight_error: float,
+    held_out_predictions: int,
     seed: int,
     device: str,
     force: bool,
 ) -> None:
-    """Compress the PEFT LoRA adapter in DIRECTORY into one NOLA artifact.
+    """Compress the PEFT LoRA adapter in DIRECTORY into one NOLA artifact: the smallest that passes
+    the fidelity gate, searched up to --ratio.
 
-    Prints the bytes before and after with the fidelity they cost. `adapters reconstruct` turns the
-    artifact back into a PEFT directory; `adapters inspect` shows it module by module.
-
-    With a base model, the coefficients are distilled against the original adapter and top-1
-    agreement and KL are measured on held-out texts; --min-agreement / --max-kl turn that into a gate
-    (exit status 1 when it is missed; the artifact is still written, for inspection).
+    Prints the bytes before and after (whole files: the weights file against the artifact) with the
+    fidelity they cost and what the gate decided on. With a base model (and --calibration texts,
+    else the packaged corpus), agreement with the original adapter is measured on held-out
+    predictions and the coefficients are distilled; without one the gate is data-free (weight
+    error). When no size passes, the most faithful attempt is written, for inspection, and the
+    exit status is 1. `adapters reconstruct` turns the artifact back into a PEFT directory;
+    `adapters inspect` shows it module by module.
 
     \b
     Examples:
-      adapters compress ./my-lora -o my-lora.nola --ratio 20
-      adapters compress ./my-lora -o my-lora.nola --base-model ./llama --calibration texts.txt \\
-          --min-agreement 0.99
+      adapters compress ./my-lora -o my-lora.nola
+      adapters compress ./my-lora -o my-lora.nola --base-model ./llama --calibration texts.txt
+      adapters compress ./my-lora -o my-lora.nola --ratio 20 --no-gate     # exactly 20x, unjudged
     """
     from adapters.compress.distill import DistillConfig
+    from adapters.compress.gate import Gate
     from adapters.compress.nola import NolaCodec, NolaConfig
     from adapters.compress.peft_io import read_adapter
-    from adapters.compress.pipeline import Gate
 
     if output.exists() and not force:
         raise click.ClickException(f"{output} exists (use --force to overwrite)")
     try:
         config = NolaConfig(ratio=ratio, bits=bits, basis=basis, fit=fit, seed=seed, device=device)
-        distill = DistillConfig(steps=steps, hidden_weight=hidden_weight)
-        gated = min_agreement is not None or max_kl is not None
-        gate = Gate(min_agreement=min_agreement, max_kl=max_kl) if gated else None
+        distill = DistillConfig(steps=steps, max_seconds=distill_seconds, hidden_weight=hidden_weight)
+        gate = None
+        if not no_gate:
+            gate = Gate(min_agreement=min_agreement, max_kl=max_kl, max_weight_error=max_weight_error)
+        if held_out_predictions < MIN_PREDICTIONS_FLOOR:
+            raise ValueError(f"--held-out-predictions must be at least {MIN_PREDICTIONS_FLOOR}")
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     checkpoint = read_adapter(directory)
-    stats, texts = load_inputs(calibration, base_model)
+    stats, texts, _ = load_inputs(calibration, base_model)
     tmp = output.with_name(output.name + ".partial")
-    with app.reporter().task("compressing", total=1, unit="steps") as advance:
+    with app.reporter().task("compressing", total=1000) as advance:
         progress_state = {"done": 0}
 
         def progress(done: int, total: int) -> None:
-            advance((done - progress_state["done"]) / max(total, 1))
-            progress_state["done"] = done
+            now = round(1000 * done / max(total, 1))
+            advance(now - progress_state["done"])
+            progress_state["done"] = now
 
         try:
-            codec = NolaCodec(config, stats, base_model=base_model, texts=texts, distill=distill, gate=gate)
-            report = codec.compress(checkpoint, tmp, progress=progress)
+            codec = NolaCodec(
+                config,
+                stats,
+                base_model=base_model,
+                texts=texts,
+                distill=distill,
+                gate=gate,
+                held_out_predictions=held_out_predictions,
+            )
+            report = codec.compress(
+                checkpoint, tmp, progress=progress, source_bytes=source_file_bytes(directory)
+            )
             tmp.replace(output)
         finally:
             tmp.unlink(missing_ok=True)
     app.emit(
         {"artifact": str(output), **report.to_dict()},
-        lambda: click.echo(f"compressed {directory} -> {output}: {describe(report)}"),
+        lambda: click.echo(f"compressed {directory} -> {output}\n{describe(report)}"),
     )
     if report.fidelity.get("gate_passed") is False:
-        raise click.ClickException(f"fidelity gate missed: {report.fidelity['gate']['reason']}")
+        raise click.ClickException(f"no size passed the fidelity gate: {report.fidelity['gate']['reason']}")

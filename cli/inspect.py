@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from .context import AppContext, echo_table, human_size, json_option, pass_app
+from .fidelity import fidelity_lines
 
 
 def _summary(path: Path) -> dict:
@@ -60,6 +61,9 @@ def inspect(app: AppContext, artifact: Path) -> None:
         if "output_rel_error" in fid:
             line += f", output error {fid['output_rel_error']:.4f} (worst {fid['output_rel_error_max']:.4f})"
         click.echo(line)
+        judged = {"gate": nola.get("gate"), "held_out": nola.get("held_out")}
+        for label, text in fidelity_lines({k: v for k, v in judged.items() if v}):
+            click.echo(f"{label} {text}")
 
         def sizes(entry: dict) -> str:
             kept = [k for k in entry["k"] if k]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import click
 
-from .context import AppContext, human_size, json_option, pass_app, short_digest
+from .context import AppContext, json_option, pass_app, short_digest
+from .fidelity import fidelity_lines
 
 
 def _params(values: tuple[str, ...]) -> dict[str, object]:
@@ -33,8 +34,18 @@ def _params(values: tuple[str, ...]) -> dict[str, object]:
 @click.option(
     "--alias", "-a", "aliases", multiple=True, help="Point this alias at the new version (repeatable)."
 )
-@click.option("--codec", default="raw", show_default=True, help="How to store the adapter.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A codec parameter (repeatable).")
+@click.option(
+    "--codec",
+    help="nola: the smallest size that passes the fidelity gate (the source when none does); raw: "
+    "lossless. Default: the registry's (nola, unless ADAPTERS_DEFAULT_CODEC says otherwise).",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A codec parameter (repeatable), e.g. ratio=16 (the largest ratio tried) or min_agreement=0.995.",
+)
 @click.option(
     "--on-gate-fail",
     type=click.Choice(["raw", "reject"]),
@@ -55,13 +66,14 @@ def push(
     description: str | None,
     tags: tuple[str, ...],
     aliases: tuple[str, ...],
-    codec: str,
+    codec: str | None,
     params: tuple[str, ...],
     on_gate_fail: str,
     wait: bool,
     timeout: float | None,
 ) -> None:
-    """Push the PEFT LoRA adapter in DIRECTORY as the next version of NAME.
+    """Push the PEFT LoRA adapter in DIRECTORY as the next version of NAME, compressed to the
+    smallest size that passes the fidelity gate.
 
     The directory must hold adapter_config.json and adapter_model.safetensors (or a .bin that
     torch.load(weights_only=True) accepts). Pushing content the adapter already holds returns the
@@ -95,11 +107,12 @@ def push(
 
     def human() -> None:
         if result.created:
-            size = human_size(version.artifact_size or version.source_size)
             click.echo(
-                f"pushed {version.ref}: {version.status}, codec {version.codec or '-'}, {size}, "
+                f"pushed {version.ref}: {version.status}, codec {version.codec or '-'}, "
                 f"{short_digest(version.source_digest)}"
             )
+            for label, line in fidelity_lines(version.fidelity or {}):
+                click.echo(f"  {label:<10} {line}")
         else:
             click.echo(f"{version.ref} already holds this content ({version.status}); nothing new stored")
         if version.aliases:

@@ -7,38 +7,9 @@ import json
 import click
 
 from .context import AppContext, echo_table, human_size, json_option, pass_app, short_digest
+from .fidelity import fidelity_lines
 
 SHOWN_PARAMS = ("ratio", "fit", "basis", "bits", "bits_per_coefficient", "seed")
-
-
-def fidelity_lines(f: dict) -> list[str]:
-    """What a compressed version cost: sizes, errors, held-out agreement, the gate and its reason."""
-    lines = []
-    if "ratio" in f:
-        before, after = human_size(f.get("source_bytes")), human_size(f.get("artifact_bytes"))
-        lines.append(f"size        {before} -> {after} ({f['ratio']:.1f}x)")
-    if "weight_rel_error" in f:
-        error = f"weight {f['weight_rel_error']:.4f} (worst module {f.get('weight_rel_error_max', 0):.4f})"
-        if "output_rel_error" in f:
-            error += f", output {f['output_rel_error']:.4f} (worst {f.get('output_rel_error_max', 0):.4f})"
-        lines.append(f"error       {error}")
-    held = f.get("held_out") or {}
-    if "agreement" in held:
-        predictions = f"{held['predictions']} held-out predictions"
-        lines.append(f"agreement   {held['agreement']:.4f}, KL {held['kl']:.2e} ({predictions})")
-    distill = f.get("distill")
-    if distill:
-        lines.append(f"distilled   {distill['steps']} steps on {distill['device']}, kept {distill['kept']}")
-    gate = f.get("gate")
-    if gate:
-        verdict = "passed" if f.get("gate_passed") else "missed"
-        lines.append(f"gate        {verdict} on {gate['basis']}: {gate['reason']}")
-    if f.get("fallback"):
-        lines.append(f"stored as   {f['fallback']} (the {f.get('attempted_codec')} attempt missed the gate)")
-    note = (f.get("setup") or {}).get("note")
-    if note:
-        lines.append(f"note        {note}")
-    return lines
 
 
 @click.command()
@@ -73,8 +44,8 @@ def show(app: AppContext, ref: str) -> None:
             click.echo(f"codec       {v.codec or '-'} {params}".rstrip())
             click.echo(f"source      {short_digest(v.source_digest)}  {human_size(v.source_size)}")
             click.echo(f"artifact    {short_digest(v.artifact_digest)}  {human_size(v.artifact_size)}")
-            for line in fidelity_lines(v.fidelity or {}):
-                click.echo(line)
+            for label, line in fidelity_lines(v.fidelity or {}):
+                click.echo(f"{label:<11} {line}")
             config = v.peft_config
             targets = config.get("target_modules")
             targets = ",".join(sorted(targets)) if isinstance(targets, list) else targets

@@ -56,7 +56,7 @@ class Registry(Protocol):
         description: str | None = None,
         tags: tuple[str, ...] | list[str] = (),
         aliases: tuple[str, ...] | list[str] = (),
-        codec: str = "raw",
+        codec: str | None = None,
         params: dict[str, Any] | None = None,
         on_gate_fail: service.GateFallback = "raw",
         created_by: str | None = None,
@@ -159,8 +159,10 @@ class LocalRegistry:
         codec_modules: list[str] | None = None,
         user: str | None = None,
         environment: CodecEnvironment | None = None,
+        default_codec: str = service.DEFAULT_CODEC,
     ) -> None:
         self.db = database
+        self.default_codec = default_codec
         self.storage = storage
         self.max_upload_bytes = max_upload_bytes
         self.auto_upgrade = auto_upgrade
@@ -195,6 +197,7 @@ class LocalRegistry:
             codec_modules=settings.codec_modules,
             user=user,
             environment=CodecEnvironment.from_settings(settings),
+            default_codec=settings.default_codec,
         )
 
     def close(self) -> None:
@@ -232,7 +235,7 @@ class LocalRegistry:
         description: str | None = None,
         tags: tuple[str, ...] | list[str] = (),
         aliases: tuple[str, ...] | list[str] = (),
-        codec: str = "raw",
+        codec: str | None = None,
         params: dict[str, Any] | None = None,
         on_gate_fail: service.GateFallback = "raw",
         created_by: str | None = None,
@@ -240,8 +243,9 @@ class LocalRegistry:
         reporter: Reporter | None = None,
         label: str | None = None,
     ) -> PushResult:
-        """Push a PEFT directory; with `process` (default: the registry's inline setting) compress it
-        right away, else leave it pending for a worker."""
+        """Push a PEFT directory stored with `codec` (default: the registry's, nola unless configured
+        otherwise); with `process` (default: the registry's inline setting) compress it right away,
+        else leave it pending for a worker."""
         request = service.PushRequest(
             path=Path(path),
             name=name if isinstance(name, AdapterName) else AdapterName.parse(name),
@@ -250,7 +254,7 @@ class LocalRegistry:
             description=description,
             tags=tuple(tags),
             aliases=tuple(aliases),
-            codec=codec,
+            codec=codec or self.default_codec,
             params=dict(params or {}),
             on_gate_fail=on_gate_fail,
             created_by=created_by,

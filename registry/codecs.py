@@ -37,11 +37,10 @@ class CodecEnvironment:
         return None
 
     def texts(self) -> tuple[list[str], str]:
-        from adapters.compress.calibration import default_texts, read_texts
+        """The calibration texts (topped up from the packaged corpus) and where they came from."""
+        from adapters.compress.calibration import calibration_texts
 
-        if self.calibration_texts is not None:
-            return read_texts(self.calibration_texts), str(self.calibration_texts)
-        return default_texts(), "packaged corpus"
+        return calibration_texts(self.calibration_texts)
 
 
 def attach_base_model(codec, base_model_id: str | None, env: CodecEnvironment | None) -> dict[str, Any]:
@@ -54,7 +53,7 @@ def attach_base_model(codec, base_model_id: str | None, env: CodecEnvironment | 
     if path is None:
         where = env.models_dir if env is not None and env.models_dir else "no models directory configured"
         note["base_model_found"] = False
-        note["note"] = f"base model not available ({where}): fitted without it, gated on weight error"
+        note["note"] = f"base model not available ({where}): compressed data-free, gated on the weight error"
         return note
     codec.base_model = path
     codec.texts, note["calibration"] = env.texts()

@@ -168,7 +168,7 @@ class RemoteRegistry:
         description: str | None = None,
         tags: tuple[str, ...] | list[str] = (),
         aliases: tuple[str, ...] | list[str] = (),
-        codec: str = "raw",
+        codec: str | None = None,  # the server's default
         params: dict[str, Any] | None = None,
         on_gate_fail: str = "raw",
         created_by: str | None = None,  # the server records the token's name
@@ -198,7 +198,7 @@ class RemoteRegistry:
             "description": description,
             "tags": list(tags),
             "aliases": list(aliases),
-            "codec": codec,
+            **({"codec": codec} if codec else {}),
             "params": dict(params or {}),
             "on_gate_fail": on_gate_fail,
             "config_sha256": sha256_file(config)[0],

@@ -19,6 +19,43 @@ class View(BaseModel):
         return self.model_dump(mode="json")
 
 
+class CompressionView(View):
+    """What a processed version's storage cost and what it was judged on, read off its fidelity
+    record: whole-file sizes, the gate's basis and verdict, and the predictions it rests on."""
+
+    ratio: float  # source file bytes / stored artifact bytes
+    lora_ratio: float | None  # the LoRA factors' source bytes / their coefficient bytes
+    fallback: str | None  # "raw": a compressed attempt missed the gate, the source is kept
+    gate_passed: bool | None
+    basis: str | None
+    data_free: bool | None
+    predictions: int | None
+    estimate: float | None  # agreement, or the proxy's value when judged data-free
+    bound: float | None  # the lower confidence bound on agreement
+    reason: str | None
+
+    @classmethod
+    def of(cls, version: Version) -> CompressionView | None:
+        if version.artifact_size is None and not version.fidelity:
+            return None
+        fidelity = version.fidelity or {}
+        gate = fidelity.get("gate") if isinstance(fidelity.get("gate"), dict) else {}
+        attempt = fidelity.get("attempt") or fidelity
+        size = version.artifact_size or attempt.get("artifact_bytes")
+        return cls(
+            ratio=round(version.source_size / size, 3) if size else 1.0,
+            lora_ratio=attempt.get("lora_ratio") if not fidelity.get("fallback") else None,
+            fallback=fidelity.get("fallback"),
+            gate_passed=fidelity.get("gate_passed"),
+            basis=gate.get("basis"),
+            data_free=gate.get("data_free"),
+            predictions=gate.get("predictions"),
+            estimate=gate.get("estimate"),
+            bound=gate.get("bound"),
+            reason=gate.get("reason"),
+        )
+
+
 class VersionView(View):
     ref: str
     adapter: str
@@ -31,6 +68,7 @@ class VersionView(View):
     codec: str | None
     codec_params: dict[str, Any] | None
     fidelity: dict[str, Any] | None
+    compression: CompressionView | None
     requested: dict[str, Any]
     error: str | None
     yanked: bool
@@ -57,6 +95,7 @@ class VersionView(View):
             codec=version.codec,
             codec_params=version.codec_params,
             fidelity=version.fidelity,
+            compression=CompressionView.of(version),
             requested=version.requested,
             error=version.error,
             yanked=version.yanked,

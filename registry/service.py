@@ -49,6 +49,9 @@ from .repository import AdapterRepository, AliasRepository, BlobRepository, Vers
 from .storage import BlobStorage, sha256_file
 
 GateFallback = Literal["raw", "reject"]
+# Pushes compress by default: the size is searched for the smallest artifact that passes the
+# fidelity gate, and the lossless source is kept when nothing does.
+DEFAULT_CODEC = "nola"
 SOURCE_FILE = "source.safetensors"
 ARTIFACT_FILE = "artifact.bin"
 
@@ -64,7 +67,7 @@ class PushRequest:
     description: str | None = None
     tags: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
-    codec: str = "raw"
+    codec: str = DEFAULT_CODEC
     params: dict[str, Any] = field(default_factory=dict)
     on_gate_fail: GateFallback = "raw"
     created_by: str | None = None
@@ -374,23 +377,22 @@ def run_codec(
         codec = _make_codec(requested["codec"], requested.get("params", {}), device)
         base_model = base_model or checkpoint.config.get("base_model_name_or_path")
         setup = attach_base_model(codec, base_model, environment)
-        with reporter.task(
-            f"compressing ({codec.name})", total=len(checkpoint.pairs), unit="modules"
-        ) as advance:
+        with reporter.task(f"compressing ({codec.name})", total=1000) as advance:
             done = [0]
 
-            def progress(n: int, _total: int) -> None:
-                advance(n - done[0])
-                done[0] = n
+            def progress(n: int, total: int) -> None:
+                now = round(1000 * n / max(total, 1))
+                advance(now - done[0])
+                done[0] = now
 
-            report = codec.compress(checkpoint, artifact, progress=progress)
+            report = codec.compress(checkpoint, artifact, progress=progress, source_bytes=source[1])
         fidelity = _json_safe(
             {
                 **report.fidelity,
                 **({"setup": setup} if setup else {}),
-                "source_bytes": report.source_bytes,
+                "source_bytes": source[1],
                 "artifact_bytes": report.artifact_bytes,
-                "ratio": round(report.ratio, 3),
+                "ratio": round(source[1] / report.artifact_bytes, 3),
             }
         )
         if _gate_passed(report.fidelity):
@@ -398,15 +400,28 @@ def run_codec(
             if digest != source_digest:
                 storage.put_file(digest, artifact)
             return Outcome(report.codec, _json_safe(report.params), fidelity, artifact=(digest, size))
+        gate = report.fidelity.get("gate") or {}
+        reason = gate.get("reason") if isinstance(gate, dict) else None
         if requested.get("on_gate_fail") == "reject":
-            gate = f" ({report.fidelity['gate']})" if report.fidelity.get("gate") else ""
             return Outcome(
-                report.codec, _json_safe(report.params), fidelity, rejection=f"missed the fidelity gate{gate}"
+                report.codec,
+                _json_safe(report.params),
+                fidelity,
+                rejection=f"missed the fidelity gate ({reason or 'no reason given'})",
             )
-        # Keep the lossless source; the fidelity of the attempt stays on record.
-        return Outcome(
-            "raw", {}, fidelity | {"fallback": "raw", "attempted_codec": report.codec}, artifact=source
-        )
+        # Keep the lossless source: what is stored is described at the top, the attempt beneath.
+        kept = {
+            "lossless": True,
+            "source_bytes": source[1],
+            "artifact_bytes": source[1],
+            "ratio": 1.0,
+            "fallback": "raw",
+            "gate_passed": False,
+            "gate": fidelity.get("gate"),
+            "attempt": {"codec": report.codec, **{k: v for k, v in fidelity.items() if k != "setup"}},
+            **({"setup": setup} if setup else {}),
+        }
+        return Outcome("raw", {}, _json_safe(kept), artifact=source)
 
 
 def _record_outcome(session: Session, job: Job, outcome: Outcome) -> str:

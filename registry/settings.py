@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     )
 
     # How pushes get compressed.
+    default_codec: str = Field(
+        default="nola",
+        pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$",
+        description="Codec of pushes that name none: nola (the smallest size that passes the fidelity "
+        "gate, the source when none does) or raw (lossless).",
+    )
     compression: Literal["auto", "inline", "queue"] = Field(
         default="auto",
         description="inline: the process that pushes runs the codec; queue: pushes stay pending until "

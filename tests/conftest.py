@@ -20,6 +20,12 @@ torch.set_num_threads(1)
 
 PG_ADMIN_URL = os.environ.get("ADAPTERS_TEST_PG_URL", "postgresql+psycopg://127.0.0.1:5432/test")
 
+# Pushes compress with NOLA by default, a size search that costs seconds per push. Most tests are
+# about the registry, not compression, so their registries (and the CLI and servers they start)
+# store pushes losslessly unless a test asks otherwise; the tests of compression on push set it back.
+RAW_BY_DEFAULT = "raw"
+os.environ.setdefault("ADAPTERS_DEFAULT_CODEC", RAW_BY_DEFAULT)
+
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -71,7 +71,7 @@ def ci_args(root, *extra):
         "--ratio",
         "4",
         "--min-agreement",
-        "0.9",
+        "0.98",
         "--steps",
         "30",
         *extra,
@@ -84,9 +84,10 @@ def registry():
 
 def test_ci_pushes_the_good_fails_the_bad_and_skips_the_unchanged(env, tmp_path):
     with registry() as reg:
-        reg.push(env / "adapters" / "old", "team/old", task="demo")
+        reg.push(env / "adapters" / "old", "team/old", task="demo", codec="raw")
     md, js = tmp_path / "report.md", tmp_path / "report.json"
-    result = CliRunner().invoke(main, ci_args(env, "--report-md", str(md), "--report-json", str(js)))
+    args = ci_args(env, "--min-ratio", "1.5", "--report-md", str(md), "--report-json", str(js))
+    result = CliRunner().invoke(main, args)
     assert result.exit_code == 1, result.output
     assert result.output.strip().endswith("1 of 3 adapters failed: team/bad")
     decisions = {a["name"]: a for a in json.loads(js.read_text())["adapters"]}
@@ -95,29 +96,40 @@ def test_ci_pushes_the_good_fails_the_bad_and_skips_the_unchanged(env, tmp_path)
         "team/good": "pushed",
         "team/old": "unchanged",
     }
-    assert decisions["team/bad"]["agreement"] < 0.9 <= decisions["team/good"]["agreement"]
-    assert "| team/good | pushed |" in md.read_text() and "| team/bad | failed |" in md.read_text()
+    good, bad = decisions["team/good"], decisions["team/bad"]
+    # No size of the bad adapter passed: it would be kept lossless, less than the 1.5x asked for.
+    assert bad["codec"] == "raw" and bad["ratio"] == 1.0 and "least ratio 1.5x" in bad["detail"]
+    assert bad["agreement"] < 0.98 <= good["agreement_bound"] <= good["agreement"]
+    assert good["codec"] == "nola" and good["ratio"] >= 2 and good["basis"] == "held-out agreement"
+    assert good["predictions"] >= 2000
+    text = md.read_text()
+    assert "| team/good | pushed | nola |" in text and "| team/bad | failed | raw |" in text
+    assert "least ratio 1.5x" in text.splitlines()[2] and "held-out agreement >= 0.98" in text
     with registry() as reg:
-        good = reg.resolve("team/good")
-        assert good.status == "ready" and good.codec == "nola"
-        assert good.fidelity["setup"]["base_model_found"] is True
-        assert good.fidelity["gate_passed"] is True and good.fidelity["held_out"]["agreement"] >= 0.9
+        stored = reg.resolve("team/good")
+        assert stored.status == "ready" and stored.codec == "nola"
+        assert stored.fidelity["setup"]["base_model_found"] is True
+        assert stored.fidelity["gate_passed"] is True and stored.fidelity["held_out"]["agreement"] >= 0.98
+        assert stored.compression.ratio >= 2 and stored.compression.basis == "held-out agreement"
         assert [a.name for a in reg.list()] == ["team/good", "team/old"]  # bad was never pushed
     shown = CliRunner().invoke(main, ["show", "team/good"])
-    assert "gate        passed on held-out agreement" in shown.output
+    assert "gate        passed on held-out agreement, lower bound" in shown.output
 
 
-def test_dry_run_pushes_nothing(env):
+def test_at_its_defaults_ci_passes_every_valid_adapter(env):
+    # The bad adapter cannot be compressed: it is stored lossless, which meets the least ratio of 1.
     result = CliRunner().invoke(main, ci_args(env, "--dry-run", "--json"))
-    assert result.exit_code == 1
-    document = json.loads(result.output[: result.output.rindex("}") + 1])
-    assert {a["name"]: a["decision"] for a in document["adapters"]} == {
-        "team/bad": "failed",
+    assert result.exit_code == 0, result.output
+    document = json.loads(result.output)
+    decisions = {a["name"]: a for a in document["adapters"]}
+    assert {n: a["decision"] for n, a in decisions.items()} == {
+        "team/bad": "passed",
         "team/good": "passed",
         "team/old": "passed",
     }
+    assert decisions["team/bad"]["codec"] == "raw" and decisions["team/good"]["codec"] == "nola"
     with registry() as reg:
-        assert reg.list() == []
+        assert reg.list() == []  # a dry run pushes nothing
 
 
 def test_ci_on_a_folder_without_adapters(env, tmp_path):
@@ -129,7 +141,7 @@ def test_ci_on_a_folder_without_adapters(env, tmp_path):
     ("on_gate_fail", "status", "codec"), [("raw", "ready", "raw"), ("reject", "rejected", "nola")]
 )
 def test_the_gate_routes_an_uncompressible_adapter(env, on_gate_fail, status, codec):
-    params = {"ratio": 4, "min_agreement": 0.9, "distill_steps": 20}
+    params = {"ratio": 4, "min_agreement": 0.98, "distill_steps": 20}
     with registry() as reg:
         pushed = reg.push(
             env / "adapters" / "bad",
@@ -162,4 +174,5 @@ def test_without_the_base_model_the_record_says_so(env, monkeypatch, tmp_path):
         ).version
     assert version.fidelity["setup"]["base_model_found"] is False
     assert "base model not available" in version.fidelity["setup"]["note"]
-    assert version.fidelity["gate"]["basis"].startswith("weight error")
+    gate = version.fidelity["gate"]
+    assert gate["data_free"] is True and gate["basis"] == "data-free proxy: weight error"

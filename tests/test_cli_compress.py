@@ -40,14 +40,20 @@ def run(monkeypatch, tmp_path):
 
 def test_compress_inspect_reconstruct(run, workdir, tmp_path):
     artifact = tmp_path / "a.nola"
-    result = run("compress", workdir / "adapter", "-o", artifact, "--ratio", "6", "--json")
+    source = (workdir / "adapter" / "adapter_model.safetensors").stat().st_size
+    args = ("--ratio", "1.5", "--no-gate")
+    result = run("compress", workdir / "adapter", "-o", artifact, *args, "--json")
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["codec"] == "nola" and report["artifact_bytes"] == artifact.stat().st_size
-    assert 0 <= report["fidelity"]["weight_rel_error"] < 1
-    human = run("compress", workdir / "adapter", "-o", artifact, "--ratio", "6", "--force")
+    # Whole files: the weights file on disk against the artifact, at the ratio asked for.
+    assert (
+        report["source_bytes"] == source and 0.97 * source / 1.5 <= report["artifact_bytes"] <= source / 1.5
+    )
+    assert 0 <= report["fidelity"]["weight_rel_error"] < 1 and "gate" not in report["fidelity"]
+    human = run("compress", workdir / "adapter", "-o", artifact, *args, "--force")
     assert human.exit_code == 0
-    assert "weight error" in human.output and "x)" in human.output  # a ratio never comes alone
+    assert "weight" in human.output and "x)" in human.output  # a ratio never comes alone
 
     shown = run("inspect", artifact)
     assert shown.exit_code == 0
@@ -61,6 +67,29 @@ def test_compress_inspect_reconstruct(run, workdir, tmp_path):
     assert rebuilt.tensors.keys() == original.tensors.keys()
     head = "base_model.model.lm_head.weight"
     assert torch.equal(rebuilt.tensors[head], original.tensors[head])
+
+
+def test_the_gate_sizes_the_artifact(run, tmp_path):
+    adapter = make_adapter(tmp_path / "adapter", r=8, target_modules=["q_proj", "v_proj", "up_proj"])
+    artifact = tmp_path / "a.nola"
+    result = run("compress", adapter, "-o", artifact, "--ratio", "8", "--max-weight-error", "0.05")
+    assert result.exit_code == 0, result.output
+    assert "passed on data-free proxy: weight error, data-free: within thresholds" in result.output
+    assert "search" in result.output and "8x weight" in result.output
+    info = json.loads(run("inspect", artifact, "--json").output)
+    gate = info["nola"]["gate"]
+    assert gate["passed"] and gate["data_free"] and gate["estimate"] <= 0.05
+    shown = run("inspect", artifact)
+    assert "gate passed on data-free proxy" in shown.output
+
+
+def test_when_no_size_passes_the_attempt_is_kept_and_the_exit_is_1(run, workdir, tmp_path):
+    # The lossless lm_head takes half the file: no rung from 32x to 2x can be reached.
+    artifact = tmp_path / "a.nola"
+    result = run("compress", workdir / "adapter", "-o", artifact, "--ratio", "32")
+    assert result.exit_code == 1
+    assert "no size passed the fidelity gate" in result.output and "out of reach" in result.output
+    assert not artifact.exists()
 
 
 def test_calibrate_then_compress_with_statistics(run, workdir, tmp_path):
@@ -80,7 +109,16 @@ def test_calibrate_then_compress_with_statistics(run, workdir, tmp_path):
     assert json.loads(result.output)["modules"] == 6
     report = json.loads(
         run(
-            "compress", workdir / "adapter", "-o", tmp_path / "a.nola", "--calibration", stats, "--json"
+            "compress",
+            workdir / "adapter",
+            "-o",
+            tmp_path / "a.nola",
+            "--calibration",
+            stats,
+            "--ratio",
+            "1.5",
+            "--no-gate",
+            "--json",
         ).output
     )
     assert report["params"]["fit"] == "activation" and "output_rel_error" in report["fidelity"]
@@ -95,10 +133,18 @@ def test_calibrate_then_compress_with_statistics(run, workdir, tmp_path):
             workdir / "texts.txt",
             "--base-model",
             workdir / "base",
+            "--ratio",
+            "1.5",
+            "--no-gate",
+            "--steps",
+            "5",
             "--json",
         ).output
     )
-    assert report["params"]["fit"] == "activation"
+    assert report["params"]["fit"] in ("activation", "distill")
+    calibration = report["fidelity"]["calibration"]
+    # The user's 12 texts, topped up from the packaged corpus.
+    assert calibration["texts"] == 4096 and report["fidelity"]["held_out"]["predictions"] >= 2000
 
 
 def test_errors_are_one_line(run, workdir, tmp_path):

@@ -1,4 +1,5 @@
-"""Distillation and the fidelity gate, on an adapter trained with PEFT."""
+"""Distillation, the held-out measurement and the size search with a base model, on an adapter trained
+with PEFT on a tiny Llama."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import torch
 
 from adapters.compress import stfile
 from adapters.compress.artifact import HEADER_KEY, decode_header
-from adapters.compress.calibration import collect_stats, split_texts
+from adapters.compress.calibration import collect_stats
 from adapters.compress.codec import reconstruct
 from adapters.compress.distill import DistillConfig, Teacher, distill
 from adapters.compress.errors import CompressError
+from adapters.compress.gate import Gate
 from adapters.compress.nola import NolaCodec, NolaConfig, fit_adapter, lora_pairs
 from adapters.compress.peft_io import read_adapter
-from adapters.compress.pipeline import Gate, run
+from adapters.compress.pipeline import run, split_for_predictions
+from adapters.compress.search import ladder
 from tests.factories import save_tiny_llama, template_texts, train_adapter
 
 
@@ -21,23 +24,31 @@ from tests.factories import save_tiny_llama, template_texts, train_adapter
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("distill")
     base = save_tiny_llama(root / "base")
-    texts = template_texts(60)
+    texts = template_texts(120)
     adapter = train_adapter(base, texts[:40], root / "adapter")
     return base, read_adapter(adapter), texts
 
 
-def test_distillation_improves_agreement_over_the_activation_fit(trained):
+@pytest.fixture(scope="module")
+def setup(trained):
+    """The teacher, its outputs on fit and validation texts, and an activation-aware start."""
     base, checkpoint, texts = trained
-    fit_texts, held_texts = split_texts(texts, 0.3)
     teacher = Teacher(base, checkpoint, torch.device("cpu"), batch_size=8)
+    fit, validation = texts[:80], texts[80:100]
     modules = [p.module for p in lora_pairs(checkpoint)]
-    stats = collect_stats(teacher.model, teacher.tokenizer, fit_texts, modules)
-    initial = fit_adapter(checkpoint, NolaConfig(ratio=12, fit="activation"), stats)
-    result = distill(teacher, initial, fit_texts, held_texts, DistillConfig(steps=60, batch_size=8))
+    stats = collect_stats(teacher.model, teacher.tokenizer, fit, modules)
+    initial = fit_adapter(checkpoint, NolaConfig(fit="activation"), stats, budget=2000)
+    return teacher, teacher.outputs(fit, hidden=True), teacher.outputs(validation), initial
+
+
+def test_distillation_lowers_the_validation_loss_and_keeps_the_sizes(setup):
+    teacher, train, validation, initial = setup
+    result = distill(
+        teacher, initial, train, validation, DistillConfig(steps=60, batch_size=8, eval_every=10)
+    )
     record = result.notes["distill"]
     assert record["kept"] == "distilled" and result.method == "distill"
-    assert record["held_out_after"]["agreement"] > record["held_out_before"]["agreement"]
-    assert record["held_out_after"]["kl"] < record["held_out_before"]["kl"]
+    assert record["validation_best"] < record["validation_before"]
     assert record["loss_last"] < record["loss_first"]
     # The stored coefficients keep their sizes and formats: the byte budget is unchanged.
     for old, new in zip(initial.modules, result.modules):
@@ -45,19 +56,40 @@ def test_distillation_improves_agreement_over_the_activation_fit(trained):
             assert (before.ks, before.fmts, before.nbytes) == (after.ks, after.fmts, after.nbytes)
 
 
-def test_the_hidden_state_term_takes_part(trained):
-    base, checkpoint, texts = trained
-    fit_texts, held_texts = split_texts(texts, 0.3)
-    teacher = Teacher(base, checkpoint, torch.device("cpu"), batch_size=8)
-    initial = fit_adapter(checkpoint, NolaConfig(ratio=12, fit="weight"))
+def test_distillation_stops_early_and_keeps_the_start_when_nothing_improves(setup):
+    teacher, train, validation, initial = setup
+    # A step size this large only makes things worse: the first checks see no improvement.
+    config = DistillConfig(steps=500, batch_size=8, lr=50.0, eval_every=5, patience=2)
+    result = distill(teacher, initial, train, validation, config)
+    record = result.notes["distill"]
+    assert record["stopped"].startswith("early stop") and record["steps_run"] == 10
+    assert record["kept"] == "initial" and result.method == initial.method
+    assert all(
+        torch.equal(a.stored_a.values(a.stored_a.kmax), b.stored_a.values(b.stored_a.kmax))
+        for a, b in zip(initial.modules, result.modules)
+    )
+
+
+def test_distillation_keeps_to_its_time_budget(setup):
+    teacher, train, validation, initial = setup
+    config = DistillConfig(steps=500, batch_size=8, eval_every=3, max_seconds=1e-3)
+    record = distill(teacher, initial, train, validation, config).notes["distill"]
+    assert record["steps_run"] == 3 and record["stopped"] == "time budget of 0.001 s"
+
+
+def test_the_hidden_state_term_takes_part(setup):
+    teacher, train, validation, initial = setup
     runs = {
         w: distill(
-            teacher, initial, fit_texts, held_texts, DistillConfig(steps=20, batch_size=8, hidden_weight=w)
+            teacher,
+            initial,
+            train,
+            validation,
+            DistillConfig(steps=20, batch_size=8, hidden_weight=w, eval_every=5, patience=10),
         )
         for w in (0.0, 1.0)
     }
-    record = runs[1.0].notes["distill"]
-    assert record["hidden_weight"] == 1.0 and record["loss_last"] < record["loss_first"]
+    assert runs[1.0].notes["distill"]["hidden_weight"] == 1.0
     # The same batches and start: only the hidden-state term can make the coefficients differ.
     first = [m.stored_a.values(m.stored_a.kmax) for m in runs[0.0].modules]
     second = [m.stored_a.values(m.stored_a.kmax) for m in runs[1.0].modules]
@@ -66,41 +98,68 @@ def test_the_hidden_state_term_takes_part(trained):
         DistillConfig(hidden_weight=-1)
 
 
-def test_pipeline_measures_the_encoded_artifact_and_gates(trained, tmp_path):
+def test_held_out_texts_are_chosen_for_enough_predictions(trained):
+    base, checkpoint, texts = trained
+    texts = list(dict.fromkeys(texts))  # distinct, so the parts can be told apart
+    teacher = Teacher(base, checkpoint, torch.device("cpu"))
+    predictions = teacher.predictions(texts)
+    # A language model predicts every token: a text gives as many predictions as it has tokens.
+    assert predictions == [len(teacher.tokenizer(t)["input_ids"]) for t in texts] and min(predictions) > 10
+    split = split_for_predictions(texts, predictions, target=400)
+    held = [predictions[texts.index(t)] for t in split.held_out]
+    assert split.held_out_predictions == sum(held) >= 400 and sum(held) - held[-1] < 400 + max(held)
+    assert not set(split.held_out) & set(split.fit + split.validation)
+    assert sorted(split.fit + split.validation + split.held_out) == sorted(texts)
+    # At most half the texts are held out, whatever the target.
+    assert len(split_for_predictions(texts, predictions, target=10**9).held_out) == len(texts) // 2
+
+
+def test_the_search_measures_each_artifact_as_a_reader_decodes_it(trained, tmp_path):
     base, checkpoint, texts = trained
     codec = NolaCodec(
-        NolaConfig(ratio=12),
+        NolaConfig(ratio=3),
         base_model=base,
         texts=texts,
-        distill=DistillConfig(steps=30, batch_size=8),
+        distill=DistillConfig(steps=20, batch_size=8, eval_every=10),
         gate=Gate(min_agreement=0.0),
+        held_out_predictions=300,
     )
     report = codec.compress(checkpoint, tmp_path / "a.nola")
-    held = report.fidelity["held_out"]
-    assert report.params["fit"] == "distill" and held["predictions"] > 0
-    assert report.fidelity["gate_passed"] is True and report.fidelity["gate"]["basis"] == "held-out agreement"
+    held, gate = report.fidelity["held_out"], report.fidelity["gate"]
+    assert gate["passed"] and gate["basis"] == "held-out agreement" and not gate["data_free"]
+    assert gate["predictions"] == held["predictions"] >= 300 and gate["bound"] <= held["agreement"]
+    assert report.fidelity["search"]["chosen_ratio"] == 3  # anything passes: the top rung is taken
+    calibration = report.fidelity["calibration"]
+    assert calibration["held_out_predictions"] == held["predictions"]
+    # The artifact records its verdict, and the agreement the gate saw is that of the artifact as
+    # a reader rebuilds it.
     header = decode_header(stfile.read_metadata(tmp_path / "a.nola")[HEADER_KEY])
-    assert header["fit"] == "distill" and header["distill"]["steps"] == 30
-    assert header["calibration"]["held_out_texts"] == len(split_texts(texts, 0.2)[1])
-    # The held-out agreement the gate saw is that of the artifact as a reader rebuilds it.
+    assert header["gate"] == gate and header["held_out"] == held
+    assert report.artifact_bytes == (tmp_path / "a.nola").stat().st_size
     rebuilt = reconstruct(tmp_path / "a.nola")
-    teacher = Teacher(base, checkpoint, torch.device("cpu"), batch_size=8)
     factors = {k: rebuilt.tensors[k] for p in lora_pairs(checkpoint) for k in (p.a_key, p.b_key)}
-    again = teacher.agreement(teacher.outputs(split_texts(texts, 0.2)[1]), teacher.params(factors))
+    teacher = Teacher(base, checkpoint, torch.device("cpu"))
+    split = split_for_predictions(texts, teacher.predictions(texts), 300)
+    again = teacher.agreement(teacher.outputs(split.held_out), teacher.params(factors))
     assert again["agreement"] == held["agreement"]
 
 
-def test_an_uncompressible_adapter_misses_the_gate(trained):
+def test_an_uncompressible_adapter_misses_the_gate_at_every_size(trained):
     base, checkpoint, texts = trained
-    # 200x leaves a few coefficients per module: the behaviour cannot survive.
     _, report = run(
-        checkpoint, NolaConfig(ratio=200, fit="activation"), base_model=base, texts=texts, gate=Gate()
+        checkpoint,
+        NolaConfig(ratio=40, fit="activation"),
+        base_model=base,
+        texts=texts,
+        gate=Gate(min_agreement=0.999),
+        held_out_predictions=300,
     )
     assert report.fidelity["gate_passed"] is False
     assert "agreement" in report.fidelity["gate"]["reason"]
-    # Without a base model the gate judges the weight error, strictly.
-    _, report = run(checkpoint, NolaConfig(ratio=200), gate=Gate())
-    assert report.fidelity["gate_passed"] is False and "weight error" in report.fidelity["gate"]["basis"]
+    attempts = report.fidelity["search"]["attempts"]
+    assert report.fidelity["search"]["chosen_ratio"] is None and not any(a["passed"] for a in attempts)
+    # Top rung and bottom rung tried, nothing else: nothing between can pass.
+    assert [a["ratio"] for a in attempts] == [40, ladder(40)[-1]]
 
 
 def test_distill_needs_a_base_model_and_texts(trained):
@@ -109,14 +168,19 @@ def test_distill_needs_a_base_model_and_texts(trained):
         run(checkpoint, NolaConfig(fit="distill"))
 
 
-@pytest.mark.parametrize("bad", [{"min_agreement": 1.5}, {"max_kl": -1}])
-def test_bad_gates(bad):
+@pytest.mark.parametrize("bad", [{"steps": -1}, {"eval_every": 0}, {"max_seconds": 0}, {"patience": 0}])
+def test_bad_distillation_settings(bad):
     with pytest.raises(ValueError):
-        Gate(**bad)
+        DistillConfig(**bad)
 
 
 def test_codec_parameters_reach_distillation_and_the_gate():
-    codec = NolaCodec.from_params(ratio=10, distill_steps=5, min_agreement=0.95)
+    codec = NolaCodec.from_params(ratio=10, distill_steps=5, min_agreement=0.95, held_out_predictions=500)
     assert codec.distill.steps == 5 and codec.gate.min_agreement == 0.95 and codec.config.ratio == 10
+    assert codec.held_out_predictions == 500
+    # Without gate parameters the default gate still applies: a registry version is always gated.
+    assert NolaCodec.from_params(ratio=20).gate == Gate()
     with pytest.raises(ValueError, match="bad NOLA parameters"):
         NolaCodec.from_params(distill_colour=1)
+    with pytest.raises(ValueError, match="held_out_predictions must be at least"):
+        NolaCodec.from_params(held_out_predictions=10)

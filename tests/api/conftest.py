@@ -105,6 +105,7 @@ def running_service(pg_url: str, endpoint: str, home: Path, **overrides: Any) ->
             cache=ReconstructionCache(home / "cache", settings.cache_max_bytes),
             lease_seconds=settings.worker_lease_seconds,
             user="test-admin",
+            default_codec=settings.default_codec,
         )
         admin = registry.create_token("admin", "admin").secret
         with uvicorn_thread(create_app(settings, registry=registry)) as url:

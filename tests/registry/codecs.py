@@ -23,7 +23,7 @@ class GateCodec:
     def from_params(cls, passes: bool = True) -> GateCodec:
         return cls(passes)
 
-    def compress(self, checkpoint, out_file, *, progress=None) -> CompressionReport:
+    def compress(self, checkpoint, out_file, *, progress=None, source_bytes=None) -> CompressionReport:
         size = stfile.write(out_file, checkpoint.tensors, config_metadata(self, checkpoint.config))
         return CompressionReport(
             codec=self.name,
@@ -31,7 +31,11 @@ class GateCodec:
             artifact_bytes=size,
             params={"passes": self.passes},
             fidelity={
-                "gate": "max_rel_error <= 0.1",
+                "gate": {
+                    "passed": self.passes,
+                    "basis": "max_rel_error",
+                    "reason": "within thresholds" if self.passes else "max_rel_error inf > 0.1",
+                },
                 "gate_passed": self.passes,
                 "max_rel_error": 0.0 if self.passes else float("inf"),
             },

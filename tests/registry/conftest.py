@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database, make_engine, upgrade
 from adapters.registry.storage import BlobStorage, LocalBlobStorage, S3BlobStorage
-from tests.conftest import pg_schema
+from tests.conftest import RAW_BY_DEFAULT, pg_schema
 
 BACKENDS = ["sqlite", "postgresql"]
 
@@ -105,5 +105,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Backend:
 
 @pytest.fixture
 def registry(backend: Backend) -> Iterator[LocalRegistry]:
-    with LocalRegistry(Database(backend.database_url), backend.storage, max_upload_bytes=10**8) as reg:
+    with LocalRegistry(
+        Database(backend.database_url), backend.storage, max_upload_bytes=10**8, default_codec=RAW_BY_DEFAULT
+    ) as reg:
         yield reg

@@ -11,6 +11,7 @@ from adapters.compress.peft_io import LoraCheckpoint, read_adapter, write_adapte
 from adapters.registry import models
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
+from tests.conftest import RAW_BY_DEFAULT
 
 PUSHES = 20
 
@@ -29,7 +30,7 @@ def _run_together(n: int, work):
 def _registry(url: str, storage) -> LocalRegistry:
     database = Database(url, pool_size=PUSHES, max_overflow=0)
     database.upgrade()
-    return LocalRegistry(database, storage)
+    return LocalRegistry(database, storage, default_codec=RAW_BY_DEFAULT)
 
 
 def test_concurrent_pushes_to_one_name_get_versions_1_to_n(fresh_pg_url, s3_storage, adapter_dir, tmp_path):

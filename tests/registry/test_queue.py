@@ -14,6 +14,7 @@ from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.errors import StorageError, VersionNotReady
 from adapters.registry.service import Outcome
+from tests.conftest import RAW_BY_DEFAULT
 from tests.factories import adapter_variants
 
 
@@ -175,7 +176,7 @@ def test_concurrent_claims_on_postgresql_never_share_a_job(fresh_pg_url, s3_stor
     n_jobs, n_threads = 12, 6
     database = Database(fresh_pg_url, pool_size=n_threads + 2)
     database.upgrade()
-    with LocalRegistry(database, s3_storage) as registry:
+    with LocalRegistry(database, s3_storage, default_codec=RAW_BY_DEFAULT) as registry:
         ids = _pending(registry, adapter_variants(adapter_dir, tmp_path, n_jobs))
         barrier = threading.Barrier(n_threads)
 

@@ -382,7 +382,11 @@ def test_missing_the_fidelity_gate_keeps_the_source_or_rejects(registry, adapter
     kept = registry.push(adapter_dir, "acme/x", task="t", codec="test-gate", params={"passes": False}).version
     assert (kept.status, kept.codec, kept.artifact_digest) == ("ready", "raw", kept.source_digest)
     assert kept.fidelity["fallback"] == "raw" and kept.fidelity["gate_passed"] is False
-    assert kept.fidelity["max_rel_error"] is None  # JSON has no Infinity
+    # What is stored is described at the top (the source, 1x); the attempt that missed beneath it.
+    assert kept.fidelity["ratio"] == 1.0 and kept.fidelity["artifact_bytes"] == kept.source_size
+    assert kept.compression.ratio == 1.0 and kept.compression.fallback == "raw"
+    attempt = kept.fidelity["attempt"]
+    assert attempt["codec"] == "test-gate" and attempt["max_rel_error"] is None  # JSON has no Infinity
     rejected = registry.push(
         other_adapter_dir,
         "acme/x",
@@ -393,7 +397,7 @@ def test_missing_the_fidelity_gate_keeps_the_source_or_rejects(registry, adapter
     ).version
     assert (rejected.status, rejected.error, rejected.artifact_digest) == (
         "rejected",
-        "missed the fidelity gate (max_rel_error <= 0.1)",
+        "missed the fidelity gate (max_rel_error inf > 0.1)",
         None,
     )
     assert rejected.aliases == []

@@ -36,7 +36,7 @@ class SlowCodec:
     def from_params(cls, log: str, release: str | None = None, seconds: float = 0.0, fail: str | None = None):
         return cls(log, release, seconds, fail)
 
-    def compress(self, checkpoint, out_file, *, progress=None) -> CompressionReport:
+    def compress(self, checkpoint, out_file, *, progress=None, source_bytes=None) -> CompressionReport:
         content = hashlib.sha256(canonical_bytes(checkpoint)).hexdigest()[:16]
         with Path(self.log).open("a") as fh:
             fh.write(f"{os.getpid()} {content}\n")
