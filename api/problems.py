@@ -2,8 +2,10 @@
 
 Every domain error has a stable `code` (registry/errors.py); its problem `type` is
 `https://adapters.dev/problems/<code>`, its `title` is fixed per code, and `detail` is the error's
-message. Request validation failures are `validation-error` (422, with the failing fields); anything
-unexpected is `internal-error` (500) with the request id and no internals.
+message. Request validation failures are `validation-error` (422, with the failing fields); a body
+that cannot be read as JSON is `invalid-body` (400); unknown routes and methods are `not-found` (404)
+and `method-not-allowed` (405); anything unexpected is `internal-error` (500) with the request id and
+no internals.
 """
 
 from __future__ import annotations
@@ -48,6 +50,15 @@ STATUS: dict[str, int] = {
     errors.StorageError.code: 503,
     errors.SchemaOutdated.code: 503,
     errors.ServiceUnavailable.code: 503,
+}
+
+
+# Problems of HTTP itself (routing, reading the body), by status: code and title.
+HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("invalid-body", "Invalid body"),  # the only 400 the framework raises: a body it cannot parse
+    404: (errors.NotFound.code, "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("request-too-large", "Request too large"),
 }
 
 
@@ -107,8 +118,25 @@ def _compress_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(422, errors.InvalidAdapterUpload.code, "Invalid adapter upload", str(exc), request)
 
 
+def _unreadable_body(exc: RequestValidationError) -> str | None:
+    """Why the body could not be read as JSON at all, or None when it was and failed validation."""
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            position = list(error.get("loc", ()))[1:2]
+            where = f" at character {position[0]}" if position else ""
+            return f"the body is not valid JSON: {reason}{where}"
+        if tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes):
+            return "the body must be JSON, sent with Content-Type: application/json"
+    return None
+
+
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    unreadable = _unreadable_body(exc)
+    if unreadable is not None:
+        code, title = HTTP_PROBLEMS[400]
+        return problem(400, code, title, unreadable, request)
     fields = [
         {
             "loc": [str(p) for p in e.get("loc", ())],
@@ -124,8 +152,11 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase
+    code, title = HTTP_PROBLEMS.get(exc.status_code, (phrase.lower().replace(" ", "-"), phrase))
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
-    return problem(exc.status_code, "", phrase, detail, request, headers=getattr(exc, "headers", None))
+    if exc.status_code == 400 and exc.__cause__ is not None:  # the framework's "error parsing the body"
+        detail = f"the body cannot be read as JSON: {exc.__cause__}"
+    return problem(exc.status_code, code, title, detail, request, headers=getattr(exc, "headers", None))
 
 
 def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -157,6 +188,7 @@ def problem_types() -> dict[str, tuple[int, str]]:
     """Every problem type this API can answer with: code -> (status, title)."""
     found = {cls.code: (status_for(cls(cls.code)), title_for(cls)) for cls in errors.error_classes().values()}
     found["validation-error"] = (422, "Validation error")
-    found["request-too-large"] = (413, "Request too large")
+    for status, (code, title) in HTTP_PROBLEMS.items():
+        found.setdefault(code, (status, title))
     found["internal-error"] = (500, "Internal error")
     return found

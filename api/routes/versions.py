@@ -123,8 +123,8 @@ async def push_version(
     "/{number}/yank",
     response_model=VersionView,
     summary="Yank a ready version: `ns/name` stops resolving to it, `ns/name:N` still does",
-    # 400: a body that is not valid UTF-8 cannot even be parsed as JSON.
-    responses=problems.responses(400, 401, 403, 404, 409, 422, 503),
+    # 400 invalid-body: a body that is not JSON (e.g. not UTF-8); 413: one over the bound.
+    responses=problems.responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def yank(
     namespace: Namespace,
