@@ -111,7 +111,7 @@ class Observability:
                 code, title = problems.HTTP_PROBLEMS[413]
                 response = problems.problem(413, code, title, exc.detail, request)
             else:
-                response = problems.internal_error(request, exc)
+                response = problems.unexpected_error(request, exc)
             await response(scope, receive, send_with_id)
         finally:
             self.in_flight.dec()

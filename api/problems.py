@@ -15,6 +15,8 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.compress.errors import CompressError
 from adapters.registry import errors
+from adapters.registry.db import is_connection_error, unavailable
 from adapters.registry.logs import request_id_var
 
 from .schemas import Problem
@@ -30,6 +33,8 @@ log = logging.getLogger("adapters.api")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://adapters.dev/problems/"
+# 503s of a passing kind (database or blob store unreachable) say when to try again (Retry-After).
+TRANSIENT = (errors.ServiceUnavailable, errors.StorageError)
 
 # Status per domain error code; codes not listed (and subclasses of none listed) are 500.
 STATUS: dict[str, int] = {
@@ -108,6 +113,8 @@ def _registry_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 401:
         challenge = 'Bearer error="invalid_token"' if isinstance(exc, errors.InvalidToken) else "Bearer"
         headers = {"WWW-Authenticate": challenge}
+    if isinstance(exc, TRANSIENT):
+        headers = {"Retry-After": str(request.app.state.adapters.settings.retry_after_seconds)}
     if status >= 500:
         log.error("%s: %s", exc.code, exc)
     return problem(status, exc.code, title_for(type(exc)), str(exc), request, headers=headers)
@@ -159,6 +166,14 @@ def _http_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(exc.status_code, code, title, detail, request, headers=getattr(exc, "headers", None))
 
 
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """An exception no handler expected (e.g. a database error that escaped the registry's own
+    translation, registry.db.connection_errors): 503 if it means the database is gone, else 500."""
+    if is_connection_error(exc):
+        return _registry_error(request, unavailable(exc))
+    return internal_error(request, exc)
+
+
 def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error", exc_info=exc)
     detail = f"an internal error occurred; quote request id {request_id_var.get()} when reporting it"
@@ -170,6 +185,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(CompressError, _compress_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for database_error in (sa.exc.DBAPIError, sa.exc.DisconnectionError, sa.exc.TimeoutError, psycopg.Error):
+        app.add_exception_handler(database_error, unexpected_error)
     app.add_exception_handler(Exception, internal_error)
 
 

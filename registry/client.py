@@ -10,11 +10,13 @@ ORM objects.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
@@ -22,7 +24,7 @@ from . import service, tokens
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
-from .errors import WaitTimeout
+from .errors import DatabaseUnavailable, WaitTimeout
 from .metrics import JobMetrics
 from .progress import Reporter
 from .refs import AdapterName, Ref
@@ -41,6 +43,24 @@ from .settings import Settings
 from .storage import BlobStorage, storage_from_url
 
 SETTLED = ("ready", "rejected", "failed")
+log = logging.getLogger("adapters.registry")
+R = TypeVar("R", bound=Callable[..., Any])
+
+
+def retry_read(method: R) -> R:
+    """Run an idempotent read once more when the database dropped its connection. The pool replaces
+    dead connections as it meets them, so the second try gets a fresh one (after a restart, or
+    `pg_terminate_backend`); if the database is down, it fails the same way a moment later."""
+
+    @functools.wraps(method)
+    def read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except DatabaseUnavailable as exc:
+            log.info("retrying a read on a fresh connection: %s", exc)
+            return method(*args, **kwargs)
+
+    return read  # type: ignore[return-value]
 
 
 class Registry(Protocol):
@@ -214,6 +234,7 @@ class LocalRegistry:
         self.db.check_schema()
         self._schema_checked = True
 
+    @retry_read
     def _version_view(self, version_id: int) -> VersionView:
         with self.db.transaction() as session:
             version = service.VersionRepository(session).get(version_id)
@@ -337,12 +358,14 @@ class LocalRegistry:
         )
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
+    @retry_read
     def resolve(self, ref: str | Ref) -> VersionView:
         self._ready()
         with self.db.reading() as session:
             version = service.resolve(session, ref)
             return VersionView.of(version, service.version_aliases(session, version))
 
+    @retry_read
     def list(
         self,
         *,
@@ -369,11 +392,13 @@ class LocalRegistry:
             )
             return [adapter_view(summary) for summary in found]
 
+    @retry_read
     def adapter(self, name: str | AdapterName) -> AdapterView:
         self._ready()
         with self.db.reading() as session:
             return adapter_view(service.describe(session, name))
 
+    @retry_read
     def versions(
         self, name: str | AdapterName, *, after: int | None = None, limit: int | None = None
     ) -> list[VersionView]:
@@ -402,6 +427,7 @@ class LocalRegistry:
         assert version.artifact_digest is not None
         return version, self.storage.iter_chunks(version.artifact_digest)
 
+    @retry_read
     def _ready_version(self, ref: str | Ref) -> VersionView:
         """The version behind a download: a plain read, without its aliases (downloads need none)."""
         self._ready()
@@ -455,6 +481,7 @@ class LocalRegistry:
             )
             return TokenCreated(token=TokenView.of(token), secret=secret)
 
+    @retry_read
     def list_tokens(
         self, *, include_revoked: bool = False, principal: tokens.Principal | None = None
     ) -> list[TokenView]:
@@ -470,6 +497,7 @@ class LocalRegistry:
         with self.db.transaction() as session:
             return TokenView.of(tokens.revoke_token(session, token_id, by=principal or self.principal))
 
+    @retry_read
     def authenticate(self, secret: str) -> tokens.Principal:
         """The principal a bearer token stands for (raises InvalidToken)."""
         self._ready()

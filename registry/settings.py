@@ -63,6 +63,9 @@ class Settings(BaseSettings):
         default=False, description="Let requests without a token list, show and pull (read scope)."
     )
     db_pool_size: int = Field(default=10, ge=1, description="Database connections a server process keeps.")
+    retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After of a 503 (database or blob store unreachable)."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Server and worker logs.")
     log_level: str = Field(default="INFO", description="Server and worker log level.")
 
@@ -85,6 +88,19 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated modules to import before running codecs (a hook for codecs that "
         "register themselves; the tests use it for a deliberately slow codec).",
+    )
+
+    # The CLI against a registry API.
+    client_retries: int = Field(
+        default=3,
+        ge=0,
+        description="More tries of an idempotent API call (reads, alias moves, yanks, downloads) after "
+        "a 502/503/504 or a dropped connection.",
+    )
+    client_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Wait before retry n: this times 2**(n-1), or the server's Retry-After; at most 30 s.",
     )
 
     # Reconstruction cache.

@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import queue, service
 from .client import LocalRegistry, import_codec_modules
+from .errors import DatabaseUnavailable
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 
@@ -84,12 +85,17 @@ class Worker:
         log.info("worker started", extra={"worker": self.id, "device": device})
         done = 0
         while not self.stopping.is_set():
-            job = queue.claim_next(
-                self.registry.db,
-                self.id,
-                lease_seconds=settings.worker_lease_seconds,
-                max_attempts=settings.worker_max_attempts,
-            )
+            try:
+                job = queue.claim_next(
+                    self.registry.db,
+                    self.id,
+                    lease_seconds=settings.worker_lease_seconds,
+                    max_attempts=settings.worker_max_attempts,
+                )
+            except DatabaseUnavailable as exc:  # an outage or a restart: wait it out
+                log.warning("cannot claim jobs: %s", exc, extra={"worker": self.id})
+                self.stopping.wait(settings.worker_poll_seconds)
+                continue
             if job is None:
                 if once:
                     break
