@@ -16,6 +16,12 @@ from .errors import OutputError, OutputExists
 STALE_FILES = ("adapter_model.bin",)
 
 
+def write_error(out_dir: Path, exc: OSError) -> OutputError:
+    """One line for a pull whose files could not be written (a full disk, a quota, a file size
+    limit): the output folder and the system's reason. The staging folder goes away with it."""
+    return OutputError(f"cannot write {out_dir}: {exc.strerror or exc}; nothing was written there")
+
+
 def prepare_output(out_dir: Path, force: bool) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputExists(f"{out_dir} exists and is not a directory")

@@ -26,7 +26,6 @@ from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
     InvalidRequest,
-    OutputError,
     RegistryError,
     RemoteError,
     ServiceUnavailable,
@@ -34,7 +33,7 @@ from .errors import (
     VersionNotReady,
     error_classes,
 )
-from .output import install, prepare_output, staging_for
+from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
 from .schemas import (
@@ -320,7 +319,7 @@ class RemoteRegistry:
 
     def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
         """Download `url` to `dest` (see `_stream_once`), again from the start after a 502/503/504 or a
-        dropped connection (downloads are idempotent)."""
+        dropped connection (downloads are idempotent). OSErrors of writing `dest` propagate."""
         tries = 0
         while True:
             tries += 1
@@ -338,7 +337,7 @@ class RemoteRegistry:
         GIL), so checking costs little time on a machine with a core to spare."""
         digest = hashlib.sha256()
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        failed: list[BaseException] = []
+        failed: list[OSError] = []
 
         def consume(out: BinaryIO) -> None:
             try:
@@ -373,7 +372,7 @@ class RemoteRegistry:
                         chunks.put(None)
                         writer.join()
                     if failed:
-                        raise OutputError(f"cannot write {dest}: {failed[0]}")
+                        raise failed[0]
         except httpx.TransportError as exc:
             error = ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}")
             raise _TryAgain(error, None) from None
@@ -395,8 +394,11 @@ class RemoteRegistry:
         prepare_output(out, force)
         base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
         with staging_for(out) as staging:
-            for filename in PULLED_FILES:
-                self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+            try:
+                for filename in PULLED_FILES:
+                    self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+            except OSError as exc:  # a full disk, a quota, a file size limit
+                raise write_error(out, exc) from None
             files = install(staging, out)
         return PullResult(version=version, path=str(out_dir), files=files)
 

@@ -16,7 +16,8 @@ import hashlib
 import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,12 +37,13 @@ from .errors import (
     InvalidCodec,
     InvalidName,
     InvalidRequest,
+    StorageError,
     UnsupportedArtifact,
     VersionNotFound,
     VersionNotReady,
 )
 from .models import Adapter, Alias, Version, VersionStatus
-from .output import install, prepare_output, staging_for
+from .output import install, prepare_output, staging_for, write_error
 from .progress import Reporter, SilentReporter
 from .queue import Job
 from .refs import AdapterName, Ref, check_alias, check_name
@@ -646,15 +648,30 @@ def materialize(
             found = cache.get(digest)  # made by another thread while we waited
             if found is not None:
                 return found
-            folder = cache.staging()
+            with _writing(cache.root):
+                folder = cache.staging()
             try:
-                _reconstruct_into(storage, artifact, label, folder, reporter)
-                return cache.put(digest, folder)
+                with _writing(cache.root):
+                    _reconstruct_into(storage, artifact, label, folder, reporter)
+                    return cache.put(digest, folder)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="adapters-reconstruct-") as tmp:
+    with _writing(None), tempfile.TemporaryDirectory(prefix="adapters-reconstruct-") as tmp:
         _reconstruct_into(storage, artifact, label, Path(tmp), reporter)
         return open_folder(Path(tmp), digest)
+
+
+@contextmanager
+def _writing(where: Path | None) -> Iterator[None]:
+    """OSErrors of writing reconstructed files (a full disk, a quota) as one StorageError naming the
+    folder: the server's disk, not the caller's input, is what failed."""
+    try:
+        yield
+    except OSError as exc:
+        folder = where if where is not None else Path(tempfile.gettempdir())
+        raise StorageError(
+            f"cannot write reconstructed files under {folder}: {exc.strerror or exc}"
+        ) from None
 
 
 def pull(
@@ -679,6 +696,9 @@ def pull(
     prepare_output(out_dir, force)
     with staging_for(out_dir) as staging:
         with materialize(storage, artifact, label=label, cache=cache, reporter=reporter) as adapter:
-            for cached in adapter.files.values():
-                cached.copy_to(staging / cached.name)
+            try:
+                for cached in adapter.files.values():
+                    cached.copy_to(staging / cached.name)
+            except OSError as exc:  # a full disk, a quota, a file size limit
+                raise write_error(out_dir, exc) from None
         return version_id, install(staging, out_dir)

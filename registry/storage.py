@@ -35,7 +35,8 @@ class BlobStorage(Protocol):
         ...
 
     def get_file(self, digest: str, dest: Path, *, progress: ByteProgress | None = None) -> int:
-        """Write the blob to `dest` after checking its sha256; returns its size in bytes."""
+        """Write the blob to `dest` after checking its sha256; returns its size in bytes. An OSError
+        of writing `dest` (a full disk) propagates as it is: the caller's file, not the store, failed."""
         ...
 
     def iter_chunks(self, digest: str) -> Iterator[bytes]:
@@ -158,16 +159,27 @@ class LocalBlobStorage:
             raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
         tmp = _temp_beside(dest)
         try:
+            hasher, size = hashlib.sha256(), 0
             with src, tmp.open("wb") as dst:
-                actual, size = _copy_hashing(src, dst, progress)
+                while True:
+                    try:
+                        chunk = src.read(CHUNK)
+                    except OSError as exc:
+                        raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    dst.write(chunk)  # an OSError here is the destination's
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            actual = hasher.hexdigest()
             if actual != digest:
                 raise BlobCorrupted(
                     f"blob sha256:{digest} in {self.root} is corrupted (its bytes hash to {actual})"
                 )
             tmp.replace(dest)
             return size
-        except OSError as exc:
-            raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
 
