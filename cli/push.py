@@ -94,7 +94,13 @@ def push(
         result = result.model_copy(update={"version": version})
 
     def human() -> None:
-        if result.created:
+        if result.resumed:
+            click.echo(
+                f"resumed {version.ref}: {version.status}, codec {version.codec or '-'}, "
+                f"{human_size(version.artifact_size or version.source_size)}, "
+                f"{short_digest(version.source_digest)}"
+            )
+        elif result.created:
             size = human_size(version.artifact_size or version.source_size)
             click.echo(
                 f"pushed {version.ref}: {version.status}, codec {version.codec or '-'}, {size}, "

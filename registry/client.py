@@ -20,14 +20,15 @@ from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from . import service, tokens
+from . import queue, service, tokens
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
-from .errors import DatabaseUnavailable, WaitTimeout
+from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
 from .metrics import JobMetrics
 from .progress import Reporter
 from .refs import AdapterName, Ref
+from .repository import QUEUED
 from .schemas import (
     AdapterView,
     AliasResult,
@@ -192,6 +193,8 @@ class LocalRegistry:
         self.environment = environment
         self.principal = tokens.Principal.local(user)
         self.job_metrics: JobMetrics | None = None  # inline runs report here when set
+        # Tells the user what the registry did on its own (the CLI prints it on stderr).
+        self.notify: Callable[[str], None] = log.warning
         self._schema_checked = False
 
     @classmethod
@@ -233,6 +236,24 @@ class LocalRegistry:
             self.db.upgrade()
         self.db.check_schema()
         self._schema_checked = True
+
+    # ------------------------------------------------------------------------ abandoned compressions
+
+    def _resume(self, version_id: int, reporter: Reporter | None) -> bool:
+        """If this registry compresses inline and the version's run was abandoned (its process died
+        mid-compression, or before it could start), run it again here and say so. True if it ran."""
+        if not self.inline:
+            return False
+        import_codec_modules(self.codec_modules)
+        claimed = queue.claim_orphan(
+            self.db, version_id, queue.worker_id("inline"), lease_seconds=self.lease_seconds
+        )
+        if claimed is None:
+            return False
+        job, status, reason = claimed
+        self.notify(f"{job.ref} was left {status} ({reason}): compressing it again")
+        self._run(job, reporter)
+        return True
 
     @retry_read
     def _version_view(self, version_id: int) -> VersionView:
@@ -280,25 +301,42 @@ class LocalRegistry:
         self._ready()
         import_codec_modules(self.codec_modules)
         pushed = service.push(
-            self.db, self.storage, request, max_bytes=self.max_upload_bytes, reporter=reporter
-        )
-        if pushed.created and (self.inline if process is None else process):
-            self._process(pushed.version_id, reporter)
-        return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
-
-    def _process(self, version_id: int, reporter: Reporter | None) -> None:
-        started = time.perf_counter()
-        service.process_version(
             self.db,
             self.storage,
-            version_id,
+            request,
+            max_bytes=self.max_upload_bytes,
+            reporter=reporter,
+        )
+        compress = self.inline if process is None else process
+        resumed = False
+        if pushed.created and compress:
+            self._process(pushed.version_id, reporter)
+        elif compress:  # content it holds: finish it if its first run was abandoned
+            resumed = self._resume(pushed.version_id, reporter)
+        return PushResult(
+            created=pushed.created, resumed=resumed, version=self._version_view(pushed.version_id)
+        )
+
+    def _process(self, version_id: int, reporter: Reporter | None) -> None:
+        job = queue.claim_version(
+            self.db, version_id, queue.worker_id("inline"), lease_seconds=self.lease_seconds
+        )
+        self._run(job, reporter)
+
+    def _run(self, job: queue.Job, reporter: Reporter | None) -> None:
+        """Run a claimed job's codec here, now (inline runs are not retried)."""
+        started = time.perf_counter()
+        service.run_job(
+            self.db,
+            self.storage,
+            job,
             reporter=reporter,
             device=self.device,
             environment=self.environment,
             lease_seconds=self.lease_seconds,
         )
         if self.job_metrics is not None:
-            view = self._version_view(version_id)
+            view = self._version_view(job.version_id)
             codec = view.codec or str(view.requested.get("codec"))
             self.job_metrics.observe(codec, view.status, time.perf_counter() - started)
 
@@ -318,8 +356,25 @@ class LocalRegistry:
         timeout: float | None = None,
         on_change: Callable[[VersionView], None] | None = None,
     ) -> VersionView:
-        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it)."""
-        return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
+        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it, or
+        this process when it compresses inline and the version's run was abandoned)."""
+
+        def get() -> VersionView:
+            view = self.resolve(ref)
+            if view.status in QUEUED and self.inline:
+                version_id = self._queued_id(ref)
+                if version_id is not None and self._resume(version_id, None):
+                    view = self.resolve(ref)
+            return view
+
+        return poll_until_settled(get, timeout=timeout, on_change=on_change)
+
+    @retry_read
+    def _queued_id(self, ref: str | Ref) -> int | None:
+        """The id of the version `ref` names if it is pending or compressing."""
+        with self.db.reading() as session:
+            version = service.resolve(session, ref)
+            return version.id if version.status in QUEUED else None
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
         self._ready()
@@ -352,10 +407,28 @@ class LocalRegistry:
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
+        """Write the PEFT files of the version `ref` names into `out_dir` (see service.pull). A version
+        whose compression was abandoned is compressed first, here, when this registry compresses inline."""
         self._ready()
-        version_id, files = service.pull(
-            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter, cache=self.cache
-        )
+
+        def pull() -> tuple[int, list[str]]:
+            return service.pull(
+                self.db,
+                self.storage,
+                ref,
+                Path(out_dir),
+                force=force,
+                reporter=reporter,
+                cache=self.cache,
+            )
+
+        try:
+            version_id, files = pull()
+        except VersionNotReady:
+            queued = self._queued_id(ref) if self.inline else None
+            if queued is None or not self._resume(queued, reporter):
+                raise
+            version_id, files = pull()
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
     @retry_read
@@ -442,9 +515,18 @@ class LocalRegistry:
         self.storage.ping()
 
     def show(self, ref: str | Ref) -> ShowResult:
-        """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions."""
+        """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions.
+        Where this registry compresses inline, versions whose compression was abandoned are
+        compressed first."""
         self._ready()
         ref = service.as_ref(ref)
+        shown, queued = self._show(ref)
+        resumed = [version_id for version_id in queued if self._resume(version_id, None)]
+        return self._show(ref)[0] if resumed else shown
+
+    @retry_read
+    def _show(self, ref: Ref) -> tuple[ShowResult, list[int]]:
+        """What `show` shows, and the ids of the versions that are pending or compressing."""
         with self.db.transaction() as session:
             adapter = service.get_adapter(session, ref.adapter)
             _, count, latest, aliases = service.summarize(session, [adapter])[0]
@@ -454,11 +536,13 @@ class LocalRegistry:
                 by_version.setdefault(number, []).append(alias)
             # A bare name with no ready version still shows the adapter and its versions.
             version = None if ref.is_latest and latest is None else service.resolve(session, ref)
-            return ShowResult(
+            shown = ShowResult(
                 adapter=AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases),
                 version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
                 versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
             )
+            queued = [v.id for v in all_versions if v.status in QUEUED] if self.inline else []
+            return shown, queued
 
     # ------------------------------------------------------------------------------------- tokens
 
