@@ -41,9 +41,11 @@ from .schemas import (
     adapter_view,
 )
 from .settings import Settings
-from .storage import BlobStorage, storage_from_url
+from .storage import BlobStorage, LocalBlobStorage, storage_from_url
+from .sweep import SweepReport, sweep_cache, sweep_temp
 
 SETTLED = ("ready", "rejected", "failed")
+SWEPT_MARKER = ".swept"  # in the temporary folder: when leftovers were last swept
 log = logging.getLogger("adapters.registry")
 R = TypeVar("R", bound=Callable[..., Any])
 
@@ -180,6 +182,9 @@ class LocalRegistry:
         codec_modules: list[str] | None = None,
         user: str | None = None,
         environment: CodecEnvironment | None = None,
+        tmp_dir: Path | None = None,
+        sweep_after: float = 24 * 3600,
+        maintenance_interval: float = 15 * 60,
     ) -> None:
         self.db = database
         self.storage = storage
@@ -193,6 +198,10 @@ class LocalRegistry:
         self.environment = environment
         self.principal = tokens.Principal.local(user)
         self.job_metrics: JobMetrics | None = None  # inline runs report here when set
+        # Temporary folders of this registry's work (None: the system's), and when leftovers are stale.
+        self.tmp_dir = tmp_dir
+        self.sweep_after = sweep_after
+        self.maintenance_interval = maintenance_interval
         # Tells the user what the registry did on its own (the CLI prints it on stderr).
         self.notify: Callable[[str], None] = log.warning
         self._schema_checked = False
@@ -218,6 +227,9 @@ class LocalRegistry:
             codec_modules=settings.codec_modules,
             user=user,
             environment=CodecEnvironment.from_settings(settings),
+            tmp_dir=settings.tmp_dir,
+            sweep_after=settings.sweep_after_seconds,
+            maintenance_interval=settings.maintenance_interval_seconds,
         )
 
     def close(self) -> None:
@@ -236,6 +248,43 @@ class LocalRegistry:
             self.db.upgrade()
         self.db.check_schema()
         self._schema_checked = True
+        self.sweep_if_due()
+
+    # -------------------------------------------------------------------------------- leftovers
+
+    def temp_dir(self) -> Path | None:
+        """The folder for this registry's temporary work (made on first use)."""
+        if self.tmp_dir is not None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir
+
+    def sweep(self, older_than: float | None = None, *, storage: bool = True) -> SweepReport:
+        """Remove leftovers of interrupted work older than `older_than` seconds (default: the
+        registry's threshold): temporary folders, reconstruction cache staging and, with `storage`,
+        the blob store's partial files or incomplete multipart uploads."""
+        older_than = self.sweep_after if older_than is None else older_than
+        report = SweepReport()
+        if self.tmp_dir is not None:
+            report.extend(sweep_temp(self.tmp_dir, older_than))
+        if self.cache is not None:
+            report.extend(sweep_cache(self.cache.root, older_than))
+        if storage:
+            report.extend(self.storage.sweep(older_than))
+        if self.tmp_dir is not None and self.tmp_dir.is_dir():
+            (self.tmp_dir / SWEPT_MARKER).touch()
+        return report
+
+    def sweep_if_due(self) -> SweepReport | None:
+        """Sweep local leftovers (not a remote blob store's) unless that was done less than a
+        maintenance interval ago: cheap enough for the start of every command."""
+        if self.tmp_dir is None:
+            return None
+        try:
+            if time.time() - (self.tmp_dir / SWEPT_MARKER).stat().st_mtime < self.maintenance_interval:
+                return None
+        except OSError:
+            pass  # never swept (or no folder yet)
+        return self.sweep(storage=isinstance(self.storage, LocalBlobStorage))
 
     # ------------------------------------------------------------------------ abandoned compressions
 
@@ -306,6 +355,7 @@ class LocalRegistry:
             request,
             max_bytes=self.max_upload_bytes,
             reporter=reporter,
+            tmp_dir=self.temp_dir(),
         )
         compress = self.inline if process is None else process
         resumed = False
@@ -334,6 +384,7 @@ class LocalRegistry:
             device=self.device,
             environment=self.environment,
             lease_seconds=self.lease_seconds,
+            tmp_dir=self.temp_dir(),
         )
         if self.job_metrics is not None:
             view = self._version_view(job.version_id)
@@ -420,6 +471,8 @@ class LocalRegistry:
                 force=force,
                 reporter=reporter,
                 cache=self.cache,
+                tmp_dir=self.temp_dir(),
+                sweep_after=self.sweep_after,
             )
 
         try:

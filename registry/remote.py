@@ -108,6 +108,7 @@ class RemoteRegistry:
         timeout: float = 300,
         retries: int = 3,
         backoff: float = 1.0,
+        sweep_after: float | None = None,
         user_agent: str = "",
     ) -> None:
         """`retries`: how many more times an idempotent call is tried after a 502/503/504 or a
@@ -115,6 +116,7 @@ class RemoteRegistry:
         self.url = url.rstrip("/")
         self.retries = retries
         self.backoff = backoff
+        self.sweep_after = sweep_after  # staging folders of killed pulls older than this are removed
         headers = {"User-Agent": user_agent or "adapters-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -133,6 +135,7 @@ class RemoteRegistry:
             token,
             retries=settings.client_retries,
             backoff=settings.client_backoff_seconds,
+            sweep_after=settings.sweep_after_seconds,
         )
 
     def close(self) -> None:
@@ -393,7 +396,7 @@ class RemoteRegistry:
         out = Path(out_dir)
         prepare_output(out, force)
         base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
-        with staging_for(out) as staging:
+        with staging_for(out, sweep_after=self.sweep_after) as staging:
             try:
                 for filename in PULLED_FILES:
                     self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)

@@ -49,6 +49,7 @@ from .queue import Job
 from .refs import AdapterName, Ref, check_alias, check_name
 from .repository import AdapterRepository, AliasRepository, BlobRepository, VersionRepository
 from .storage import BlobStorage, sha256_file
+from .sweep import temp_prefix
 
 GateFallback = Literal["raw", "reject"]
 SOURCE_FILE = "source.safetensors"
@@ -126,6 +127,7 @@ def push(
     *,
     max_bytes: int | None = None,
     reporter: Reporter | None = None,
+    tmp_dir: Path | None = None,
 ) -> Pushed:
     """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`).
 
@@ -167,7 +169,7 @@ def push(
                 _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
                 return Pushed(existing.id, created=False)
 
-    with tempfile.TemporaryDirectory(prefix="adapters-push-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("push"), dir=tmp_dir) as tmp:
         source = Path(tmp) / SOURCE_FILE
         source.write_bytes(data)
         with reporter.task("uploading", total=len(data), unit="bytes") as advance:
@@ -281,6 +283,7 @@ def process_version(
     device: str | None = None,
     environment: CodecEnvironment | None = None,
     lease_seconds: float = 60,
+    tmp_dir: Path | None = None,
 ) -> int:
     """Run the requested codec on a `pending` version now, in this process, and record the outcome.
 
@@ -299,6 +302,7 @@ def process_version(
         device=device,
         environment=environment,
         lease_seconds=lease_seconds,
+        tmp_dir=tmp_dir,
     )
     return version_id
 
@@ -314,6 +318,7 @@ def run_job(
     lease_seconds: float = 60,
     max_attempts: int = 1,
     backoff_seconds: float = 0,
+    tmp_dir: Path | None = None,
 ) -> str:
     """Run a claimed job's codec while renewing its lease, and record what happened. Returns "ready",
     "rejected", "retry" (failed, queued again), "failed" or "lost" (the lease passed to another run,
@@ -328,6 +333,7 @@ def run_job(
                 device=device,
                 base_model=job.base_model,
                 environment=environment,
+                tmp_dir=tmp_dir,
             )
         with db.transaction() as session:
             return _record_outcome(session, job, outcome)
@@ -362,6 +368,7 @@ def run_codec(
     device: str | None = None,
     base_model: str | None = None,
     environment: CodecEnvironment | None = None,
+    tmp_dir: Path | None = None,
 ) -> Outcome:
     """Fetch the source blob (verified), run the requested codec (on `device` if the codec takes
     one, with the base model where this machine has it), store the artifact if it is a new blob,
@@ -369,7 +376,7 @@ def run_codec(
     from adapters.compress.codec import reconstruct
 
     source_digest = source[0]
-    with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("process"), dir=tmp_dir) as tmp:
         source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
         storage.get_file(source_digest, source_file)
         checkpoint = reconstruct(source_file)
@@ -634,6 +641,7 @@ def materialize(
     label: str,
     cache: ReconstructionCache | None = None,
     reporter: Reporter | None = None,
+    tmp_dir: Path | None = None,
 ) -> CachedAdapter:
     """The PEFT files an artifact reconstructs to, open for reading: from the cache when it holds
     them, else fetched (verified against the artifact's sha256), decoded and, with a cache, kept.
@@ -656,7 +664,10 @@ def materialize(
                     return cache.put(digest, folder)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-    with _writing(None), tempfile.TemporaryDirectory(prefix="adapters-reconstruct-") as tmp:
+    with (
+        _writing(tmp_dir),
+        tempfile.TemporaryDirectory(prefix=temp_prefix("reconstruct"), dir=tmp_dir) as tmp,
+    ):
         _reconstruct_into(storage, artifact, label, Path(tmp), reporter)
         return open_folder(Path(tmp), digest)
 
@@ -683,10 +694,13 @@ def pull(
     force: bool = False,
     reporter: Reporter | None = None,
     cache: ReconstructionCache | None = None,
+    tmp_dir: Path | None = None,
+    sweep_after: float | None = None,
 ) -> tuple[int, list[str]]:
     """Write the PEFT directory of the version `ref` names to `out_dir`. The artifact is verified
     against its sha256 before it is decoded (and cached reconstructions as they are copied), and
-    `out_dir` is only touched once everything succeeded. Returns the version id and the files."""
+    `out_dir` is only touched once everything succeeded (with `sweep_after`, stale staging folders of
+    killed pulls beside it are removed). Returns the version id and the files."""
     out_dir = Path(out_dir)
     with db.transaction() as session:
         version = require_ready(resolve(session, ref))
@@ -694,8 +708,10 @@ def pull(
         assert version.artifact_digest is not None and version.artifact_size is not None
         artifact = (version.artifact_digest, version.artifact_size)
     prepare_output(out_dir, force)
-    with staging_for(out_dir) as staging:
-        with materialize(storage, artifact, label=label, cache=cache, reporter=reporter) as adapter:
+    with staging_for(out_dir, sweep_after=sweep_after) as staging:
+        with materialize(
+            storage, artifact, label=label, cache=cache, reporter=reporter, tmp_dir=tmp_dir
+        ) as adapter:
             try:
                 for cached in adapter.files.values():
                     cached.copy_to(staging / cached.name)

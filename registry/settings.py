@@ -103,6 +103,25 @@ class Settings(BaseSettings):
         description="Wait before retry n: this times 2**(n-1), or the server's Retry-After; at most 30 s.",
     )
 
+    # Leftovers of interrupted work.
+    tmp_dir: Path | None = Field(
+        default=None,
+        description="Temporary folders of pushes, codec runs, reconstructions and uploads "
+        "(default ADAPTERS_HOME/tmp); stale ones are swept.",
+    )
+    sweep_after_seconds: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Leftovers of interrupted work (temporary folders, partial blob files, cache and pull "
+        "staging, incomplete S3 multipart uploads) older than this are removed.",
+    )
+    maintenance_interval_seconds: float = Field(
+        default=15 * 60,
+        gt=0,
+        description="How often the API server and workers sweep leftovers (embedded commands: at most "
+        "this often, as they start).",
+    )
+
     # Reconstruction cache.
     cache_dir: Path | None = Field(
         default=None,
@@ -127,6 +146,9 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache" / "reconstructed"
         self.cache_dir = self.cache_dir.expanduser()
+        if self.tmp_dir is None:
+            self.tmp_dir = self.home / "tmp"
+        self.tmp_dir = self.tmp_dir.expanduser()
         return self
 
     @property

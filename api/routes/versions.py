@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import PushResult, VersionView
+from adapters.registry.sweep import temp_prefix
 
 from .. import problems, uploads
 from ..auth import Reader, Writer
@@ -94,7 +95,8 @@ async def push_version(
     `pending` until a worker compresses it (or already settled where compression runs inline).
     Pushing content the adapter already holds answers 200 with that version. Refused uploads store
     nothing."""
-    with tempfile.TemporaryDirectory(prefix="adapters-upload-") as tmp:
+    temp = state.registry.temp_dir()
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("upload"), dir=temp) as tmp:
         upload = await uploads.receive(request, Path(tmp), limit=state.settings.max_upload_bytes)
         meta: PushMetadata = upload.metadata
         result = await run_in_threadpool(

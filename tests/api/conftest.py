@@ -116,6 +116,8 @@ def running_service(
             cache=ReconstructionCache(home / "cache", settings.cache_max_bytes),
             lease_seconds=settings.worker_lease_seconds,
             user="test-admin",
+            tmp_dir=settings.tmp_dir,
+            sweep_after=settings.sweep_after_seconds,
         )
         admin = registry.create_token("admin", "admin").secret
         with uvicorn_thread(create_app(settings, registry=registry)) as url:

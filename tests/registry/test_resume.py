@@ -5,9 +5,6 @@ still be alive is left alone."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,35 +15,7 @@ from adapters.registry import queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.settings import Settings, reset_settings
 from tests.worker import slow_codec  # noqa: F401 - registers the test-slow codec in this process
-from tests.worker.slow_codec import runs
-
-ROOT = Path(__file__).resolve().parents[2]
-ADAPTERS = str(Path(sys.executable).parent / "adapters")
-
-
-def _killed_mid_compression(adapter_dir: Path, home: Path, tmp_path: Path) -> tuple[Path, int]:
-    """`adapters push` on an embedded registry, SIGKILLed while its codec runs; returns the codec's
-    log and the dead process's id."""
-    log, release = tmp_path / "runs.log", tmp_path / "release"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTERS_")}
-    env |= {
-        "ADAPTERS_HOME": str(home),
-        "ADAPTERS_EXTRA_CODECS": "tests.worker.slow_codec",
-        "ADAPTERS_DEVICE": "cpu",
-        "PYTHONPATH": str(ROOT),
-    }
-    args = ["push", str(adapter_dir), "--name", "acme/x", "--task", "t", "--codec", "test-slow"]
-    args += ["--param", f"log={log}", "--param", f"release={release}"]
-    proc = subprocess.Popen([ADAPTERS, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while not runs(log):  # the codec is running: the version is `compressing`
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        assert time.monotonic() < deadline, "the codec never started"
-        time.sleep(0.05)
-    proc.kill()
-    proc.wait(30)
-    release.touch()  # a run from now on finishes at once
-    return log, proc.pid
+from tests.worker.slow_codec import killed_push, runs
 
 
 @pytest.fixture
@@ -71,7 +40,7 @@ def _status(home: Path) -> str:
 def test_a_push_killed_mid_compression_is_resumed_by_the_next_command(
     embedded, adapter_dir, tmp_path, command
 ):
-    log, dead = _killed_mid_compression(adapter_dir, embedded, tmp_path)
+    log, dead = killed_push(adapter_dir, embedded, tmp_path)
     assert _status(embedded) == "compressing"
     args = {
         "push": [
