@@ -7,6 +7,7 @@ API processes keep no state of their own beyond a connection pool and the recons
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib.metadata import PackageNotFoundError, version
@@ -20,6 +21,7 @@ from prometheus_client import CollectorRegistry, disable_created_metrics
 from adapters.registry.client import LocalRegistry, import_codec_modules
 from adapters.registry.metrics import JobMetrics, RegistryCollector
 from adapters.registry.settings import Settings, get_settings
+from adapters.registry.sweep import log_sweep
 
 from . import problems
 from .observability import Observability
@@ -38,6 +40,7 @@ a token made for a namespace acts only there. Errors are RFC 9457 problem detail
 """
 
 THREADS = 64  # sync handlers and streamed downloads share anyio's thread pool
+log = logging.getLogger("adapters.api")
 
 
 def _version() -> str:
@@ -45,6 +48,18 @@ def _version() -> str:
         return version("adapters")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
         return "0.0.0"
+
+
+async def _maintain(registry: LocalRegistry, interval: float) -> None:
+    """Sweep leftovers of interrupted work now and every `interval` seconds (see registry.sweep)."""
+    while True:
+        try:
+            report = await anyio.to_thread.run_sync(registry.sweep)
+        except Exception:  # the blob store may be down for a while; try again next time
+            log.exception("sweeping leftovers failed")
+        else:
+            log_sweep(log, report)
+        await anyio.sleep(interval)
 
 
 def create_app(settings: Settings | None = None, *, registry: LocalRegistry | None = None) -> FastAPI:
@@ -62,7 +77,10 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
         limiter.total_tokens = max(limiter.total_tokens, THREADS)
         import_codec_modules(settings.codec_modules)
         try:
-            yield
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_maintain, registry, settings.maintenance_interval_seconds)
+                yield
+                tasks.cancel_scope.cancel()
         finally:
             registry.close()
 

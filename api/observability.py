@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from starlette.datastructures import MutableHeaders
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -33,8 +34,12 @@ UPLOAD = re.compile(r"/v1/adapters/[^/]+/[^/]+/versions")
 MAX_JSON_BODY = 1024 * 1024
 
 
-class BodyTooLarge(Exception):
-    pass
+class BodyTooLarge(HTTPException):
+    """A JSON body over the bound. An HTTPException, so that FastAPI, which turns other errors raised
+    while it reads a body into 400, lets it through to the problem handler as 413."""
+
+    def __init__(self) -> None:
+        super().__init__(413, f"request bodies are limited to {MAX_JSON_BODY} bytes (uploads excepted)")
 
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -103,10 +108,10 @@ class Observability:
                 raise
             request = Request(scope)
             if isinstance(exc, BodyTooLarge):
-                detail = f"request bodies are limited to {MAX_JSON_BODY} bytes (uploads excepted)"
-                response = problems.problem(413, "request-too-large", "Request too large", detail, request)
+                code, title = problems.HTTP_PROBLEMS[413]
+                response = problems.problem(413, code, title, exc.detail, request)
             else:
-                response = problems.internal_error(request, exc)
+                response = problems.unexpected_error(request, exc)
             await response(scope, receive, send_with_id)
         finally:
             self.in_flight.dec()

@@ -2,8 +2,10 @@
 
 Every domain error has a stable `code` (registry/errors.py); its problem `type` is
 `https://adapters.dev/problems/<code>`, its `title` is fixed per code, and `detail` is the error's
-message. Request validation failures are `validation-error` (422, with the failing fields); anything
-unexpected is `internal-error` (500) with the request id and no internals.
+message. Request validation failures are `validation-error` (422, with the failing fields); a body
+that cannot be read as JSON is `invalid-body` (400); unknown routes and methods are `not-found` (404)
+and `method-not-allowed` (405); anything unexpected is `internal-error` (500) with the request id and
+no internals.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import re
 from http import HTTPStatus
 from typing import Any
 
+import psycopg
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -20,6 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from adapters.compress.errors import CompressError
 from adapters.registry import errors
+from adapters.registry.db import is_connection_error, unavailable
 from adapters.registry.logs import request_id_var
 
 from .schemas import Problem
@@ -28,6 +33,8 @@ log = logging.getLogger("adapters.api")
 
 PROBLEM_JSON = "application/problem+json"
 TYPE_BASE = "https://adapters.dev/problems/"
+# 503s of a passing kind (database or blob store unreachable) say when to try again (Retry-After).
+TRANSIENT = (errors.ServiceUnavailable, errors.StorageError)
 
 # Status per domain error code; codes not listed (and subclasses of none listed) are 500.
 STATUS: dict[str, int] = {
@@ -48,6 +55,15 @@ STATUS: dict[str, int] = {
     errors.StorageError.code: 503,
     errors.SchemaOutdated.code: 503,
     errors.ServiceUnavailable.code: 503,
+}
+
+
+# Problems of HTTP itself (routing, reading the body), by status: code and title.
+HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
+    400: ("invalid-body", "Invalid body"),  # the only 400 the framework raises: a body it cannot parse
+    404: (errors.NotFound.code, "Not found"),
+    405: ("method-not-allowed", "Method not allowed"),
+    413: ("request-too-large", "Request too large"),
 }
 
 
@@ -97,6 +113,8 @@ def _registry_error(request: Request, exc: Exception) -> JSONResponse:
     if status == 401:
         challenge = 'Bearer error="invalid_token"' if isinstance(exc, errors.InvalidToken) else "Bearer"
         headers = {"WWW-Authenticate": challenge}
+    if isinstance(exc, TRANSIENT):
+        headers = {"Retry-After": str(request.app.state.adapters.settings.retry_after_seconds)}
     if status >= 500:
         log.error("%s: %s", exc.code, exc)
     return problem(status, exc.code, title_for(type(exc)), str(exc), request, headers=headers)
@@ -107,8 +125,25 @@ def _compress_error(request: Request, exc: Exception) -> JSONResponse:
     return problem(422, errors.InvalidAdapterUpload.code, "Invalid adapter upload", str(exc), request)
 
 
+def _unreadable_body(exc: RequestValidationError) -> str | None:
+    """Why the body could not be read as JSON at all, or None when it was and failed validation."""
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            reason = (error.get("ctx") or {}).get("error", "JSON decode error")
+            position = list(error.get("loc", ()))[1:2]
+            where = f" at character {position[0]}" if position else ""
+            return f"the body is not valid JSON: {reason}{where}"
+        if tuple(error.get("loc", ())) == ("body",) and isinstance(error.get("input"), bytes):
+            return "the body must be JSON, sent with Content-Type: application/json"
+    return None
+
+
 def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    unreadable = _unreadable_body(exc)
+    if unreadable is not None:
+        code, title = HTTP_PROBLEMS[400]
+        return problem(400, code, title, unreadable, request)
     fields = [
         {
             "loc": [str(p) for p in e.get("loc", ())],
@@ -124,8 +159,19 @@ def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     phrase = HTTPStatus(exc.status_code).phrase
+    code, title = HTTP_PROBLEMS.get(exc.status_code, (phrase.lower().replace(" ", "-"), phrase))
     detail = exc.detail if isinstance(exc.detail, str) and exc.detail != phrase else None
-    return problem(exc.status_code, "", phrase, detail, request, headers=getattr(exc, "headers", None))
+    if exc.status_code == 400 and exc.__cause__ is not None:  # the framework's "error parsing the body"
+        detail = f"the body cannot be read as JSON: {exc.__cause__}"
+    return problem(exc.status_code, code, title, detail, request, headers=getattr(exc, "headers", None))
+
+
+def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """An exception no handler expected (e.g. a database error that escaped the registry's own
+    translation, registry.db.connection_errors): 503 if it means the database is gone, else 500."""
+    if is_connection_error(exc):
+        return _registry_error(request, unavailable(exc))
+    return internal_error(request, exc)
 
 
 def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -139,6 +185,8 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(CompressError, _compress_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    for database_error in (sa.exc.DBAPIError, sa.exc.DisconnectionError, sa.exc.TimeoutError, psycopg.Error):
+        app.add_exception_handler(database_error, unexpected_error)
     app.add_exception_handler(Exception, internal_error)
 
 
@@ -157,6 +205,7 @@ def problem_types() -> dict[str, tuple[int, str]]:
     """Every problem type this API can answer with: code -> (status, title)."""
     found = {cls.code: (status_for(cls(cls.code)), title_for(cls)) for cls in errors.error_classes().values()}
     found["validation-error"] = (422, "Validation error")
-    found["request-too-large"] = (413, "Request too large")
+    for status, (code, title) in HTTP_PROBLEMS.items():
+        found.setdefault(code, (status, title))
     found["internal-error"] = (500, "Internal error")
     return found

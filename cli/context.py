@@ -40,7 +40,9 @@ class AppContext:
             else:
                 from adapters.registry.client import LocalRegistry
 
-                self._registry = LocalRegistry.from_settings(self.settings, user=self.user)
+                local = LocalRegistry.from_settings(self.settings, user=self.user)
+                local.notify = self.warn  # e.g. that it resumed an abandoned compression
+                self._registry = local
         return self._registry
 
     def require_local(self, what: str) -> None:

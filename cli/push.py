@@ -106,9 +106,10 @@ def push(
         result = result.model_copy(update={"version": version})
 
     def human() -> None:
-        if result.created:
+        if result.created or result.resumed:
+            verb = "resumed" if result.resumed else "pushed"
             click.echo(
-                f"pushed {version.ref}: {version.status}, codec {version.codec or '-'}, "
+                f"{verb} {version.ref}: {version.status}, codec {version.codec or '-'}, "
                 f"{short_digest(version.source_digest)}"
             )
             for label, line in fidelity_lines(version.fidelity or {}):

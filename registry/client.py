@@ -10,22 +10,25 @@ ORM objects.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import importlib
+import logging
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 
-from . import service, tokens
+from . import queue, service, tokens
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
-from .errors import WaitTimeout
+from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
 from .metrics import JobMetrics
 from .progress import Reporter
 from .refs import AdapterName, Ref
+from .repository import QUEUED
 from .schemas import (
     AdapterView,
     AliasResult,
@@ -38,9 +41,29 @@ from .schemas import (
     adapter_view,
 )
 from .settings import Settings
-from .storage import BlobStorage, storage_from_url
+from .storage import BlobStorage, LocalBlobStorage, storage_from_url
+from .sweep import SweepReport, sweep_cache, sweep_temp
 
 SETTLED = ("ready", "rejected", "failed")
+SWEPT_MARKER = ".swept"  # in the temporary folder: when leftovers were last swept
+log = logging.getLogger("adapters.registry")
+R = TypeVar("R", bound=Callable[..., Any])
+
+
+def retry_read(method: R) -> R:
+    """Run an idempotent read once more when the database dropped its connection. The pool replaces
+    dead connections as it meets them, so the second try gets a fresh one (after a restart, or
+    `pg_terminate_backend`); if the database is down, it fails the same way a moment later."""
+
+    @functools.wraps(method)
+    def read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except DatabaseUnavailable as exc:
+            log.info("retrying a read on a fresh connection: %s", exc)
+            return method(*args, **kwargs)
+
+    return read  # type: ignore[return-value]
 
 
 class Registry(Protocol):
@@ -160,6 +183,9 @@ class LocalRegistry:
         user: str | None = None,
         environment: CodecEnvironment | None = None,
         default_codec: str = service.DEFAULT_CODEC,
+        tmp_dir: Path | None = None,
+        sweep_after: float = 24 * 3600,
+        maintenance_interval: float = 15 * 60,
     ) -> None:
         self.db = database
         self.default_codec = default_codec
@@ -174,6 +200,12 @@ class LocalRegistry:
         self.environment = environment
         self.principal = tokens.Principal.local(user)
         self.job_metrics: JobMetrics | None = None  # inline runs report here when set
+        # Temporary folders of this registry's work (None: the system's), and when leftovers are stale.
+        self.tmp_dir = tmp_dir
+        self.sweep_after = sweep_after
+        self.maintenance_interval = maintenance_interval
+        # Tells the user what the registry did on its own (the CLI prints it on stderr).
+        self.notify: Callable[[str], None] = log.warning
         self._schema_checked = False
 
     @classmethod
@@ -198,6 +230,9 @@ class LocalRegistry:
             user=user,
             environment=CodecEnvironment.from_settings(settings),
             default_codec=settings.default_codec,
+            tmp_dir=settings.tmp_dir,
+            sweep_after=settings.sweep_after_seconds,
+            maintenance_interval=settings.maintenance_interval_seconds,
         )
 
     def close(self) -> None:
@@ -216,7 +251,63 @@ class LocalRegistry:
             self.db.upgrade()
         self.db.check_schema()
         self._schema_checked = True
+        self.sweep_if_due()
 
+    # -------------------------------------------------------------------------------- leftovers
+
+    def temp_dir(self) -> Path | None:
+        """The folder for this registry's temporary work (made on first use)."""
+        if self.tmp_dir is not None:
+            self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        return self.tmp_dir
+
+    def sweep(self, older_than: float | None = None, *, storage: bool = True) -> SweepReport:
+        """Remove leftovers of interrupted work older than `older_than` seconds (default: the
+        registry's threshold): temporary folders, reconstruction cache staging and, with `storage`,
+        the blob store's partial files or incomplete multipart uploads."""
+        older_than = self.sweep_after if older_than is None else older_than
+        report = SweepReport()
+        if self.tmp_dir is not None:
+            report.extend(sweep_temp(self.tmp_dir, older_than))
+        if self.cache is not None:
+            report.extend(sweep_cache(self.cache.root, older_than))
+        if storage:
+            report.extend(self.storage.sweep(older_than))
+        if self.tmp_dir is not None and self.tmp_dir.is_dir():
+            (self.tmp_dir / SWEPT_MARKER).touch()
+        return report
+
+    def sweep_if_due(self) -> SweepReport | None:
+        """Sweep local leftovers (not a remote blob store's) unless that was done less than a
+        maintenance interval ago: cheap enough for the start of every command."""
+        if self.tmp_dir is None:
+            return None
+        try:
+            if time.time() - (self.tmp_dir / SWEPT_MARKER).stat().st_mtime < self.maintenance_interval:
+                return None
+        except OSError:
+            pass  # never swept (or no folder yet)
+        return self.sweep(storage=isinstance(self.storage, LocalBlobStorage))
+
+    # ------------------------------------------------------------------------ abandoned compressions
+
+    def _resume(self, version_id: int, reporter: Reporter | None) -> bool:
+        """If this registry compresses inline and the version's run was abandoned (its process died
+        mid-compression, or before it could start), run it again here and say so. True if it ran."""
+        if not self.inline:
+            return False
+        import_codec_modules(self.codec_modules)
+        claimed = queue.claim_orphan(
+            self.db, version_id, queue.worker_id("inline"), lease_seconds=self.lease_seconds
+        )
+        if claimed is None:
+            return False
+        job, status, reason = claimed
+        self.notify(f"{job.ref} was left {status} ({reason}): compressing it again")
+        self._run(job, reporter)
+        return True
+
+    @retry_read
     def _version_view(self, version_id: int) -> VersionView:
         with self.db.transaction() as session:
             version = service.VersionRepository(session).get(version_id)
@@ -263,25 +354,44 @@ class LocalRegistry:
         self._ready()
         import_codec_modules(self.codec_modules)
         pushed = service.push(
-            self.db, self.storage, request, max_bytes=self.max_upload_bytes, reporter=reporter
-        )
-        if pushed.created and (self.inline if process is None else process):
-            self._process(pushed.version_id, reporter)
-        return PushResult(created=pushed.created, version=self._version_view(pushed.version_id))
-
-    def _process(self, version_id: int, reporter: Reporter | None) -> None:
-        started = time.perf_counter()
-        service.process_version(
             self.db,
             self.storage,
-            version_id,
+            request,
+            max_bytes=self.max_upload_bytes,
+            reporter=reporter,
+            tmp_dir=self.temp_dir(),
+        )
+        compress = self.inline if process is None else process
+        resumed = False
+        if pushed.created and compress:
+            self._process(pushed.version_id, reporter)
+        elif compress:  # content it holds: finish it if its first run was abandoned
+            resumed = self._resume(pushed.version_id, reporter)
+        return PushResult(
+            created=pushed.created, resumed=resumed, version=self._version_view(pushed.version_id)
+        )
+
+    def _process(self, version_id: int, reporter: Reporter | None) -> None:
+        job = queue.claim_version(
+            self.db, version_id, queue.worker_id("inline"), lease_seconds=self.lease_seconds
+        )
+        self._run(job, reporter)
+
+    def _run(self, job: queue.Job, reporter: Reporter | None) -> None:
+        """Run a claimed job's codec here, now (inline runs are not retried)."""
+        started = time.perf_counter()
+        service.run_job(
+            self.db,
+            self.storage,
+            job,
             reporter=reporter,
             device=self.device,
             environment=self.environment,
             lease_seconds=self.lease_seconds,
+            tmp_dir=self.temp_dir(),
         )
         if self.job_metrics is not None:
-            view = self._version_view(version_id)
+            view = self._version_view(job.version_id)
             codec = view.codec or str(view.requested.get("codec"))
             self.job_metrics.observe(codec, view.status, time.perf_counter() - started)
 
@@ -301,8 +411,25 @@ class LocalRegistry:
         timeout: float | None = None,
         on_change: Callable[[VersionView], None] | None = None,
     ) -> VersionView:
-        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it)."""
-        return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
+        """Poll until the version `ref` names is ready, rejected or failed (a worker settles it, or
+        this process when it compresses inline and the version's run was abandoned)."""
+
+        def get() -> VersionView:
+            view = self.resolve(ref)
+            if view.status in QUEUED and self.inline:
+                version_id = self._queued_id(ref)
+                if version_id is not None and self._resume(version_id, None):
+                    view = self.resolve(ref)
+            return view
+
+        return poll_until_settled(get, timeout=timeout, on_change=on_change)
+
+    @retry_read
+    def _queued_id(self, ref: str | Ref) -> int | None:
+        """The id of the version `ref` names if it is pending or compressing."""
+        with self.db.reading() as session:
+            version = service.resolve(session, ref)
+            return version.id if version.status in QUEUED else None
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
         self._ready()
@@ -335,18 +462,40 @@ class LocalRegistry:
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
+        """Write the PEFT files of the version `ref` names into `out_dir` (see service.pull). A version
+        whose compression was abandoned is compressed first, here, when this registry compresses inline."""
         self._ready()
-        version_id, files = service.pull(
-            self.db, self.storage, ref, Path(out_dir), force=force, reporter=reporter, cache=self.cache
-        )
+
+        def pull() -> tuple[int, list[str]]:
+            return service.pull(
+                self.db,
+                self.storage,
+                ref,
+                Path(out_dir),
+                force=force,
+                reporter=reporter,
+                cache=self.cache,
+                tmp_dir=self.temp_dir(),
+                sweep_after=self.sweep_after,
+            )
+
+        try:
+            version_id, files = pull()
+        except VersionNotReady:
+            queued = self._queued_id(ref) if self.inline else None
+            if queued is None or not self._resume(queued, reporter):
+                raise
+            version_id, files = pull()
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
+    @retry_read
     def resolve(self, ref: str | Ref) -> VersionView:
         self._ready()
         with self.db.reading() as session:
             version = service.resolve(session, ref)
             return VersionView.of(version, service.version_aliases(session, version))
 
+    @retry_read
     def list(
         self,
         *,
@@ -373,11 +522,13 @@ class LocalRegistry:
             )
             return [adapter_view(summary) for summary in found]
 
+    @retry_read
     def adapter(self, name: str | AdapterName) -> AdapterView:
         self._ready()
         with self.db.reading() as session:
             return adapter_view(service.describe(session, name))
 
+    @retry_read
     def versions(
         self, name: str | AdapterName, *, after: int | None = None, limit: int | None = None
     ) -> list[VersionView]:
@@ -406,6 +557,7 @@ class LocalRegistry:
         assert version.artifact_digest is not None
         return version, self.storage.iter_chunks(version.artifact_digest)
 
+    @retry_read
     def _ready_version(self, ref: str | Ref) -> VersionView:
         """The version behind a download: a plain read, without its aliases (downloads need none)."""
         self._ready()
@@ -420,9 +572,18 @@ class LocalRegistry:
         self.storage.ping()
 
     def show(self, ref: str | Ref) -> ShowResult:
-        """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions."""
+        """An adapter, the version `ref` names (for a bare name: the latest, if any) and all versions.
+        Where this registry compresses inline, versions whose compression was abandoned are
+        compressed first."""
         self._ready()
         ref = service.as_ref(ref)
+        shown, queued = self._show(ref)
+        resumed = [version_id for version_id in queued if self._resume(version_id, None)]
+        return self._show(ref)[0] if resumed else shown
+
+    @retry_read
+    def _show(self, ref: Ref) -> tuple[ShowResult, list[int]]:
+        """What `show` shows, and the ids of the versions that are pending or compressing."""
         with self.db.transaction() as session:
             adapter = service.get_adapter(session, ref.adapter)
             _, count, latest, aliases = service.summarize(session, [adapter])[0]
@@ -432,11 +593,13 @@ class LocalRegistry:
                 by_version.setdefault(number, []).append(alias)
             # A bare name with no ready version still shows the adapter and its versions.
             version = None if ref.is_latest and latest is None else service.resolve(session, ref)
-            return ShowResult(
+            shown = ShowResult(
                 adapter=AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases),
                 version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
                 versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
             )
+            queued = [v.id for v in all_versions if v.status in QUEUED] if self.inline else []
+            return shown, queued
 
     # ------------------------------------------------------------------------------------- tokens
 
@@ -459,6 +622,7 @@ class LocalRegistry:
             )
             return TokenCreated(token=TokenView.of(token), secret=secret)
 
+    @retry_read
     def list_tokens(
         self, *, include_revoked: bool = False, principal: tokens.Principal | None = None
     ) -> list[TokenView]:
@@ -474,6 +638,7 @@ class LocalRegistry:
         with self.db.transaction() as session:
             return TokenView.of(tokens.revoke_token(session, token_id, by=principal or self.principal))
 
+    @retry_read
     def authenticate(self, secret: str) -> tokens.Principal:
         """The principal a bearer token stands for (raises InvalidToken)."""
         self._ready()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import select
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -23,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
-from .errors import ConfigurationError, SchemaOutdated
+from .errors import ConfigurationError, DatabaseUnavailable, SchemaOutdated
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -99,16 +100,21 @@ def make_engine(url: str | sa.URL, *, foreign_keys: bool = True, **kwargs: Any) 
         raise ConfigurationError(
             f"unsupported database {parsed.get_backend_name()!r}: use postgresql:// or sqlite:///"
         )
+    if "connect_timeout" not in parsed.query:  # an unreachable host fails in seconds, not minutes
+        kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS} | kwargs.get("connect_args", {})
     engine = sa.create_engine(parsed, **kwargs)
     if not kwargs.get("pool_pre_ping") and kwargs.get("poolclass") is not sa.NullPool:
         event.listen(engine, "checkin", _mark_checkin)
-        event.listen(engine, "checkout", lambda c, r, p: _ping_if_idle(engine, c, r))
+        event.listen(engine, "checkout", lambda c, r, p: _ping_if_suspect(engine, c, r))
     return engine
 
 
-# A pooled connection unused for this long is pinged before it is handed out (the server may have
-# restarted, or a proxy dropped it meanwhile). A busy pool pays nothing: pinging every checkout
-# (`pool_pre_ping`) costs two round trips per transaction, a large part of a short lookup.
+CONNECT_TIMEOUT_SECONDS = 10
+
+# A pooled connection is pinged before it is handed out when it sat unused for this long (the server
+# may have restarted, or a proxy dropped it meanwhile) or when the server sent it something while it
+# was idle (see `_has_input`). A busy, healthy pool pays one poll() per checkout: pinging every
+# checkout (`pool_pre_ping`) costs two round trips per transaction, a large part of a short lookup.
 IDLE_PING_SECONDS = 10.0
 
 
@@ -116,10 +122,27 @@ def _mark_checkin(_dbapi_connection: Any, record: Any) -> None:
     record.info["checked_in_at"] = time.monotonic()
 
 
-def _ping_if_idle(engine: Engine, dbapi_connection: Any, record: Any) -> None:
+def _has_input(dbapi_connection: Any) -> bool:
+    """Whether the server sent anything to this idle connection. With no query in flight that is the
+    server closing it (a restart, `pg_terminate_backend`, an idle timeout: an error message and the
+    end of the stream) or, rarely, a notice; worth a ping either way. No round trip: one poll()."""
+    try:
+        fd = dbapi_connection.fileno()
+    except Exception:  # noqa: BLE001 - whatever the driver raises: a closed connection has no socket
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLERR | select.POLLHUP)
+        return bool(poller.poll(0))
+    return bool(select.select([fd], [], [], 0)[0])  # pragma: no cover - platforms without poll()
+
+
+def _ping_if_suspect(engine: Engine, dbapi_connection: Any, record: Any) -> None:
     checked_in = record.info.get("checked_in_at")
-    if checked_in is None or time.monotonic() - checked_in < IDLE_PING_SECONDS:
-        return  # a new connection, or one in use a moment ago
+    if checked_in is None:
+        return  # a new connection
+    if time.monotonic() - checked_in < IDLE_PING_SECONDS and not _has_input(dbapi_connection):
+        return  # in use a moment ago, and the server has not closed it since
     try:
         engine.dialect.do_ping(dbapi_connection)
         dbapi_connection.rollback()  # end the transaction the ping opened
@@ -127,8 +150,58 @@ def _ping_if_idle(engine: Engine, dbapi_connection: Any, record: Any) -> None:
         raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
+# Server-side reasons (SQLSTATE) that end or refuse a session: shutdown, crash, restart, overload.
+CONNECTION_SQLSTATES = frozenset({"57P01", "57P02", "57P03", "57P04", "57P05", "53300"})
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether a database error means the connection is gone or cannot be made (the server is down,
+    restarting, unreachable, overloaded, or ended the session), as opposed to an error of the
+    statement. Such errors are worth retrying later; the others are not."""
+    if isinstance(exc, (sa.exc.DisconnectionError, sa.exc.TimeoutError)):
+        return True  # a dead pooled connection; no connection free in the pool in time
+    if isinstance(exc, sa.exc.DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        exc = exc.orig
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - SQLite-only installs
+        return False
+    if isinstance(exc, psycopg.OperationalError):
+        # No SQLSTATE: the client library's own failure (connection refused, closed, timed out).
+        sqlstate = getattr(exc, "sqlstate", None)
+        return sqlstate is None or sqlstate.startswith("08") or sqlstate in CONNECTION_SQLSTATES
+    return False
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The gist of a connection error, without the server's address: "Connection refused", ..."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) and exc.orig is not None else exc
+    lines = str(cause).strip().splitlines()
+    first = lines[0] if lines else type(cause).__name__
+    return first.rsplit(" failed: ", 1)[-1].strip() or type(cause).__name__
+
+
+def unavailable(exc: BaseException) -> DatabaseUnavailable:
+    """The domain error for a connection error (see `is_connection_error`)."""
+    return DatabaseUnavailable(f"the database is unavailable: {_short_reason(exc)}")
+
+
+@contextmanager
+def connection_errors() -> Iterator[None]:
+    """Raise DatabaseUnavailable for errors that mean the database cannot be reached."""
+    try:
+        yield
+    except (sa.exc.DBAPIError, sa.exc.DisconnectionError, sa.exc.TimeoutError) as exc:
+        if not is_connection_error(exc):
+            raise
+        raise unavailable(exc) from exc
+
+
 class Database:
-    """An engine and its sessions. `transaction()` is the unit of work: commit on success, else roll back."""
+    """An engine and its sessions. `transaction()` is the unit of work: commit on success, else roll back.
+    Losing the database raises DatabaseUnavailable (see `is_connection_error`)."""
 
     def __init__(self, url: str | sa.URL | Engine, **engine_kwargs: Any) -> None:
         self.engine = url if isinstance(url, Engine) else make_engine(url, **engine_kwargs)
@@ -140,7 +213,7 @@ class Database:
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        with self._sessions() as session, session.begin():
+        with connection_errors(), self._sessions() as session, session.begin():
             yield session
 
     @contextmanager
@@ -154,6 +227,7 @@ class Database:
                 yield session
             return
         with (
+            connection_errors(),
             self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn,
             Session(bind=conn, expire_on_commit=False) as session,
         ):
@@ -161,15 +235,19 @@ class Database:
 
     def upgrade(self, revision: str = "head") -> str | None:
         """Migrate the schema to `revision`; returns the revision the database is at afterwards."""
-        upgrade(self.engine, revision)
-        return current_revision(self.engine)
+        with connection_errors():
+            upgrade(self.engine, revision)
+            return current_revision(self.engine)
 
     def at_head(self) -> bool:
-        return current_revision(self.engine) == head_revision()
+        with connection_errors():
+            return current_revision(self.engine) == head_revision()
 
     def check_schema(self) -> None:
         """Raise SchemaOutdated unless the database is at the newest migration."""
-        current, head = current_revision(self.engine), head_revision()
+        with connection_errors():
+            current = current_revision(self.engine)
+        head = head_revision()
         if current != head:
             raise SchemaOutdated(
                 f"the database schema is at revision {current or 'none (empty database)'} but this "

@@ -165,6 +165,10 @@ class ServiceUnavailable(RegistryError):
     code = "service-unavailable"
 
 
+class DatabaseUnavailable(ServiceUnavailable):
+    """The database cannot be reached, or dropped the connection (a restart, an outage)."""
+
+
 class RemoteError(RegistryError):
     """The registry API answered with an error this client does not know."""
 
@@ -179,5 +183,9 @@ def _subclasses(cls: type[RegistryError]) -> list[type[RegistryError]]:
 
 
 def error_classes() -> dict[str, type[RegistryError]]:
-    """Every domain error by its code (what the API's problem types are made from)."""
-    return {cls.code: cls for cls in _subclasses(RegistryError)}
+    """Every domain error by its code (what the API's problem types are made from). A subclass that
+    keeps its parent's code (DatabaseUnavailable) is not listed: the code names the parent."""
+    found: dict[str, type[RegistryError]] = {}
+    for cls in _subclasses(RegistryError):
+        found.setdefault(cls.code, cls)
+    return found

@@ -11,9 +11,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import OutputError, OutputExists
+from .sweep import sweep_beside
 
 # A stale file a forced pull removes: the adapter is always written back as safetensors.
 STALE_FILES = ("adapter_model.bin",)
+
+
+def write_error(out_dir: Path, exc: OSError) -> OutputError:
+    """One line for a pull whose files could not be written (a full disk, a quota, a file size
+    limit): the output folder and the system's reason. The staging folder goes away with it."""
+    return OutputError(f"cannot write {out_dir}: {exc.strerror or exc}; nothing was written there")
 
 
 def prepare_output(out_dir: Path, force: bool) -> None:
@@ -24,8 +31,12 @@ def prepare_output(out_dir: Path, force: bool) -> None:
 
 
 @contextmanager
-def staging_for(out_dir: Path) -> Iterator[Path]:
-    """A temporary folder beside `out_dir` (same file system, so the final move is a rename)."""
+def staging_for(out_dir: Path, *, sweep_after: float | None = None) -> Iterator[Path]:
+    """A temporary folder beside `out_dir` (same file system, so the final move is a rename). With
+    `sweep_after`, staging folders of earlier pulls into `out_dir` that were killed more than that
+    many seconds ago go first."""
+    if sweep_after is not None:
+        sweep_beside(out_dir, sweep_after)
     try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))

@@ -29,6 +29,7 @@ from .db import Database
 from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, VersionNotReady
 from .models import Version, VersionStatus
 from .repository import QueueRepository
+from .sweep import process_alive
 
 log = logging.getLogger("adapters.queue")
 
@@ -110,6 +111,53 @@ def claim_version(db: Database, version_id: int, worker: str, *, lease_seconds: 
         if version.status != VersionStatus.PENDING.value:
             raise VersionNotReady(f"{version.ref} is {version.status}, not pending")
         return Job.of(queue.lease(version_id, worker, queue.now() + _seconds(lease_seconds)))
+
+
+def dead_local_owner(owner: str | None) -> bool:
+    """Whether a lease holder (see `worker_id`) was a process on this machine that no longer runs."""
+    parts = (owner or "").split(":")  # kind:host:pid:random
+    if len(parts) != 4 or not parts[2].isdigit():
+        return False
+    _kind, host, pid, _random = parts
+    return host == socket.gethostname()[:64] and not process_alive(int(pid))
+
+
+def orphaned(version: Version, now: dt.datetime, *, unclaimed_after: dt.timedelta) -> str | None:
+    """Why nobody is working on a queued version any more, or None while someone may be: its lease
+    expired, its holder was a process here that is gone, or (pending) nobody claimed it within
+    `unclaimed_after` of the push (the pushing process died before it could)."""
+    if version.status == VersionStatus.COMPRESSING.value:
+        if version.lease_expires_at is not None and version.lease_expires_at < now:
+            return f"the lease of {version.leased_by} expired"
+        if dead_local_owner(version.leased_by):
+            return f"{version.leased_by} no longer runs"
+        return None
+    if (
+        version.status == VersionStatus.PENDING.value
+        and version.next_attempt_at is None
+        and version.created_at < now - unclaimed_after
+    ):
+        return f"nobody claimed it since {version.created_at:%Y-%m-%d %H:%M:%S} UTC"
+    return None
+
+
+def claim_orphan(
+    db: Database, version_id: int, worker: str, *, lease_seconds: float
+) -> tuple[Job, str, str] | None:
+    """Claim a queued version whose run was abandoned (see `orphaned`; a pending version counts after
+    one lease period) for `worker`: the job, the status it was left in, and why it was taken over.
+    None when someone may still be working on it, or it is not queued."""
+    with db.transaction() as session:
+        queue = QueueRepository(session)
+        version = session.get(Version, version_id, with_for_update={"of": Version}, populate_existing=True)
+        if version is None:
+            return None
+        now = queue.now()
+        reason = orphaned(version, now, unclaimed_after=_seconds(lease_seconds))
+        if reason is None:
+            return None
+        status = version.status
+        return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds))), status, reason
 
 
 def renew(db: Database, job: Job, *, lease_seconds: float) -> bool:

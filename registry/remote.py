@@ -15,6 +15,7 @@ import json
 import queue
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -25,7 +26,6 @@ from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
     InvalidRequest,
-    OutputError,
     RegistryError,
     RemoteError,
     ServiceUnavailable,
@@ -33,7 +33,7 @@ from .errors import (
     VersionNotReady,
     error_classes,
 )
-from .output import install, prepare_output, staging_for
+from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
 from .schemas import (
@@ -55,6 +55,18 @@ PULLED_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CHUNK = 1024 * 1024
 PAGE = 500
 NAME = re.compile(NAME_PATTERN)
+# Answers that say "not now": worth another try of a call that may be repeated.
+RETRY_STATUSES = frozenset({502, 503, 504})
+MAX_RETRY_WAIT = 30.0
+
+
+class _TryAgain(Exception):
+    """A try of a download that another try may cure: the error to raise if none is left."""
+
+    def __init__(self, error: RegistryError, response: httpx.Response | None) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.response = response
 
 
 class _Counting:
@@ -95,9 +107,16 @@ class RemoteRegistry:
         *,
         timeout: float = 300,
         retries: int = 3,
+        backoff: float = 1.0,
+        sweep_after: float | None = None,
         user_agent: str = "",
     ) -> None:
+        """`retries`: how many more times an idempotent call is tried after a 502/503/504 or a
+        dropped connection, waiting the server's Retry-After or `backoff` * 2**(n-1) seconds."""
         self.url = url.rstrip("/")
+        self.retries = retries
+        self.backoff = backoff
+        self.sweep_after = sweep_after  # staging folders of killed pulls older than this are removed
         headers = {"User-Agent": user_agent or "adapters-cli"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
@@ -105,13 +124,19 @@ class RemoteRegistry:
             base_url=self.url,
             headers=headers,
             timeout=httpx.Timeout(timeout, connect=10),
-            transport=httpx.HTTPTransport(retries=retries),
+            transport=httpx.HTTPTransport(retries=1),  # a refused connect, at once; then `_pause` backs off
         )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RemoteRegistry:
         token = settings.token.get_secret_value() if settings.token is not None else None
-        return cls(settings.url, token)
+        return cls(
+            settings.url,
+            token,
+            retries=settings.client_retries,
+            backoff=settings.client_backoff_seconds,
+            sweep_after=settings.sweep_after_seconds,
+        )
 
     def close(self) -> None:
         self.http.close()
@@ -140,17 +165,47 @@ class RemoteRegistry:
             return RemoteError(f"{self.url} answered {response.status_code}: {detail}")
         return cls(detail)
 
-    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"cannot reach the registry at {self.url}: {exc}") from None
-        if response.is_error:
-            raise self._error(response)
-        return response
+    def _pause(self, idempotent: bool, tries: int, response: httpx.Response | None) -> bool:
+        """After failed try number `tries` (with the answer, or None when the connection failed):
+        when another is due, wait the server's Retry-After or backoff * 2**(tries-1) seconds and
+        return True."""
+        if not idempotent or tries > self.retries:
+            return False
+        wait = self.backoff * 2 ** (tries - 1)
+        given = response.headers.get("retry-after", "") if response is not None else ""
+        if given.isdigit():
+            wait = float(given)
+        time.sleep(min(wait, MAX_RETRY_WAIT))
+        return True
 
-    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
-        return self._request(method, path, **kwargs).json()
+    def _gave_up(self, error: RegistryError, tries: int) -> RegistryError:
+        return type(error)(f"{error} (tried {tries} times)") if tries > 1 else error
+
+    def _request(
+        self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One call, tried again after 502/503/504 or a dropped connection when it is idempotent
+        (by default GET and HEAD; callers mark the others that are)."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD")
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                response = self.http.request(method, path, **kwargs)
+            except httpx.TransportError as exc:
+                if self._pause(idempotent, tries, None):
+                    continue
+                error = ServiceUnavailable(f"cannot reach the registry at {self.url}: {exc}")
+                raise self._gave_up(error, tries) from None
+            if response.status_code in RETRY_STATUSES and self._pause(idempotent, tries, response):
+                continue
+            if response.is_error:
+                raise self._gave_up(self._error(response), tries)
+            return response
+
+    def _json(self, method: str, path: str, *, idempotent: bool | None = None, **kwargs: Any) -> Any:
+        return self._request(method, path, idempotent=idempotent, **kwargs).json()
 
     @staticmethod
     def _adapter_path(name: AdapterName) -> str:
@@ -234,7 +289,12 @@ class RemoteRegistry:
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
         ref = _as_ref(target)
         check_alias(alias)
-        body = self._json("PUT", f"{self._adapter_path(ref.adapter)}/aliases/{alias}", json={"ref": str(ref)})
+        body = self._json(
+            "PUT",
+            f"{self._adapter_path(ref.adapter)}/aliases/{alias}",
+            json={"ref": str(ref)},
+            idempotent=True,
+        )
         return AliasResult.model_validate(body)
 
     def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult:
@@ -247,12 +307,12 @@ class RemoteRegistry:
     def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView:
         version = self.resolve(ref)
         path = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/yank"
-        return VersionView.model_validate(self._json("POST", path, json={"reason": reason}))
+        return VersionView.model_validate(self._json("POST", path, json={"reason": reason}, idempotent=True))
 
     def unyank(self, ref: str | Ref) -> VersionView:
         version = self.resolve(ref)
         path = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/yank"
-        return VersionView.model_validate(self._json("DELETE", path))
+        return VersionView.model_validate(self._json("DELETE", path, idempotent=True))
 
     # --------------------------------------------------------------------------------------- reads
 
@@ -261,12 +321,26 @@ class RemoteRegistry:
         return VersionView.model_validate(self._json("GET", "/v1/resolve", params={"ref": str(parsed)}))
 
     def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
+        """Download `url` to `dest` (see `_stream_once`), again from the start after a 502/503/504 or a
+        dropped connection (downloads are idempotent). OSErrors of writing `dest` propagate."""
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                self._stream_once(url, dest, reporter, label)
+                return
+            except _TryAgain as failed:
+                if self._pause(True, tries, failed.response):
+                    continue
+                raise self._gave_up(failed.error, tries) from None
+
+    def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
         """Download `url` to `dest`, checking the body against the sha256 the server sent. Hashing and
         writing run in a second thread, overlapped with receiving (hashlib and file writes release the
         GIL), so checking costs little time on a machine with a core to spare."""
         digest = hashlib.sha256()
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        failed: list[BaseException] = []
+        failed: list[OSError] = []
 
         def consume(out: BinaryIO) -> None:
             try:
@@ -282,6 +356,8 @@ class RemoteRegistry:
             with self.http.stream("GET", url) as response:
                 if response.is_error:
                     response.read()
+                    if response.status_code in RETRY_STATUSES:
+                        raise _TryAgain(self._error(response), response)
                     raise self._error(response)
                 expected = response.headers.get("x-content-sha256")
                 size = int(response.headers.get("content-length", "0")) or None
@@ -298,10 +374,11 @@ class RemoteRegistry:
                     finally:
                         chunks.put(None)
                         writer.join()
+                    if failed:
+                        raise failed[0]
         except httpx.TransportError as exc:
-            raise ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}") from None
-        if failed:
-            raise OutputError(f"cannot write {dest}: {failed[0]}")
+            error = ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}")
+            raise _TryAgain(error, None) from None
         if expected is None or digest.hexdigest() != expected:
             raise BlobCorrupted(
                 f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"
@@ -319,9 +396,12 @@ class RemoteRegistry:
         out = Path(out_dir)
         prepare_output(out, force)
         base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
-        with staging_for(out) as staging:
-            for filename in PULLED_FILES:
-                self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+        with staging_for(out, sweep_after=self.sweep_after) as staging:
+            try:
+                for filename in PULLED_FILES:
+                    self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+            except OSError as exc:  # a full disk, a quota, a file size limit
+                raise write_error(out, exc) from None
             files = install(staging, out)
         return PullResult(version=version, path=str(out_dir), files=files)
 
@@ -394,4 +474,4 @@ class RemoteRegistry:
     def revoke_token(self, token_id: str) -> TokenView:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):
             raise TokenNotFound(f"no token {token_id!r}")
-        return TokenView.model_validate(self._json("DELETE", f"/v1/tokens/{token_id}"))
+        return TokenView.model_validate(self._json("DELETE", f"/v1/tokens/{token_id}", idempotent=True))

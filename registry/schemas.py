@@ -162,6 +162,8 @@ def adapter_view(summary: dict[str, Any]) -> AdapterView:
 class PushResult(View):
     created: bool
     version: VersionView
+    # The content was there, but its compression had been abandoned (its process died): this push ran it.
+    resumed: bool = False
 
 
 class PullResult(View):

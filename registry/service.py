@@ -16,7 +16,8 @@ import hashlib
 import math
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -36,17 +37,19 @@ from .errors import (
     InvalidCodec,
     InvalidName,
     InvalidRequest,
+    StorageError,
     UnsupportedArtifact,
     VersionNotFound,
     VersionNotReady,
 )
 from .models import Adapter, Alias, Version, VersionStatus
-from .output import install, prepare_output, staging_for
+from .output import install, prepare_output, staging_for, write_error
 from .progress import Reporter, SilentReporter
 from .queue import Job
 from .refs import AdapterName, Ref, check_alias, check_name
 from .repository import AdapterRepository, AliasRepository, BlobRepository, VersionRepository
 from .storage import BlobStorage, sha256_file
+from .sweep import temp_prefix
 
 GateFallback = Literal["raw", "reject"]
 # Pushes compress by default: the size is searched for the smallest artifact that passes the
@@ -127,6 +130,7 @@ def push(
     *,
     max_bytes: int | None = None,
     reporter: Reporter | None = None,
+    tmp_dir: Path | None = None,
 ) -> Pushed:
     """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`).
 
@@ -168,7 +172,7 @@ def push(
                 _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
                 return Pushed(existing.id, created=False)
 
-    with tempfile.TemporaryDirectory(prefix="adapters-push-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("push"), dir=tmp_dir) as tmp:
         source = Path(tmp) / SOURCE_FILE
         source.write_bytes(data)
         with reporter.task("uploading", total=len(data), unit="bytes") as advance:
@@ -282,6 +286,7 @@ def process_version(
     device: str | None = None,
     environment: CodecEnvironment | None = None,
     lease_seconds: float = 60,
+    tmp_dir: Path | None = None,
 ) -> int:
     """Run the requested codec on a `pending` version now, in this process, and record the outcome.
 
@@ -300,6 +305,7 @@ def process_version(
         device=device,
         environment=environment,
         lease_seconds=lease_seconds,
+        tmp_dir=tmp_dir,
     )
     return version_id
 
@@ -315,6 +321,7 @@ def run_job(
     lease_seconds: float = 60,
     max_attempts: int = 1,
     backoff_seconds: float = 0,
+    tmp_dir: Path | None = None,
 ) -> str:
     """Run a claimed job's codec while renewing its lease, and record what happened. Returns "ready",
     "rejected", "retry" (failed, queued again), "failed" or "lost" (the lease passed to another run,
@@ -329,6 +336,7 @@ def run_job(
                 device=device,
                 base_model=job.base_model,
                 environment=environment,
+                tmp_dir=tmp_dir,
             )
         with db.transaction() as session:
             return _record_outcome(session, job, outcome)
@@ -363,6 +371,7 @@ def run_codec(
     device: str | None = None,
     base_model: str | None = None,
     environment: CodecEnvironment | None = None,
+    tmp_dir: Path | None = None,
 ) -> Outcome:
     """Fetch the source blob (verified), run the requested codec (on `device` if the codec takes
     one, with the base model where this machine has it), store the artifact if it is a new blob,
@@ -370,7 +379,7 @@ def run_codec(
     from adapters.compress.codec import reconstruct
 
     source_digest = source[0]
-    with tempfile.TemporaryDirectory(prefix="adapters-process-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("process"), dir=tmp_dir) as tmp:
         source_file, artifact = Path(tmp) / SOURCE_FILE, Path(tmp) / ARTIFACT_FILE
         storage.get_file(source_digest, source_file)
         checkpoint = reconstruct(source_file)
@@ -647,6 +656,7 @@ def materialize(
     label: str,
     cache: ReconstructionCache | None = None,
     reporter: Reporter | None = None,
+    tmp_dir: Path | None = None,
 ) -> CachedAdapter:
     """The PEFT files an artifact reconstructs to, open for reading: from the cache when it holds
     them, else fetched (verified against the artifact's sha256), decoded and, with a cache, kept.
@@ -661,15 +671,33 @@ def materialize(
             found = cache.get(digest)  # made by another thread while we waited
             if found is not None:
                 return found
-            folder = cache.staging()
+            with _writing(cache.root):
+                folder = cache.staging()
             try:
-                _reconstruct_into(storage, artifact, label, folder, reporter)
-                return cache.put(digest, folder)
+                with _writing(cache.root):
+                    _reconstruct_into(storage, artifact, label, folder, reporter)
+                    return cache.put(digest, folder)
             finally:
                 shutil.rmtree(folder, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="adapters-reconstruct-") as tmp:
+    with (
+        _writing(tmp_dir),
+        tempfile.TemporaryDirectory(prefix=temp_prefix("reconstruct"), dir=tmp_dir) as tmp,
+    ):
         _reconstruct_into(storage, artifact, label, Path(tmp), reporter)
         return open_folder(Path(tmp), digest)
+
+
+@contextmanager
+def _writing(where: Path | None) -> Iterator[None]:
+    """OSErrors of writing reconstructed files (a full disk, a quota) as one StorageError naming the
+    folder: the server's disk, not the caller's input, is what failed."""
+    try:
+        yield
+    except OSError as exc:
+        folder = where if where is not None else Path(tempfile.gettempdir())
+        raise StorageError(
+            f"cannot write reconstructed files under {folder}: {exc.strerror or exc}"
+        ) from None
 
 
 def pull(
@@ -681,10 +709,13 @@ def pull(
     force: bool = False,
     reporter: Reporter | None = None,
     cache: ReconstructionCache | None = None,
+    tmp_dir: Path | None = None,
+    sweep_after: float | None = None,
 ) -> tuple[int, list[str]]:
     """Write the PEFT directory of the version `ref` names to `out_dir`. The artifact is verified
     against its sha256 before it is decoded (and cached reconstructions as they are copied), and
-    `out_dir` is only touched once everything succeeded. Returns the version id and the files."""
+    `out_dir` is only touched once everything succeeded (with `sweep_after`, stale staging folders of
+    killed pulls beside it are removed). Returns the version id and the files."""
     out_dir = Path(out_dir)
     with db.transaction() as session:
         version = require_ready(resolve(session, ref))
@@ -692,8 +723,13 @@ def pull(
         assert version.artifact_digest is not None and version.artifact_size is not None
         artifact = (version.artifact_digest, version.artifact_size)
     prepare_output(out_dir, force)
-    with staging_for(out_dir) as staging:
-        with materialize(storage, artifact, label=label, cache=cache, reporter=reporter) as adapter:
-            for cached in adapter.files.values():
-                cached.copy_to(staging / cached.name)
+    with staging_for(out_dir, sweep_after=sweep_after) as staging:
+        with materialize(
+            storage, artifact, label=label, cache=cache, reporter=reporter, tmp_dir=tmp_dir
+        ) as adapter:
+            try:
+                for cached in adapter.files.values():
+                    cached.copy_to(staging / cached.name)
+            except OSError as exc:  # a full disk, a quota, a file size limit
+                raise write_error(out_dir, exc) from None
         return version_id, install(staging, out_dir)

@@ -69,6 +69,9 @@ class Settings(BaseSettings):
         default=False, description="Let requests without a token list, show and pull (read scope)."
     )
     db_pool_size: int = Field(default=10, ge=1, description="Database connections a server process keeps.")
+    retry_after_seconds: int = Field(
+        default=5, ge=1, description="Retry-After of a 503 (database or blob store unreachable)."
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Server and worker logs.")
     log_level: str = Field(default="INFO", description="Server and worker log level.")
 
@@ -91,6 +94,38 @@ class Settings(BaseSettings):
         default="",
         description="Comma-separated modules to import before running codecs (a hook for codecs that "
         "register themselves; the tests use it for a deliberately slow codec).",
+    )
+
+    # The CLI against a registry API.
+    client_retries: int = Field(
+        default=3,
+        ge=0,
+        description="More tries of an idempotent API call (reads, alias moves, yanks, downloads) after "
+        "a 502/503/504 or a dropped connection.",
+    )
+    client_backoff_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        description="Wait before retry n: this times 2**(n-1), or the server's Retry-After; at most 30 s.",
+    )
+
+    # Leftovers of interrupted work.
+    tmp_dir: Path | None = Field(
+        default=None,
+        description="Temporary folders of pushes, codec runs, reconstructions and uploads "
+        "(default ADAPTERS_HOME/tmp); stale ones are swept.",
+    )
+    sweep_after_seconds: float = Field(
+        default=24 * 3600,
+        gt=0,
+        description="Leftovers of interrupted work (temporary folders, partial blob files, cache and pull "
+        "staging, incomplete S3 multipart uploads) older than this are removed.",
+    )
+    maintenance_interval_seconds: float = Field(
+        default=15 * 60,
+        gt=0,
+        description="How often the API server and workers sweep leftovers (embedded commands: at most "
+        "this often, as they start).",
     )
 
     # Reconstruction cache.
@@ -117,6 +152,9 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache" / "reconstructed"
         self.cache_dir = self.cache_dir.expanduser()
+        if self.tmp_dir is None:
+            self.tmp_dir = self.home / "tmp"
+        self.tmp_dir = self.tmp_dir.expanduser()
         return self
 
     @property

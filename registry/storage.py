@@ -9,8 +9,10 @@ here into the registry's errors.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,6 +21,7 @@ from urllib.parse import urlparse
 
 from .errors import BlobCorrupted, BlobNotFound, ConfigurationError, StorageError
 from .refs import check_digest
+from .sweep import SweepReport, sweep_folder
 
 # Called with the number of bytes just transferred.
 ByteProgress = Callable[[int], None]
@@ -35,7 +38,8 @@ class BlobStorage(Protocol):
         ...
 
     def get_file(self, digest: str, dest: Path, *, progress: ByteProgress | None = None) -> int:
-        """Write the blob to `dest` after checking its sha256; returns its size in bytes."""
+        """Write the blob to `dest` after checking its sha256; returns its size in bytes. An OSError
+        of writing `dest` (a full disk) propagates as it is: the caller's file, not the store, failed."""
         ...
 
     def iter_chunks(self, digest: str) -> Iterator[bytes]:
@@ -50,6 +54,11 @@ class BlobStorage(Protocol):
 
     def ping(self) -> None:
         """Raise StorageError unless the store is reachable (readiness checks)."""
+        ...
+
+    def sweep(self, older_than: float) -> SweepReport:
+        """Remove what interrupted writes left behind more than `older_than` seconds ago (partial
+        files, incomplete multipart uploads); finished blobs are never touched."""
         ...
 
     def describe(self) -> str:
@@ -102,6 +111,10 @@ def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[byte
         raise BlobCorrupted(f"blob sha256:{digest} in {where} is corrupted (its bytes hash to {actual})")
     if held:
         yield held
+
+
+# What `_temp_beside` makes: .<final name>.<random>.part
+PART_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.part")
 
 
 def _temp_beside(dest: Path) -> Path:
@@ -158,16 +171,27 @@ class LocalBlobStorage:
             raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
         tmp = _temp_beside(dest)
         try:
+            hasher, size = hashlib.sha256(), 0
             with src, tmp.open("wb") as dst:
-                actual, size = _copy_hashing(src, dst, progress)
+                while True:
+                    try:
+                        chunk = src.read(CHUNK)
+                    except OSError as exc:
+                        raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
+                    if not chunk:
+                        break
+                    hasher.update(chunk)
+                    dst.write(chunk)  # an OSError here is the destination's
+                    size += len(chunk)
+                    if progress:
+                        progress(len(chunk))
+            actual = hasher.hexdigest()
             if actual != digest:
                 raise BlobCorrupted(
                     f"blob sha256:{digest} in {self.root} is corrupted (its bytes hash to {actual})"
                 )
             tmp.replace(dest)
             return size
-        except OSError as exc:
-            raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
         finally:
             tmp.unlink(missing_ok=True)
 
@@ -182,6 +206,17 @@ class LocalBlobStorage:
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+    def sweep(self, older_than: float) -> SweepReport:
+        """Stale `.part` files of writes that never finished, in every fan-out folder."""
+        report = SweepReport()
+        try:
+            folders = [p for p in (self.root / "sha256").iterdir() if p.is_dir()]
+        except FileNotFoundError:
+            return report
+        for folder in folders:
+            report.extend(sweep_folder(folder, PART_FILE, older_than))
+        return report
 
     def ping(self) -> None:
         if not (self.root.is_dir() or self.root.parent.is_dir()) or not os.access(
@@ -327,6 +362,31 @@ class S3BlobStorage:
             self._client.delete_object(Bucket=self.bucket, Key=self.key(digest))
         except self._client_errors() as exc:
             raise self._error("delete", digest, exc) from exc
+
+    def sweep(self, older_than: float) -> SweepReport:
+        """Abort multipart uploads under the prefix started more than `older_than` seconds ago: a
+        killed upload leaves its parts stored (and billed) until someone does."""
+        report = SweepReport()
+        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
+        try:
+            pages = self._client.get_paginator("list_multipart_uploads").paginate(
+                Bucket=self.bucket, Prefix=self.prefix
+            )
+            stale = [u for page in pages for u in page.get("Uploads", []) if u["Initiated"] < cutoff]
+        except self._client_errors() as exc:
+            report.errors.append(f"cannot list multipart uploads in {self.describe()}: {exc}")
+            return report
+        for upload in stale:
+            where = f"s3://{self.bucket}/{upload['Key']}#{upload['UploadId']}"
+            try:
+                self._client.abort_multipart_upload(
+                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+            except self._client_errors() as exc:
+                report.errors.append(f"cannot abort {where}: {exc}")
+                continue
+            report.removed.append(where)
+        return report
 
     def ping(self) -> None:
         try:

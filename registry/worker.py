@@ -19,8 +19,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import queue, service
 from .client import LocalRegistry, import_codec_modules
+from .errors import DatabaseUnavailable
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
+from .sweep import log_sweep
 
 log = logging.getLogger("adapters.worker")
 
@@ -83,13 +85,22 @@ class Worker:
         self._install_signals()
         log.info("worker started", extra={"worker": self.id, "device": device})
         done = 0
+        next_sweep = 0.0
         while not self.stopping.is_set():
-            job = queue.claim_next(
-                self.registry.db,
-                self.id,
-                lease_seconds=settings.worker_lease_seconds,
-                max_attempts=settings.worker_max_attempts,
-            )
+            if time.monotonic() >= next_sweep:
+                self._sweep()
+                next_sweep = time.monotonic() + settings.maintenance_interval_seconds
+            try:
+                job = queue.claim_next(
+                    self.registry.db,
+                    self.id,
+                    lease_seconds=settings.worker_lease_seconds,
+                    max_attempts=settings.worker_max_attempts,
+                )
+            except DatabaseUnavailable as exc:  # an outage or a restart: wait it out
+                log.warning("cannot claim jobs: %s", exc, extra={"worker": self.id})
+                self.stopping.wait(settings.worker_poll_seconds)
+                continue
             if job is None:
                 if once:
                     break
@@ -101,6 +112,13 @@ class Worker:
                 break
         log.info("worker stopped", extra={"worker": self.id, "jobs": done})
         return done
+
+    def _sweep(self) -> None:
+        """Leftovers of interrupted work (temporary folders, partial blobs, incomplete uploads)."""
+        try:
+            log_sweep(log, self.registry.sweep())
+        except Exception:  # the blob store may be down for a while; try again next time
+            log.exception("sweeping leftovers failed")
 
     def _run(self, job: queue.Job, device: str) -> None:
         settings = self.settings
@@ -121,6 +139,7 @@ class Worker:
                 lease_seconds=settings.worker_lease_seconds,
                 max_attempts=settings.worker_max_attempts,
                 backoff_seconds=settings.worker_backoff_seconds,
+                tmp_dir=self.registry.temp_dir(),
             )
         except queue.Interrupted:
             result = "released"

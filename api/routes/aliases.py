@@ -31,7 +31,7 @@ def list_aliases(namespace: Namespace, name: Name, state: State, principal: Read
     "/{alias}",
     response_model=AliasResult,
     summary="Create or move an alias (to a ready, not yanked version)",
-    responses=problems.responses(400, 401, 403, 404, 409, 422, 503),
+    responses=problems.responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def set_alias(
     namespace: Namespace, name: Name, alias: AliasName, target: AliasTarget, state: State, principal: Writer

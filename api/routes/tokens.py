@@ -37,7 +37,7 @@ def list_tokens(
     status_code=201,
     response_model=TokenCreated,
     summary="Make a token; its secret is shown in this response only",
-    responses=problems.responses(400, 401, 403, 422, 503),
+    responses=problems.responses(400, 401, 403, 413, 422, 503),
 )
 def create_token(body: TokenRequest, state: State, principal: Admin) -> TokenCreated:
     return state.registry.create_token(

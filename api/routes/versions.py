@@ -12,6 +12,7 @@ from starlette.concurrency import run_in_threadpool
 
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import PushResult, VersionView
+from adapters.registry.sweep import temp_prefix
 
 from .. import problems, uploads
 from ..auth import Reader, Writer
@@ -94,7 +95,8 @@ async def push_version(
     `pending` until a worker compresses it (or already settled where compression runs inline).
     Pushing content the adapter already holds answers 200 with that version. Refused uploads store
     nothing."""
-    with tempfile.TemporaryDirectory(prefix="adapters-upload-") as tmp:
+    temp = state.registry.temp_dir()
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("upload"), dir=temp) as tmp:
         upload = await uploads.receive(request, Path(tmp), limit=state.settings.max_upload_bytes)
         meta: PushMetadata = upload.metadata
         result = await run_in_threadpool(
@@ -123,8 +125,8 @@ async def push_version(
     "/{number}/yank",
     response_model=VersionView,
     summary="Yank a ready version: `ns/name` stops resolving to it, `ns/name:N` still does",
-    # 400: a body that is not valid UTF-8 cannot even be parsed as JSON.
-    responses=problems.responses(400, 401, 403, 404, 409, 422, 503),
+    # 400 invalid-body: a body that is not JSON (e.g. not UTF-8); 413: one over the bound.
+    responses=problems.responses(400, 401, 403, 404, 409, 413, 422, 503),
 )
 def yank(
     namespace: Namespace,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
+import sqlalchemy as sa
 import uvicorn
 
 from adapters.api.app import create_app
@@ -83,8 +84,18 @@ class Service:
 
 
 @contextmanager
-def running_service(pg_url: str, endpoint: str, home: Path, **overrides: Any) -> Iterator[Service]:
-    with pg_schema(pg_url) as database_url:
+def running_service(
+    pg_url: str,
+    endpoint: str,
+    home: Path,
+    *,
+    route: Callable[[str], str] | None = None,
+    **overrides: Any,
+) -> Iterator[Service]:
+    """An API on a fresh schema and bucket; `route` maps the schema's URL to the one the API uses
+    (e.g. through a proxy that a test cuts)."""
+    with pg_schema(pg_url) as schema_url:
+        database_url = route(schema_url) if route is not None else schema_url
         bucket = make_bucket(endpoint)
         options: dict[str, Any] = {
             "home": home,
@@ -95,8 +106,8 @@ def running_service(pg_url: str, endpoint: str, home: Path, **overrides: Any) ->
             "log_format": "text",
         }
         settings = Settings(**(options | overrides))
+        Database(schema_url, poolclass=sa.NullPool).upgrade()
         database = Database(database_url, pool_size=10, max_overflow=10)
-        database.upgrade()
         registry = LocalRegistry(
             database,
             S3BlobStorage(bucket, "registry", endpoint_url=endpoint),
@@ -106,6 +117,8 @@ def running_service(pg_url: str, endpoint: str, home: Path, **overrides: Any) ->
             lease_seconds=settings.worker_lease_seconds,
             user="test-admin",
             default_codec=settings.default_codec,
+            tmp_dir=settings.tmp_dir,
+            sweep_after=settings.sweep_after_seconds,
         )
         admin = registry.create_token("admin", "admin").secret
         with uvicorn_thread(create_app(settings, registry=registry)) as url:

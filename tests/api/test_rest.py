@@ -185,12 +185,46 @@ def test_every_domain_error_has_a_stable_problem_type():
     assert types["storage-error"][0] == 503
 
 
-def test_unknown_routes_and_methods_are_problems_too(service):
+def test_unknown_routes_and_methods_are_problems_with_stable_types(service):
     with service.http(service.admin) as http:
-        missing = http.get("/v2/nothing")
-        assert missing.status_code == 404 and missing.headers["content-type"] == PROBLEM
-        assert missing.json()["type"] == "about:blank"
-        assert http.patch("/v1/adapters").status_code == 405
+        _problem(http.get("/v2/nothing"), 404, "not-found")
+        wrong = http.patch("/v1/adapters")
+        assert _problem(wrong, 405, "method-not-allowed")["title"] == "Method not allowed"
+        assert wrong.headers["allow"] == "GET"
+    assert problem_types()["method-not-allowed"] == (405, "Method not allowed")
+    assert problem_types()["invalid-body"] == (400, "Invalid body")
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "says"),
+    [
+        (b'{"reason": "caf\xe9"}', {"content-type": "application/json"}, "utf-8"),  # latin-1, not UTF-8
+        (b'{"reason": "caf\xe9"}', {}, "Content-Type: application/json"),  # no content type at all
+        (b'{"reason": ', {"content-type": "application/json"}, "not valid JSON"),
+    ],
+)
+def test_a_body_that_is_not_json_is_400_invalid_body_as_documented(service, populated, body, headers, says):
+    with service.http(service.admin) as http:
+        answer = http.post("/v1/adapters/acme/a1/versions/1/yank", content=body, headers=headers)
+        documented = http.get("/openapi.json").json()["paths"][
+            "/v1/adapters/{namespace}/{name}/versions/{number}/yank"
+        ]
+    assert says in _problem(answer, 400, "invalid-body")["detail"]
+    assert "400" in documented["post"]["responses"]
+    assert service.registry.resolve("acme/a1:1").yanked is False  # nothing changed
+
+
+def test_a_chunked_json_body_over_the_bound_is_413(service, populated):
+    def chunks():
+        yield b'{"ref": "'
+        for _ in range(3):
+            yield b"x" * 1_000_000
+        yield b'"}'
+
+    with service.http(service.admin) as http:
+        huge = http.put("/v1/adapters/acme/a0/aliases/big", content=chunks())
+        assert "content-length" not in huge.request.headers  # sent chunked
+    _problem(huge, 413, "request-too-large")
 
 
 def test_request_ids_are_echoed_or_made(service):

@@ -5,13 +5,15 @@ Each run appends "<pid> <content digest>" to the `log` file it is given, then ca
 `release` file exists (so a test can stop or kill a worker while it is provably mid-job, without
 guessing at timings), sleep a little (`seconds`, to make jobs overlap in a race), or `fail` with a
 RuntimeError (an error of the machinery, which workers retry). The artifact is the tensors as they
-are, under this codec's format name.
+are, under this codec's format name. `killed_push` kills an embedded `adapters push` mid-run.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -20,6 +22,8 @@ from adapters.compress import stfile
 from adapters.compress.codec import CompressionReport, canonical_bytes, config_metadata, register_codec
 
 WAIT_LIMIT = 120
+ROOT = Path(__file__).resolve().parents[2]
+ADAPTERS = str(Path(sys.executable).parent / "adapters")
 
 
 @register_codec
@@ -66,3 +70,28 @@ def runs(log: Path) -> list[tuple[int, str]]:
     if not log.exists():
         return []
     return [(int(pid), digest) for pid, digest in (line.split() for line in log.read_text().splitlines())]
+
+
+def killed_push(adapter_dir: Path, home: Path, tmp_path: Path) -> tuple[Path, int]:
+    """`adapters push` on an embedded registry, SIGKILLed while its codec runs; returns the codec's
+    log and the dead process's id."""
+    log, release = tmp_path / "runs.log", tmp_path / "release"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ADAPTERS_")}
+    env |= {
+        "ADAPTERS_HOME": str(home),
+        "ADAPTERS_EXTRA_CODECS": "tests.worker.slow_codec",
+        "ADAPTERS_DEVICE": "cpu",
+        "PYTHONPATH": str(ROOT),
+    }
+    args = ["push", str(adapter_dir), "--name", "acme/x", "--task", "t", "--codec", "test-slow"]
+    args += ["--param", f"log={log}", "--param", f"release={release}"]
+    proc = subprocess.Popen([ADAPTERS, *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not runs(log):  # the codec is running: the version is `compressing`
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        assert time.monotonic() < deadline, "the codec never started"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(30)
+    release.touch()  # a run from now on finishes at once
+    return log, proc.pid
