@@ -2,7 +2,7 @@
 activation-aware fit. (Agreement between an adapter and a candidate is `distill.Teacher.agreement`.)
 
 Needs `transformers` and `peft` (the `hf` extra); imported only when these functions run. Models are
-read from local directories only.
+read from local directories only (`base_models.load_base_model`, re-exported here).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .base_models import load_base_model  # noqa: F401 - where callers have always found it
 from .errors import CompressError
 from .peft_io import LoraCheckpoint, write_adapter
 from .stats import DEFAULT_MAX_RANK, InputStats, collecting
@@ -64,37 +65,6 @@ def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> t
     held = sorted(order[:n_held])
     fit = sorted(order[n_held:])
     return [texts[i] for i in fit], [texts[i] for i in held]
-
-
-def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
-    """A local transformers model (with its task head when the config names one) and its tokenizer."""
-    import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CompressError(f"{path}: not a model directory (no config.json)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    arch = " ".join(config.architectures or [])
-    if "CausalLM" in arch or "LMHead" in arch:
-        loader = AutoModelForCausalLM
-    elif "SequenceClassification" in arch:
-        loader = AutoModelForSequenceClassification
-    else:
-        loader = AutoModel
-    model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model.to(device).eval(), tokenizer
 
 
 def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path | None = None):

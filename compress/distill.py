@@ -28,8 +28,9 @@ from typing import NamedTuple
 
 import torch
 
+from .base_models import load_base_model
 from .bases import Basis, basis_key, make_basis
-from .calibration import load_base_model, token_batches, with_adapter
+from .calibration import token_batches, with_adapter
 from .codec import Progress
 from .errors import CompressError
 from .nola import ModuleFit, NolaFit
@@ -193,7 +194,7 @@ class Teacher:
         max_length: int = 128,
     ):
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
-        model, self.tokenizer = load_base_model(base_model, device)
+        model, self.tokenizer = load_base_model(base_model, device, adapter=checkpoint)
         with tempfile.TemporaryDirectory(prefix="adapters-teacher-") as tmp:
             self.model = with_adapter(model, checkpoint, Path(tmp) / "adapter")
         for p in self.model.parameters():
