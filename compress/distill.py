@@ -210,7 +210,9 @@ class Teacher:
 
     def outputs(self, texts: Sequence[str], hidden: bool = False) -> list[tuple[dict, _Out]]:
         """(batch, teacher outputs) for the texts; with `hidden`, the last hidden states too."""
-        batches = token_batches(self.tokenizer, list(texts), self.batch_size, self.max_length, self.device)
+        batches = token_batches(
+            self.tokenizer, list(texts), self.batch_size, self.max_length, self.device, model=self.model
+        )
         with torch.no_grad():
             return [(b, _outputs(self.model, b, None, hidden)) for b in batches]
 
@@ -261,9 +263,20 @@ def _outputs(
         out = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False)
     mask = batch["attention_mask"].bool()
     logits = getattr(out, "logits", None)
-    if logits is None:
+    spans = getattr(out, "start_logits", None) is not None
+    if logits is None and not spans:
         return _Out(out.last_hidden_state[mask].float(), False, None)
-    last = out.hidden_states[-1][mask].float() if hidden else None
+    last = None
+    if hidden:
+        # An encoder-decoder's decoder reads the text shifted right (calibration.decoder_inputs), so
+        # its outputs line up with the attention mask too; its hidden states are the decoder's.
+        states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+        last = states[-1][mask].float()
+    if spans:
+        # Question answering: a start and an end distribution over each text's tokens (two
+        # predictions per text); padding gets a logit that no softmax gives weight to.
+        ends = torch.cat([out.start_logits, out.end_logits]).float()
+        return _Out(ends.masked_fill(~mask.repeat(2, 1), -1e4), True, last)
     return _Out(logits[mask].float() if logits.dim() == 3 else logits.float(), True, last)
 
 
