@@ -81,7 +81,7 @@ def choose_class(adapter_config: dict[str, Any] | None, base_config) -> tuple[ty
         name = mapping["base_model_class"]
         if library == AUTO_MAPPING_LIBRARY or library.startswith(AUTO_MAPPING_LIBRARY + "."):
             cls = getattr(transformers, name, None)
-            if isinstance(cls, type):
+            if isinstance(cls, type) and issubclass(cls, transformers.PreTrainedModel):
                 return cls, f"auto_mapping {name}"
     return _from_architectures(base_config)
 

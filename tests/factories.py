@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +55,9 @@ def synthesize_adapter(model, out_dir: str | Path, seed: int = 0, scale: float =
         for name, param in peft_model.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
                 param.add_(scale * torch.randn_like(param))
-    peft_model.save_pretrained(str(out_dir))
+    with warnings.catch_warnings():  # PEFT says it saves resized embeddings whole: it is meant to
+        warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
+        peft_model.save_pretrained(str(out_dir))
     return peft_model.eval()
 
 

@@ -234,6 +234,7 @@ def test_auto_mapping_then_the_base_config_decide():
     for outside in (
         {**mapping, "parent_library": "evil.models"},
         {**mapping, "base_model_class": "NoSuchModel"},
+        {**mapping, "base_model_class": "Trainer"},  # in transformers, but no model
     ):
         cls, reason = choose_class({"auto_mapping": outside}, config)
         assert cls.__name__ == "AutoModel" and reason == "config architectures BertModel"
