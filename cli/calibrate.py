@@ -56,14 +56,16 @@ def calibrate(
     Example:
       adapters calibrate ./my-lora --base-model ./llama --texts calib.txt -o stats.safetensors
     """
-    from adapters.compress.calibration import collect_stats, load_base_model, read_texts, with_adapter
+    from adapters.compress.base_models import load_base_model
+    from adapters.compress.calibration import collect_stats, read_texts, with_adapter
     from adapters.compress.peft_io import read_adapter
     from adapters.compress.stats import save_stats
 
-    modules = [p.module for p in read_adapter(adapter).pairs]
+    checkpoint = read_adapter(adapter)
+    modules = [p.module for p in checkpoint.pairs]
     corpus = read_texts(texts)
     with app.reporter().task("collecting statistics"):
-        model, tokenizer = load_base_model(base_model)
+        model, tokenizer = load_base_model(base_model, adapter=checkpoint)
         stats = collect_stats(
             with_adapter(model, adapter), tokenizer, corpus, modules, max_rank, max_length=max_length
         )

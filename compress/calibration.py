@@ -2,7 +2,7 @@
 activation-aware fit. (Agreement between an adapter and a candidate is `distill.Teacher.agreement`.)
 
 Needs `transformers` and `peft` (the `hf` extra); imported only when these functions run. Models are
-read from local directories only.
+read from local directories only (`base_models.load_base_model`, re-exported here).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from .base_models import load_base_model  # noqa: F401 - where callers have always found it
 from .errors import CompressError
 from .peft_io import LoraCheckpoint, write_adapter
 from .stats import DEFAULT_MAX_RANK, InputStats, collecting
@@ -86,37 +87,6 @@ def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> t
     return [texts[i] for i in fit], [texts[i] for i in held]
 
 
-def load_base_model(path: str | Path, device: torch.device | str = "cpu"):
-    """A local transformers model (with its task head when the config names one) and its tokenizer."""
-    import transformers
-    from transformers import (
-        AutoConfig,
-        AutoModel,
-        AutoModelForCausalLM,
-        AutoModelForSequenceClassification,
-        AutoTokenizer,
-    )
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    path = Path(path)
-    if not (path / "config.json").is_file():
-        raise CompressError(f"{path}: not a model directory (no config.json)")
-    config = AutoConfig.from_pretrained(path, local_files_only=True)
-    arch = " ".join(config.architectures or [])
-    if "CausalLM" in arch or "LMHead" in arch:
-        loader = AutoModelForCausalLM
-    elif "SequenceClassification" in arch:
-        loader = AutoModelForSequenceClassification
-    else:
-        loader = AutoModel
-    model = loader.from_pretrained(path, local_files_only=True, dtype=torch.float32)
-    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
-    return model.to(device).eval(), tokenizer
-
-
 def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path | None = None):
     """The base model with a PEFT adapter applied (a directory, or a checkpoint written to workdir)."""
     import tempfile
@@ -133,8 +103,14 @@ def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path
 
 
 def token_batches(
-    tokenizer, texts: Sequence[str], batch_size: int = 8, max_length: int = 128, device="cpu"
+    tokenizer,
+    texts: Sequence[str],
+    batch_size: int = 8,
+    max_length: int = 128,
+    device="cpu",
+    model=None,
 ) -> Iterator[dict[str, torch.Tensor]]:
+    """Tokenized batches; for an encoder-decoder `model`, with its decoder inputs (`decoder_inputs`)."""
     for start in range(0, len(texts), batch_size):
         enc = tokenizer(
             list(texts[start : start + batch_size]),
@@ -143,7 +119,30 @@ def token_batches(
             truncation=True,
             max_length=max_length,
         )
-        yield {k: v.to(device) for k, v in enc.items()}
+        batch = {k: v.to(device) for k, v in enc.items()}
+        yield decoder_inputs(model, batch) if model is not None else batch
+
+
+def decoder_inputs(model, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The batch with decoder inputs when `model` is an encoder-decoder (T5, BART), else as it is.
+
+    The decoder reads the text itself shifted right behind the decoder start token, as in teacher
+    forcing, so decoder position t predicts token t of the text: predictions, like the encoder's
+    tokens, are where `attention_mask` is set, and both sides share its shape (the statistics' token
+    mask and the distillation's prediction mask apply to encoder and decoder alike).
+    """
+    config = getattr(model, "config", None)
+    if not getattr(config, "is_encoder_decoder", False) or "decoder_input_ids" in batch:
+        return batch
+    start = getattr(config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(config, "pad_token_id", None) or 0
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    shifted = torch.full_like(ids, start)
+    shifted[:, 1:] = ids[:, :-1]
+    decoder_mask = torch.ones_like(mask)
+    decoder_mask[:, 1:] = mask[:, :-1]
+    return {**batch, "decoder_input_ids": shifted, "decoder_attention_mask": decoder_mask}
 
 
 @torch.no_grad()
@@ -153,7 +152,7 @@ def collect_stats(
     """Input second moments of `modules` over the texts (padding left out)."""
     device = next(model.parameters()).device
     with collecting(model, modules) as collector:
-        for batch in token_batches(tokenizer, texts, device=device, **kw):
+        for batch in token_batches(tokenizer, texts, device=device, model=model, **kw):
             collector.token_mask = batch["attention_mask"].bool()
             model(**batch)
     return collector.result(max_rank)

@@ -28,8 +28,9 @@ from typing import NamedTuple
 
 import torch
 
+from .base_models import load_base_model
 from .bases import Basis, basis_key, make_basis
-from .calibration import load_base_model, token_batches, with_adapter
+from .calibration import token_batches, with_adapter
 from .codec import Progress
 from .errors import CompressError
 from .nola import ModuleFit, NolaFit
@@ -204,7 +205,7 @@ class Teacher:
         max_length: int = 128,
     ):
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
-        model, self.tokenizer = load_base_model(base_model, device)
+        model, self.tokenizer = load_base_model(base_model, device, adapter=checkpoint)
         with tempfile.TemporaryDirectory(prefix="adapters-teacher-") as tmp:
             self.model = with_adapter(model, checkpoint, Path(tmp) / "adapter")
         for p in self.model.parameters():
@@ -218,24 +219,33 @@ class Teacher:
                 if name in available:
                     self.names[key] = name
 
+    def _batches(self, texts: Sequence[str], batch_size: int) -> list[dict]:
+        return list(
+            token_batches(
+                self.tokenizer, list(texts), batch_size, self.max_length, self.device, model=self.model
+            )
+        )
+
     def outputs(self, texts: Sequence[str], hidden: bool = False) -> Targets:
         """(batch, teacher outputs) for the texts, batch by batch; with `hidden`, the last hidden
         states too."""
-        batches = token_batches(self.tokenizer, list(texts), self.batch_size, self.max_length, self.device)
-        return Targets(self.model, list(batches), hidden)
+        return Targets(self.model, self._batches(texts, self.batch_size), hidden)
 
     def predictions(self, texts: Sequence[str]) -> list[int]:
-        """How many predictions each text gives the held-out measurement: one for a text classifier,
-        one per token for a language model (and per token for hidden states)."""
+        """How many predictions each text gives the held-out measurement: one per token for a
+        language model (or token classifier, or hidden states), a fixed number per text otherwise
+        (one for a text classifier). Decided by running the longest text, counted by tokenizing."""
         if not texts:
             return []
-        probe = next(token_batches(self.tokenizer, [texts[0]], 1, self.max_length, self.device))
-        with torch.no_grad():
-            logits = getattr(self.model(**probe), "logits", None)
-        if logits is not None and logits.dim() == 2:
-            return [1] * len(texts)
         encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        lengths = [len(ids) for ids in encoded["input_ids"]]
+        longest = max(range(len(texts)), key=lengths.__getitem__)
+        probe = self._batches([texts[longest]], 1)[0]
+        with torch.no_grad():
+            per_text = _outputs(self.model, probe, None).values.shape[0]
+        if lengths[longest] > 2 and per_text >= lengths[longest] - 1:
+            return lengths
+        return [per_text] * len(texts)
 
     def params(self, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """PEFT parameter names for the LoRA factors among `tensors` (adapter keys)."""
@@ -316,9 +326,20 @@ def _outputs(
         out = torch.func.functional_call(model, params, args=(), kwargs=kwargs, strict=False)
     mask = batch["attention_mask"].bool()
     logits = getattr(out, "logits", None)
-    if logits is None:
+    spans = getattr(out, "start_logits", None) is not None
+    if logits is None and not spans:
         return _Out(out.last_hidden_state[mask].float(), False, None)
-    last = out.hidden_states[-1][mask].float() if hidden else None
+    last = None
+    if hidden:
+        # An encoder-decoder's decoder reads the text shifted right (calibration.decoder_inputs), so
+        # its outputs line up with the attention mask too; its hidden states are the decoder's.
+        states = getattr(out, "decoder_hidden_states", None) or out.hidden_states
+        last = states[-1][mask].float()
+    if spans:
+        # Question answering: a start and an end distribution over each text's tokens (two
+        # predictions per text); padding gets a logit that no softmax gives weight to.
+        ends = torch.cat([out.start_logits, out.end_logits]).float()
+        return _Out(ends.masked_fill(~mask.repeat(2, 1), -1e4), True, last)
     return _Out(logits[mask].float() if logits.dim() == 3 else logits.float(), True, last)
 
 

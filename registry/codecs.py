@@ -1,10 +1,12 @@
 """Building the codec a version asked for, with what the machine that compresses has to offer.
 
 A NOLA codec does its best with a base model: it distills against the original adapter and measures
-agreement on held-out texts, which is what the fidelity gate should judge. Base models live on the
-compressing machine under a models directory, found by the adapter's base model id: either
-`<models_dir>/<org>/<name>` or `<models_dir>/<org>--<name>` (the id with "/" written as "--").
-When none is found, compression falls back to the fits that need no model, and the record says so.
+agreement on held-out texts, which is what the fidelity gate should judge. Base models are found on
+the compressing machine by the adapter's base model id: under a models directory, as
+`<models_dir>/<org>/<name>` or `<models_dir>/<org>--<name>` (the id with "/" written as "--"), else in
+the Hugging Face cache (`compress.base_models.find_base_model`), so a machine that already downloaded
+the model uses it with no setting. When none is found, compression falls back to the fits that need
+no model, and the record says so.
 """
 
 from __future__ import annotations
@@ -27,14 +29,14 @@ class CodecEnvironment:
 
     def resolve_model(self, model_id: str | None) -> Path | None:
         """The local directory of a base model id, or None."""
-        if not model_id or self.models_dir is None:
-            return None
-        if ".." in Path(model_id).parts or Path(model_id).is_absolute():
-            return None  # ids name folders under models_dir, never outside it
-        for candidate in (self.models_dir / model_id, self.models_dir / model_id.replace("/", "--")):
-            if (candidate / "config.json").is_file():
-                return candidate
-        return None
+        found = self.find_model(model_id)
+        return found[0] if found else None
+
+    def find_model(self, model_id: str | None) -> tuple[Path, str] | None:
+        """The local directory of a base model id and where it was found, or None."""
+        from adapters.compress.base_models import find_base_model
+
+        return find_base_model(model_id, self.models_dir)
 
     def texts(self) -> tuple[list[str], str]:
         """The calibration texts (topped up from the packaged corpus) and where they came from."""
@@ -49,13 +51,17 @@ def attach_base_model(codec, base_model_id: str | None, env: CodecEnvironment | 
     if not hasattr(codec, "base_model"):
         return {}
     note: dict[str, Any] = {"base_model": base_model_id}
-    path = env.resolve_model(base_model_id) if env is not None else None
-    if path is None:
-        where = env.models_dir if env is not None and env.models_dir else "no models directory configured"
+    found = env.find_model(base_model_id) if env is not None else None
+    if found is None:
+        if env is None:
+            where = "no codec environment"
+        else:
+            where = f"models directory {env.models_dir} and " if env.models_dir else ""
+            where = f"looked in {where}the Hugging Face cache"
         note["base_model_found"] = False
         note["note"] = f"base model not available ({where}): compressed data-free, gated on the weight error"
         return note
-    codec.base_model = path
+    codec.base_model, note["base_model_source"] = found
     codec.texts, note["calibration"] = env.texts()
     note["base_model_found"] = True
     return note

@@ -41,8 +41,9 @@ class Settings(BaseSettings):
     max_upload_bytes: int = Field(default=2 * 1024**3, gt=0, description="Largest accepted adapter upload.")
     models_dir: Path | None = Field(
         default=None,
-        description="Base models on this machine, as <dir>/<org>/<name> or <dir>/<org>--<name>: compression "
-        "distills against them and gates on held-out agreement.",
+        description="Base models on this machine, as <dir>/<org>/<name> or <dir>/<org>--<name> (the Hugging "
+        "Face cache is searched after it): compression distills against them and gates on held-out "
+        "agreement.",
     )
     calibration_texts: Path | None = Field(
         default=None,

@@ -27,6 +27,19 @@ RAW_BY_DEFAULT = "raw"
 os.environ.setdefault("ADAPTERS_DEFAULT_CODEC", RAW_BY_DEFAULT)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def empty_hf_cache(tmp_path_factory) -> Iterator[Path]:
+    """Base models are also looked up in the Hugging Face cache: tests see an empty one of their own,
+    never this machine's (tests that need one set HF_HUB_CACHE themselves)."""
+    old = os.environ.get("HF_HUB_CACHE")
+    os.environ["HF_HUB_CACHE"] = str(tmp_path_factory.mktemp("hf-hub"))
+    yield Path(os.environ["HF_HUB_CACHE"])
+    if old is None:
+        os.environ.pop("HF_HUB_CACHE", None)
+    else:
+        os.environ["HF_HUB_CACHE"] = old
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,21 +35,30 @@ def make_adapter(
 
     `lora` goes to peft.LoraConfig (default: r=4 on q_proj and v_proj).
     """
-    from peft import LoraConfig, get_peft_model
-
     options: dict[str, Any] = {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}
     options.update(lora)
-    options.setdefault("init_lora_weights", False)  # B = 0 would make every adapter the identity
     model = tiny_llama(seed)
     model.config.name_or_path = base_model_name
-    peft_model = get_peft_model(model, LoraConfig(**options))
+    synthesize_adapter(model, out_dir, seed, **options)
+    return Path(out_dir)
+
+
+def synthesize_adapter(model, out_dir: str | Path, seed: int = 0, scale: float = 0.05, **lora: Any):
+    """Apply a PEFT LoRA (`lora` goes to peft.LoraConfig) to `model` with random, non-zero A and B and
+    perturbed `modules_to_save` copies; save it to out_dir and return the PEFT model (in eval mode)."""
+    from peft import LoraConfig, get_peft_model
+
+    lora.setdefault("init_lora_weights", False)  # B = 0 would make every adapter the identity
+    peft_model = get_peft_model(model, LoraConfig(**lora))
     torch.manual_seed(seed + 1)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_" in name or "modules_to_save" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    peft_model.save_pretrained(str(out_dir))
-    return Path(out_dir)
+                param.add_(scale * torch.randn_like(param))
+    with warnings.catch_warnings():  # PEFT says it saves resized embeddings whole: it is meant to
+        warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
+        peft_model.save_pretrained(str(out_dir))
+    return peft_model.eval()
 
 
 def token_batch(n: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
@@ -78,6 +88,51 @@ def save_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
     """A tiny Llama model directory with its tokenizer, loadable offline with from_pretrained."""
     out = Path(out_dir)
     tiny_llama(seed).save_pretrained(out)
+    char_tokenizer().save_pretrained(out)
+    return out
+
+
+TINY_BERT = {
+    "vocab_size": 128,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "max_position_embeddings": 64,
+}
+TINY_T5 = {
+    "vocab_size": 128,
+    "d_model": 32,
+    "d_kv": 8,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_decoder_layers": 2,
+    "num_heads": 4,
+    "pad_token_id": 1,  # char_tokenizer's <pad>
+    "eos_token_id": 3,
+    "decoder_start_token_id": 1,
+}
+
+
+def save_headless_bert(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny BERT encoder saved as the headless `BertModel` (as many models are published), with a
+    tokenizer."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    BertModel(BertConfig(**TINY_BERT)).save_pretrained(out)
+    char_tokenizer().save_pretrained(out)
+    return out
+
+
+def save_tiny_t5(out_dir: str | Path, seed: int = 0) -> Path:
+    """A tiny T5 (encoder-decoder with its LM head) with a tokenizer."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    out = Path(out_dir)
+    T5ForConditionalGeneration(T5Config(**TINY_T5)).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
     return out
 

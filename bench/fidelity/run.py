@@ -135,7 +135,7 @@ class Bench:
         if args.test_limit:
             self.texts, self.labels = self.texts[: args.test_limit], self.labels[: args.test_limit]
         self.workdir = Path(tempfile.mkdtemp(prefix="fidelity-", dir=OUT))
-        base, self.tokenizer = load_base_model(args.base)
+        base, self.tokenizer = load_base_model(args.base, adapter=self.ckpt)
         reference = with_adapter(base, args.adapter)
         with Timer() as t:
             self.reference = logits(reference, self.tokenizer, self.texts)
@@ -159,7 +159,7 @@ class Bench:
         """Errors against the original factors and behaviour on the test split."""
         fid = measure(self.ckpt, tensors, self.pairs, self.stats)
         candidate = LoraCheckpoint(config=self.ckpt.config, tensors=tensors, pairs=self.ckpt.pairs)
-        base, _ = load_base_model(self.args.base)
+        base, _ = load_base_model(self.args.base, adapter=self.ckpt)
         model = with_adapter(base, candidate, self.workdir / "candidate")
         behaviour = compare(self.reference, logits(model, self.tokenizer, self.texts), self.labels)
         return {
