@@ -204,8 +204,9 @@ class Teacher:
         batch_size: int = 16,
         max_length: int = 128,
     ):
-        self.device, self.batch_size, self.max_length = device, batch_size, max_length
+        self.device, self.batch_size = device, batch_size
         model, self.tokenizer = load_base_model(base_model, device, adapter=checkpoint)
+        self.max_length = min(max_length, _max_positions(model.config, self.tokenizer))
         with tempfile.TemporaryDirectory(prefix="adapters-teacher-") as tmp:
             self.model = with_adapter(model, checkpoint, Path(tmp) / "adapter")
         for p in self.model.parameters():
@@ -276,6 +277,16 @@ class Teacher:
                 "predictions": total,
             }
         return {"hidden_rel_error": math.sqrt(err / max(ref, 1e-30)), "predictions": total}
+
+
+def _max_positions(config, tokenizer) -> int:
+    """The longest input the model takes (its position table), or the tokenizer's limit."""
+    limits = [
+        getattr(config, name, None) for name in ("max_position_embeddings", "n_positions", "max_seq_len")
+    ]
+    limits.append(getattr(tokenizer, "model_max_length", None))
+    usable = [int(x) for x in limits if isinstance(x, int) and 0 < x < 1_000_000]
+    return min(usable) if usable else 1 << 30
 
 
 class Targets:

@@ -225,7 +225,13 @@ def run(
             raise CompressError(f"too few calibration texts ({len(texts)}) to fit and to measure")
         if stats is None and method != "weight":
             modules = [p.module for p in lora_pairs(checkpoint)]
-            stats = collect_stats(teacher.model, teacher.tokenizer, split.fit[:MAX_STATS_TEXTS], modules)
+            stats = collect_stats(
+                teacher.model,
+                teacher.tokenizer,
+                split.fit[:MAX_STATS_TEXTS],
+                modules,
+                max_length=teacher.max_length,
+            )
         held = teacher.outputs(split.held_out) if split.held_out else []
     fit_config = replace(config, fit="weight" if method == "weight" else "activation")
     prepared = prepare(checkpoint, fit_config, stats, bar.phase(0.0, 0.1))
