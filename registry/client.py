@@ -12,18 +12,20 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from . import service, tokens
+from . import service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
 from .errors import WaitTimeout
 from .metrics import JobMetrics
+from .models import Version
 from .progress import Reporter
 from .refs import AdapterName, Ref
 from .schemas import (
@@ -35,6 +37,7 @@ from .schemas import (
     TokenCreated,
     TokenView,
     VersionView,
+    WorkerView,
     adapter_view,
 )
 from .settings import Settings
@@ -110,6 +113,8 @@ class Registry(Protocol):
 
     def revoke_token(self, token_id: str) -> TokenView: ...
 
+    def workers(self) -> list[WorkerView]: ...
+
     def close(self) -> None: ...
 
 
@@ -159,6 +164,8 @@ class LocalRegistry:
         codec_modules: list[str] | None = None,
         user: str | None = None,
         environment: CodecEnvironment | None = None,
+        worker_live_seconds: float = 30,
+        capability_wait_seconds: float = 300,
     ) -> None:
         self.db = database
         self.storage = storage
@@ -170,6 +177,8 @@ class LocalRegistry:
         self.device = device
         self.codec_modules = list(codec_modules or [])
         self.environment = environment
+        self.worker_live_seconds = worker_live_seconds
+        self.capability_wait_seconds = capability_wait_seconds
         self.principal = tokens.Principal.local(user)
         self.job_metrics: JobMetrics | None = None  # inline runs report here when set
         self._schema_checked = False
@@ -195,6 +204,8 @@ class LocalRegistry:
             codec_modules=settings.codec_modules,
             user=user,
             environment=CodecEnvironment.from_settings(settings),
+            worker_live_seconds=settings.worker_live_seconds,
+            capability_wait_seconds=settings.worker_capability_wait_seconds,
         )
 
     def close(self) -> None:
@@ -218,7 +229,21 @@ class LocalRegistry:
         with self.db.transaction() as session:
             version = service.VersionRepository(session).get(version_id)
             assert version is not None
-            return VersionView.of(version, service.version_aliases(session, version))
+            return self._views(session, [(version, service.version_aliases(session, version))])[0]
+
+    def _views(self, session: Session, versions: Sequence[tuple[Version, list[str]]]) -> list[VersionView]:
+        """Views of versions with their aliases, and for queued ones what the workers table says."""
+        states = workers.queue_states(
+            session,
+            [version for version, _ in versions],
+            live_seconds=self.worker_live_seconds,
+            wait_seconds=self.capability_wait_seconds,
+        )
+        views = []
+        for version, aliases in versions:
+            state = states.get(version.id, workers.QueueState())
+            views.append(VersionView.of(version, aliases, waiting=state.waiting, device=state.device))
+        return views
 
     # ------------------------------------------------------------------------------------- writes
 
@@ -341,7 +366,7 @@ class LocalRegistry:
         self._ready()
         with self.db.reading() as session:
             version = service.resolve(session, ref)
-            return VersionView.of(version, service.version_aliases(session, version))
+            return self._views(session, [(version, service.version_aliases(session, version))])[0]
 
     def list(
         self,
@@ -380,8 +405,7 @@ class LocalRegistry:
         """An adapter's versions by number; with `limit`, one page (numbers after `after`)."""
         self._ready()
         with self.db.reading() as session:
-            found = service.list_versions(session, name, after=after, limit=limit)
-            return [VersionView.of(version, aliases) for version, aliases in found]
+            return self._views(session, service.list_versions(session, name, after=after, limit=limit))
 
     def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
         """A ready version and its reconstructed PEFT files, open (served from the cache when there).
@@ -428,11 +452,18 @@ class LocalRegistry:
                 by_version.setdefault(number, []).append(alias)
             # A bare name with no ready version still shows the adapter and its versions.
             version = None if ref.is_latest and latest is None else service.resolve(session, ref)
+            views = self._views(session, [(v, by_version.get(v.number, [])) for v in all_versions])
             return ShowResult(
                 adapter=AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases),
-                version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
-                versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
+                version=next(view for view in views if view.number == version.number) if version else None,
+                versions=views,
             )
+
+    def workers(self) -> list[WorkerView]:
+        """The live compression workers, oldest first, with their devices and base models."""
+        self._ready()
+        with self.db.reading() as session:
+            return workers.live_workers(session, live_seconds=self.worker_live_seconds)
 
     # ------------------------------------------------------------------------------------- tokens
 

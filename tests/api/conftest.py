@@ -105,6 +105,8 @@ def running_service(pg_url: str, endpoint: str, home: Path, **overrides: Any) ->
             cache=ReconstructionCache(home / "cache", settings.cache_max_bytes),
             lease_seconds=settings.worker_lease_seconds,
             user="test-admin",
+            worker_live_seconds=settings.worker_live_seconds,
+            capability_wait_seconds=settings.worker_capability_wait_seconds,
         )
         admin = registry.create_token("admin", "admin").secret
         with uvicorn_thread(create_app(settings, registry=registry)) as url:
