@@ -53,7 +53,7 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
         registry = LocalRegistry.from_settings(settings, user="api")
     disable_created_metrics()  # no `_created` twin of every series
     metrics = CollectorRegistry()
-    metrics.register(RegistryCollector(registry.db))
+    metrics.register(RegistryCollector(registry.db, live_seconds=settings.worker_live_seconds))
     registry.job_metrics = JobMetrics(metrics)  # inline compression reports here
 
     @asynccontextmanager

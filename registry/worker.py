@@ -45,7 +45,7 @@ class Worker:
         self.id = name or queue.worker_id()
         self.stopping = threading.Event()
         self.metrics = CollectorRegistry()
-        self.metrics.register(RegistryCollector(self.registry.db))
+        self.metrics.register(RegistryCollector(self.registry.db, live_seconds=settings.worker_live_seconds))
         self.jobs = JobMetrics(self.metrics)
         self._current: queue.Job | None = None
         self._signals = 0

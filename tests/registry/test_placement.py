@@ -1,6 +1,6 @@
 """Jobs that want a base model go to the workers that hold it, on both backends: workers announce their
 base models, claims follow them, a job no live worker can serve is compressed without its model after
-the wait (and its record says so), and `show` tells which jobs wait for what."""
+the wait (and its record says so), and `show` and the metrics tell which jobs wait for what."""
 
 from __future__ import annotations
 
@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from adapters.registry import models, queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.codecs import CodecEnvironment
+from adapters.registry.metrics import RegistryCollector
 from adapters.registry.repository import WorkerRepository
 from adapters.registry.workers import Capabilities, Presence
 from tests.factories import adapter_variants
@@ -200,3 +203,50 @@ def test_show_says_what_a_pending_version_waits_for(registry, variants, tmp_path
     service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
     done = registry.resolve("acme/s0:1")
     assert (done.status, done.worker, done.device, done.waiting) == ("ready", "holder", "cpu", None)
+
+
+def _samples(registry: LocalRegistry) -> dict[tuple[str, tuple], float]:
+    metrics = CollectorRegistry()
+    metrics.register(RegistryCollector(registry.db, live_seconds=LIVE))
+    text = generate_latest(metrics).decode()
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def test_metrics_count_jobs_waiting_for_a_base_model_and_live_workers(registry, variants, tmp_path):
+    for i, path in enumerate(variants[:2]):
+        _push(registry, path, f"acme/m{i}", tmp_path)
+    _push(registry, variants[2], "acme/m2", tmp_path, codec="test-slow")
+    samples = _samples(registry)
+    assert samples[("adapters_queue_jobs_waiting_for_capability", ())] == 2
+    assert samples[("adapters_queue_jobs_waiting_for_base_model", (("base_model", MODEL),))] == 2
+    assert not any(name == "adapters_workers_live" for name, _ in samples)
+
+    _announce(registry, "holder", (MODEL,))
+    _announce(registry, "gpu", ())
+    samples = _samples(registry)
+    assert samples[("adapters_queue_jobs_waiting_for_capability", ())] == 0  # a live worker holds it
+    assert samples[("adapters_workers_live", (("device", "cpu"),))] == 2
+
+
+def test_metrics_name_at_most_a_bounded_number_of_models(registry, variants, tmp_path, monkeypatch):
+    from adapters.registry import metrics
+
+    monkeypatch.setattr(metrics, "MAX_MODEL_LABELS", 1)
+    for i, (path, base_model) in enumerate(zip(variants, ["a/x", "a/x", "b/y"], strict=True)):
+        registry.push(
+            path,
+            f"acme/b{i}",
+            task="t",
+            base_model=base_model,
+            codec="test-slow-base",
+            params={"log": str(tmp_path / "runs.log")},
+            process=False,
+        )
+    samples = _samples(registry)
+    waiting = {k[1]: v for k, v in samples.items() if k[0] == "adapters_queue_jobs_waiting_for_base_model"}
+    assert waiting == {(("base_model", "a/x"),): 2, (("base_model", "other"),): 1}
+    assert samples[("adapters_queue_jobs_waiting_for_capability", ())] == 3
