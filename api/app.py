@@ -23,7 +23,7 @@ from adapters.registry.settings import Settings, get_settings
 
 from . import problems
 from .observability import Observability
-from .routes import adapters, aliases, downloads, ops, tokens, versions
+from .routes import adapters, aliases, downloads, ops, tokens, versions, workers
 from .schemas import Problem, PushMetadata
 from .state import AppState
 
@@ -77,7 +77,7 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
     app.state.adapters = AppState(settings=settings, registry=registry, metrics=metrics)
     problems.install(app)
     app.add_middleware(Observability, metrics=metrics)
-    for module in (adapters, versions, aliases, downloads, tokens, ops):
+    for module in (adapters, versions, aliases, downloads, tokens, workers, ops):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

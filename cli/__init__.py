@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "token": "token:token",
     "serve": "serve:serve",
     "worker": "worker:worker",
+    "workers": "workers:workers",
 }
 
 
