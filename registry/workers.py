@@ -45,7 +45,7 @@ class Capabilities:
     def placement(self, now: dt.datetime) -> Placement:
         return Placement(
             models=self.models,
-            live_since=now - dt.timedelta(seconds=self.live_seconds),
+            live_since=live_since(now, self.live_seconds),
             created_before=now - dt.timedelta(seconds=self.wait_seconds),
         )
 
