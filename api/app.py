@@ -25,7 +25,7 @@ from adapters.registry.sweep import log_sweep
 
 from . import problems
 from .observability import Observability
-from .routes import adapters, aliases, downloads, ops, tokens, versions
+from .routes import adapters, aliases, downloads, ops, tokens, versions, workers
 from .schemas import Problem, PushMetadata
 from .state import AppState
 
@@ -68,7 +68,7 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
         registry = LocalRegistry.from_settings(settings, user="api")
     disable_created_metrics()  # no `_created` twin of every series
     metrics = CollectorRegistry()
-    metrics.register(RegistryCollector(registry.db))
+    metrics.register(RegistryCollector(registry.db, live_seconds=settings.worker_live_seconds))
     registry.job_metrics = JobMetrics(metrics)  # inline compression reports here
 
     @asynccontextmanager
@@ -95,7 +95,7 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
     app.state.adapters = AppState(settings=settings, registry=registry, metrics=metrics)
     problems.install(app)
     app.add_middleware(Observability, metrics=metrics)
-    for module in (adapters, versions, aliases, downloads, tokens, ops):
+    for module in (adapters, versions, aliases, downloads, tokens, workers, ops):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

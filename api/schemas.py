@@ -9,7 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.registry.refs import DIGEST_PATTERN, NAME_PATTERN
-from adapters.registry.schemas import AdapterView, TokenView, VersionView
+from adapters.registry.schemas import AdapterView, TokenView, VersionView, WorkerView
 
 NAME = rf"^{NAME_PATTERN}$"
 DIGEST = rf"^{DIGEST_PATTERN}$"
@@ -41,6 +41,10 @@ class AdapterPage(BaseModel):
 class VersionPage(BaseModel):
     versions: list[VersionView]
     next: int | None = Field(description="Pass as `after` for the next page; null on the last page.")
+
+
+class WorkerList(BaseModel):
+    workers: list[WorkerView]
 
 
 class AliasTarget(BaseModel):

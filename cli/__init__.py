@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "serve": "serve:serve",
     "worker": "worker:worker",
     "maintenance": "maintenance:maintenance",
+    "workers": "workers:workers",
 }
 
 

@@ -121,6 +121,8 @@ def _status_text(view: VersionView) -> str:
     text = view.status
     if view.status in ("pending", "compressing") and view.attempts:
         text += f" (attempt {view.attempts + (view.status == 'pending')})"
+    if view.status == "pending" and view.waiting is not None:
+        text += f", waiting for a worker with {view.waiting.base_model}"
     if view.error:
         text += f": {view.error}"
     return text

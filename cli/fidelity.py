@@ -91,7 +91,8 @@ def fidelity_lines(f: dict[str, Any]) -> list[tuple[str, str]]:
     for label, line in (("gate", gate_line(f) or gate_line(shown)), ("search", search_line(shown))):
         if line:
             lines.append((label, line))
-    note = (f.get("setup") or {}).get("note")
-    if note:
-        lines.append(("note", note))
+    setup = f.get("setup") or {}
+    for note in (setup.get("without_model"), setup.get("note")):
+        if note:
+            lines.append(("note", note))
     return lines

@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from .context import AppContext, echo_table, human_size, json_option, pass_app, short_digest
 from .fidelity import fidelity_lines
 
+if TYPE_CHECKING:
+    from adapters.registry.schemas import VersionView
+
 SHOWN_PARAMS = ("ratio", "fit", "basis", "bits", "bits_per_coefficient", "seed")
+
+
+def placement_lines(v: VersionView, now: dt.datetime | None = None) -> list[str]:
+    """Where a version is compressed or waits to be: its worker and device, or the base model it
+    waits for."""
+    lines = []
+    if v.worker:
+        lines.append(f"worker      {v.worker}{f' on {v.device}' if v.device else ''}")
+    w = v.waiting
+    if v.status == "pending" and w is not None:
+        if w.live_workers:
+            held = "1 live worker holds" if w.live_workers == 1 else f"{w.live_workers} live workers hold"
+            lines.append(f"waiting     for a worker with {w.base_model} ({held} it)")
+        elif w.without_model_from is not None:
+            now = now or dt.datetime.now(dt.timezone.utc)
+            when = (
+                "now" if w.without_model_from <= now else f"from {w.without_model_from:%Y-%m-%d %H:%M:%S} UTC"
+            )
+            lines.append(
+                f"waiting     for a worker with {w.base_model}: no live worker holds it, so {when} any "
+                "worker may compress it without the model"
+            )
+    return lines
 
 
 @click.command()
@@ -39,6 +67,8 @@ def show(app: AppContext, ref: str) -> None:
             yanked = f" (yanked: {v.yank_reason or 'no reason given'})" if v.yanked else ""
             click.echo(f"version     {v.ref}{yanked}")
             click.echo(f"status      {v.status}{': ' + v.error if v.error else ''}")
+            for line in placement_lines(v):
+                click.echo(line)
             shown = {k: v.codec_params[k] for k in SHOWN_PARAMS if k in (v.codec_params or {})}
             params = json.dumps(shown) if shown else ""
             click.echo(f"codec       {v.codec or '-'} {params}".rstrip())

@@ -14,8 +14,11 @@ from .context import AppContext, pass_app
 def worker(app: AppContext, once: bool, max_jobs: int | None) -> None:
     """Claim pending versions from the database, compress them (on CUDA when present, or
     ADAPTERS_DEVICE), store the artifacts and record the outcome. Run as many as you like, on as many
-    machines: each job goes to one worker at a time. SIGTERM lets the current job finish (for up to
-    ADAPTERS_WORKER_GRACE_SECONDS) or gives it back, then exits.
+    machines: each job goes to one worker at a time. A worker announces its device and the base models
+    under ADAPTERS_MODELS_DIR (see `adapters workers`); a job that wants one of them goes to a live
+    worker that holds it, or to any worker after ADAPTERS_WORKER_CAPABILITY_WAIT_SECONDS when none does.
+    SIGTERM lets the current job finish (for up to ADAPTERS_WORKER_GRACE_SECONDS) or gives it back,
+    then exits.
 
     \b
     Example:

@@ -307,4 +307,3 @@ def run(
             "chosen_ratio": chosen.ratio if chosen.passed else None,
         }
     return data, report
-

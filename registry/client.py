@@ -14,18 +14,20 @@ import functools
 import importlib
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.orm import Session
 
-from . import queue, service, tokens
+from . import queue, service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
 from .metrics import JobMetrics
+from .models import Version
 from .progress import Reporter
 from .refs import AdapterName, Ref
 from .repository import QUEUED
@@ -38,6 +40,7 @@ from .schemas import (
     TokenCreated,
     TokenView,
     VersionView,
+    WorkerView,
     adapter_view,
 )
 from .settings import Settings
@@ -133,6 +136,8 @@ class Registry(Protocol):
 
     def revoke_token(self, token_id: str) -> TokenView: ...
 
+    def workers(self) -> list[WorkerView]: ...
+
     def close(self) -> None: ...
 
 
@@ -186,6 +191,8 @@ class LocalRegistry:
         tmp_dir: Path | None = None,
         sweep_after: float = 24 * 3600,
         maintenance_interval: float = 15 * 60,
+        worker_live_seconds: float = 30,
+        capability_wait_seconds: float = 300,
     ) -> None:
         self.db = database
         self.default_codec = default_codec
@@ -198,6 +205,8 @@ class LocalRegistry:
         self.device = device
         self.codec_modules = list(codec_modules or [])
         self.environment = environment
+        self.worker_live_seconds = worker_live_seconds
+        self.capability_wait_seconds = capability_wait_seconds
         self.principal = tokens.Principal.local(user)
         self.job_metrics: JobMetrics | None = None  # inline runs report here when set
         # Temporary folders of this registry's work (None: the system's), and when leftovers are stale.
@@ -233,6 +242,8 @@ class LocalRegistry:
             tmp_dir=settings.tmp_dir,
             sweep_after=settings.sweep_after_seconds,
             maintenance_interval=settings.maintenance_interval_seconds,
+            worker_live_seconds=settings.worker_live_seconds,
+            capability_wait_seconds=settings.worker_capability_wait_seconds,
         )
 
     def close(self) -> None:
@@ -312,7 +323,21 @@ class LocalRegistry:
         with self.db.transaction() as session:
             version = service.VersionRepository(session).get(version_id)
             assert version is not None
-            return VersionView.of(version, service.version_aliases(session, version))
+            return self._views(session, [(version, service.version_aliases(session, version))])[0]
+
+    def _views(self, session: Session, versions: Sequence[tuple[Version, list[str]]]) -> list[VersionView]:
+        """Views of versions with their aliases, and for queued ones what the workers table says."""
+        states = workers.queue_states(
+            session,
+            [version for version, _ in versions],
+            live_seconds=self.worker_live_seconds,
+            wait_seconds=self.capability_wait_seconds,
+        )
+        views = []
+        for version, aliases in versions:
+            state = states.get(version.id, workers.QueueState())
+            views.append(VersionView.of(version, aliases, waiting=state.waiting, device=state.device))
+        return views
 
     # ------------------------------------------------------------------------------------- writes
 
@@ -493,7 +518,7 @@ class LocalRegistry:
         self._ready()
         with self.db.reading() as session:
             version = service.resolve(session, ref)
-            return VersionView.of(version, service.version_aliases(session, version))
+            return self._views(session, [(version, service.version_aliases(session, version))])[0]
 
     @retry_read
     def list(
@@ -535,8 +560,7 @@ class LocalRegistry:
         """An adapter's versions by number; with `limit`, one page (numbers after `after`)."""
         self._ready()
         with self.db.reading() as session:
-            found = service.list_versions(session, name, after=after, limit=limit)
-            return [VersionView.of(version, aliases) for version, aliases in found]
+            return self._views(session, service.list_versions(session, name, after=after, limit=limit))
 
     def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
         """A ready version and its reconstructed PEFT files, open (served from the cache when there).
@@ -593,13 +617,20 @@ class LocalRegistry:
                 by_version.setdefault(number, []).append(alias)
             # A bare name with no ready version still shows the adapter and its versions.
             version = None if ref.is_latest and latest is None else service.resolve(session, ref)
+            views = self._views(session, [(v, by_version.get(v.number, [])) for v in all_versions])
             shown = ShowResult(
                 adapter=AdapterView.of(adapter, versions=count, latest=latest, aliases=aliases),
-                version=VersionView.of(version, by_version.get(version.number, [])) if version else None,
-                versions=[VersionView.of(v, by_version.get(v.number, [])) for v in all_versions],
+                version=next(view for view in views if view.number == version.number) if version else None,
+                versions=views,
             )
             queued = [v.id for v in all_versions if v.status in QUEUED] if self.inline else []
             return shown, queued
+
+    def workers(self) -> list[WorkerView]:
+        """The live compression workers, oldest first, with their devices and base models."""
+        self._ready()
+        with self.db.reading() as session:
+            return workers.live_workers(session, live_seconds=self.worker_live_seconds)
 
     # ------------------------------------------------------------------------------------- tokens
 

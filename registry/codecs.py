@@ -7,13 +7,47 @@ the compressing machine by the adapter's base model id: under a models directory
 the Hugging Face cache (`compress.base_models.find_base_model`), so a machine that already downloaded
 the model uses it with no setting. When none is found, compression falls back to the fits that need
 no model, and the record says so.
+
+Workers announce the ids this machine can resolve (`CodecEnvironment.available_models`), so that the
+queue hands the jobs that want a base model to the workers that hold it (see workers.py).
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# A Hugging Face hub cache folder: models--<org>--<name>/snapshots/<revision>/config.json.
+HF_MODEL_PREFIX = "models--"
+
+
+def uses_base_model(codec: Any) -> bool:
+    """Whether a codec can use a base model (it then has a `base_model` attribute to set)."""
+    return hasattr(codec, "base_model")
+
+
+def hf_hub_cache() -> Path:
+    """Where the Hugging Face hub keeps downloads: HF_HUB_CACHE, else $HF_HOME/hub, else
+    ~/.cache/huggingface/hub (the hub library's own rule)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache") / "huggingface"
+    return Path(home).expanduser() / "hub"
+
+
+def hf_cached_models(hub: Path) -> Iterator[str]:
+    """The model ids with at least one complete snapshot (a config.json) in a hub cache folder."""
+    if not hub.is_dir():
+        return
+    for folder in hub.glob(f"{HF_MODEL_PREFIX}*"):
+        parts = folder.name[len(HF_MODEL_PREFIX) :].split("--")
+        if not all(parts):
+            continue
+        if any((snapshot / "config.json").is_file() for snapshot in (folder / "snapshots").glob("*")):
+            yield "/".join(parts)
 
 
 @dataclass(frozen=True)
@@ -38,6 +72,23 @@ class CodecEnvironment:
 
         return find_base_model(model_id, self.models_dir)
 
+    def _model_ids(self) -> Iterator[str]:
+        """Ids that name a folder with a config.json in either models_dir layout, and in the Hugging
+        Face hub cache."""
+        if self.models_dir is not None and self.models_dir.is_dir():
+            for config in self.models_dir.glob("*/config.json"):  # <org>--<name>, or a bare <name>
+                yield config.parent.name.replace("--", "/")
+            for config in self.models_dir.glob("*/*/config.json"):  # <org>/<name>
+                org = config.parent.parent
+                if not (org / "config.json").is_file():  # not a model's own subfolder (1_Pooling/)
+                    yield f"{org.name}/{config.parent.name}"
+        yield from hf_cached_models(hf_hub_cache())
+
+    def available_models(self) -> list[str]:
+        """The base model ids this machine can load, sorted: every listed id that `resolve_model`
+        resolves (so the list never claims more than compression will find)."""
+        return sorted({model for model in self._model_ids() if self.resolve_model(model) is not None})
+
     def texts(self) -> tuple[list[str], str]:
         """The calibration texts (topped up from the packaged corpus) and where they came from."""
         from adapters.compress.calibration import calibration_texts
@@ -48,7 +99,7 @@ class CodecEnvironment:
 def attach_base_model(codec, base_model_id: str | None, env: CodecEnvironment | None) -> dict[str, Any]:
     """Give a codec that can use one (NOLA) the base model, where this machine has it, and the
     calibration texts. Returns a note on what it will use (recorded with the version's fidelity)."""
-    if not hasattr(codec, "base_model"):
+    if not uses_base_model(codec):
         return {}
     note: dict[str, Any] = {"base_model": base_model_id}
     found = env.find_model(base_model_id) if env is not None else None

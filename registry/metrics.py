@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import collections
 import logging
 from collections.abc import Iterator
 
@@ -13,18 +14,26 @@ from prometheus_client.registry import Collector
 
 from .db import Database
 from .models import Blob, Version
-from .repository import QUEUED
+from .repository import QUEUED, WorkerRepository
+from .workers import live_since
 
 log = logging.getLogger("adapters.metrics")
 
 JOB_BUCKETS = (0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
-class RegistryCollector(Collector):
-    """Gauges read from the database at scrape time: the queue, versions by status, stored bytes."""
+# Base models named as label values of the waiting-jobs gauge: the ones with most jobs; the rest are
+# summed under "other", so a queue that wants many models cannot blow up the series count.
+MAX_MODEL_LABELS = 20
 
-    def __init__(self, db: Database) -> None:
+
+class RegistryCollector(Collector):
+    """Gauges read from the database at scrape time: the queue, versions by status, stored bytes, live
+    workers, and jobs waiting for a worker that holds their base model."""
+
+    def __init__(self, db: Database, *, live_seconds: float = 30.0) -> None:
         self.db = db
+        self.live_seconds = live_seconds
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         queue = GaugeMetricFamily(
@@ -33,6 +42,17 @@ class RegistryCollector(Collector):
         versions = GaugeMetricFamily("adapters_versions", "Versions by status", labels=["status"])
         stored = GaugeMetricFamily("adapters_blob_bytes", "Bytes of blobs the registry stores")
         blobs = GaugeMetricFamily("adapters_blobs", "Blobs the registry stores")
+        workers = GaugeMetricFamily("adapters_workers_live", "Live compression workers", labels=["device"])
+        waiting = GaugeMetricFamily(
+            "adapters_queue_jobs_waiting_for_capability",
+            "Pending versions that want a base model no live worker holds",
+        )
+        waiting_by_model = GaugeMetricFamily(
+            "adapters_queue_jobs_waiting_for_base_model",
+            f"Pending versions that want a base model no live worker holds, by model (the "
+            f"{MAX_MODEL_LABELS} with most jobs; the rest as 'other')",
+            labels=["base_model"],
+        )
         try:
             with self.db.transaction() as session:
                 rows = session.execute(sa.select(Version.status, sa.func.count()).group_by(Version.status))
@@ -44,10 +64,23 @@ class RegistryCollector(Collector):
                 count, total = session.execute(sa.select(sa.func.count(), sa.func.sum(Blob.size))).one()
                 blobs.add_metric([], int(count or 0))
                 stored.add_metric([], int(total or 0))
+                repository = WorkerRepository(session)
+                since = live_since(repository.now(), self.live_seconds)
+                devices = collections.Counter(worker.device for worker in repository.live(since))
+                for device, live in sorted(devices.items()):
+                    workers.add_metric([device], live)
+                by_model = sorted(repository.waiting(since).items(), key=lambda item: (-item[1], item[0]))
+                waiting.add_metric([], sum(jobs for _, jobs in by_model))
+                for model, jobs in by_model[:MAX_MODEL_LABELS]:
+                    waiting_by_model.add_metric([model], jobs)
+                if len(by_model) > MAX_MODEL_LABELS:
+                    waiting_by_model.add_metric(
+                        ["other"], sum(jobs for _, jobs in by_model[MAX_MODEL_LABELS:])
+                    )
         except Exception:  # a scrape must not fail because the database is down; /readyz says so
             log.exception("could not read registry metrics")
             return
-        yield from (queue, versions, stored, blobs)
+        yield from (queue, versions, stored, blobs, workers, waiting, waiting_by_model)
 
 
 class JobMetrics:

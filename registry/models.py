@@ -136,6 +136,9 @@ class Version(Base):
     leased_by: Mapped[str | None] = mapped_column(sa.String(128))
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The base model the requested codec would use (None for codecs that use none): a live worker
+    # that holds it gets the job; without one, any worker takes it after a wait (see workers.py).
+    wants_base_model: Mapped[str | None] = mapped_column(sa.String(256))
 
     adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
 
@@ -212,6 +215,36 @@ class Alias(Base):
         sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
         sa.CheckConstraint("name <> 'latest'", name="name_not_reserved"),
     )
+
+
+class WorkerRecord(Base):
+    """A running compression worker, as it announced itself: refreshed by its heartbeat, deleted when it
+    stops. A row not refreshed within the liveness window belongs to a worker that died."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    device: Mapped[str] = mapped_column(sa.String(64))
+    started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    last_seen: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now(), index=True)
+
+    base_models: Mapped[list[WorkerBaseModel]] = relationship(
+        cascade="all, delete-orphan",
+        passive_deletes=True,
+        order_by="WorkerBaseModel.base_model",
+        lazy="selectin",
+    )
+
+
+class WorkerBaseModel(Base):
+    """A base model a worker can load. One row per (worker, model), so the queue asks "does a live worker
+    hold this model" with the same plain SQL on PostgreSQL and SQLite."""
+
+    __tablename__ = "worker_base_models"
+
+    worker_id: Mapped[str] = mapped_column(sa.ForeignKey("workers.id", ondelete="CASCADE"), primary_key=True)
+    base_model: Mapped[str] = mapped_column(sa.String(256), primary_key=True, index=True)
 
 
 class TokenScope(str, enum.Enum):

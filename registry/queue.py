@@ -30,6 +30,7 @@ from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, 
 from .models import Version, VersionStatus
 from .repository import QueueRepository
 from .sweep import process_alive
+from .workers import Capabilities
 
 log = logging.getLogger("adapters.queue")
 
@@ -53,9 +54,12 @@ class Job:
     attempts: int  # including this one
     worker: str
     lease_expires_at: dt.datetime
+    # Why this claimer runs a job that wants a base model without holding it (recorded with the
+    # outcome when the model is indeed not found here); None when it holds it or the job wants none.
+    without_model: str | None = None
 
     @classmethod
-    def of(cls, version: Version) -> Job:
+    def of(cls, version: Version, capabilities: Capabilities | None = None) -> Job:
         assert version.leased_by is not None and version.lease_expires_at is not None
         return cls(
             version_id=version.id,
@@ -66,6 +70,7 @@ class Job:
             attempts=version.attempts,
             worker=version.leased_by,
             lease_expires_at=version.lease_expires_at,
+            without_model=capabilities.without_model_note(version.wants_base_model) if capabilities else None,
         )
 
 
@@ -78,8 +83,16 @@ def _seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
-def claim_next(db: Database, worker: str, *, lease_seconds: float, max_attempts: int) -> Job | None:
-    """Claim the oldest claimable job for `worker`, or return None when there is none.
+def claim_next(
+    db: Database,
+    worker: str,
+    *,
+    lease_seconds: float,
+    max_attempts: int,
+    capabilities: Capabilities | None = None,
+) -> Job | None:
+    """Claim the oldest claimable job for `worker`, or return None when there is none. With
+    `capabilities`, only a job that this worker may take by the base models it holds (workers.py).
 
     Jobs whose lease expired after their last allowed attempt are failed first, with the reason.
     """
@@ -95,10 +108,11 @@ def claim_next(db: Database, worker: str, *, lease_seconds: float, max_attempts:
                 f"finishing (its lease held by {version.leased_by} expired)",
                 now=now,
             )
-        version_id = queue.next_claimable(now)
+        placement = capabilities.placement(now) if capabilities is not None else None
+        version_id = queue.next_claimable(now, placement)
         if version_id is None:
             return None
-        return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds)))
+        return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds)), capabilities)
 
 
 def claim_version(db: Database, version_id: int, worker: str, *, lease_seconds: float) -> Job:

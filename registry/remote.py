@@ -45,6 +45,7 @@ from .schemas import (
     TokenCreated,
     TokenView,
     VersionView,
+    WorkerView,
 )
 from .settings import Settings
 from .storage import sha256_file
@@ -470,6 +471,9 @@ class RemoteRegistry:
     def list_tokens(self, *, include_revoked: bool = False) -> list[TokenView]:
         body = self._json("GET", "/v1/tokens", params={"include_revoked": include_revoked})
         return [TokenView.model_validate(t) for t in body["tokens"]]
+
+    def workers(self) -> list[WorkerView]:
+        return [WorkerView.model_validate(w) for w in self._json("GET", "/v1/workers")["workers"]]
 
     def revoke_token(self, token_id: str) -> TokenView:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):

@@ -6,13 +6,24 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from .db import utcnow
-from .models import Adapter, AdapterTag, Alias, Blob, Token, Version, VersionStatus
+from .models import (
+    Adapter,
+    AdapterTag,
+    Alias,
+    Blob,
+    Token,
+    Version,
+    VersionStatus,
+    WorkerBaseModel,
+    WorkerRecord,
+)
 from .refs import AdapterName
 
 
@@ -365,6 +376,35 @@ class BlobRepository:
 QUEUED = (VersionStatus.PENDING.value, VersionStatus.COMPRESSING.value)
 
 
+def held_by_live_worker(model: sa.ColumnElement[str | None], live_since: dt.datetime) -> sa.Exists:
+    """Whether some worker seen since `live_since` holds the base model `model`."""
+    return sa.exists().where(
+        WorkerBaseModel.base_model == model,
+        WorkerRecord.id == WorkerBaseModel.worker_id,
+        WorkerRecord.last_seen >= live_since,
+    )
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Which jobs a claimer may take, by the base models it holds. A job that wants a base model goes
+    to a live worker that holds it; when no live worker does, to anyone once it has waited since
+    `created_before` (so that a capable worker starting soon still gets it). Jobs that want none go to
+    anyone at once."""
+
+    models: tuple[str, ...]
+    live_since: dt.datetime  # workers seen since then are live
+    created_before: dt.datetime  # jobs older than this no longer wait for a capable worker
+
+    def allows(self) -> sa.ColumnElement[bool]:
+        wanted = Version.wants_base_model
+        return sa.or_(
+            wanted.is_(None),
+            wanted.in_(self.models),
+            sa.and_(Version.created_at <= self.created_before, ~held_by_live_worker(wanted, self.live_since)),
+        )
+
+
 class QueueRepository:
     """The job queue over `versions`: a pending version is a job; a worker claims it by setting
     `compressing` with a lease (`leased_by`, `lease_expires_at`) that it renews while it works.
@@ -404,15 +444,13 @@ class QueueRepository:
             .execution_options(populate_existing=True)
         ).all()
 
-    def next_claimable(self, now: dt.datetime) -> int | None:
-        """The oldest claimable job's id, row-locked; jobs other transactions hold are skipped."""
-        return self.session.scalar(
-            sa.select(Version.id)
-            .where(self._claimable(now))
-            .order_by(Version.id)
-            .limit(1)
-            .with_for_update(skip_locked=True)
-        )
+    def next_claimable(self, now: dt.datetime, placement: Placement | None = None) -> int | None:
+        """The oldest claimable job's id, row-locked; jobs other transactions hold are skipped. With a
+        `placement`, only the jobs that claimer may take (see `Placement.allows`)."""
+        query = sa.select(Version.id).where(self._claimable(now))
+        if placement is not None:
+            query = query.where(placement.allows())
+        return self.session.scalar(query.order_by(Version.id).limit(1).with_for_update(skip_locked=True))
 
     def lease(self, version_id: int, worker: str, until: dt.datetime) -> Version:
         """Mark a locked job `compressing` for `worker` until `until`, counting the attempt."""
@@ -512,3 +550,84 @@ class TokenRepository:
                 .values(last_used_at=now)
                 .execution_options(synchronize_session=False)
             )
+
+
+class WorkerRepository:
+    """The workers that announced themselves, and the base models each holds."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+
+    def now(self) -> dt.datetime:
+        return db_now(self.session)
+
+    def announce(
+        self, worker_id: str, *, host: str, device: str, models: Sequence[str], now: dt.datetime
+    ) -> None:
+        """Insert or refresh a worker's row, with exactly these base models."""
+        self.session.execute(
+            _insert(self.session, WorkerRecord)
+            .values(id=worker_id, host=host, device=device, started_at=now, last_seen=now)
+            .on_conflict_do_update(
+                index_elements=["id"], set_={"host": host, "device": device, "last_seen": now}
+            )
+        )
+        self.session.execute(sa.delete(WorkerBaseModel).where(WorkerBaseModel.worker_id == worker_id))
+        if models:
+            self.session.execute(
+                sa.insert(WorkerBaseModel),
+                [{"worker_id": worker_id, "base_model": model} for model in sorted(set(models))],
+            )
+
+    def touch(self, worker_id: str, now: dt.datetime) -> bool:
+        """Mark a worker seen now; False when its row is gone (pruned while it was out of touch)."""
+        result = self.session.execute(
+            sa.update(WorkerRecord)
+            .where(WorkerRecord.id == worker_id)
+            .values(last_seen=now)
+            .execution_options(synchronize_session=False)
+        )
+        return result.rowcount == 1
+
+    def remove(self, worker_id: str) -> None:
+        self.session.execute(sa.delete(WorkerRecord).where(WorkerRecord.id == worker_id))
+
+    def prune(self, live_since: dt.datetime) -> int:
+        """Delete the rows of workers not seen since `live_since` (they died without saying so)."""
+        result = self.session.execute(sa.delete(WorkerRecord).where(WorkerRecord.last_seen < live_since))
+        return result.rowcount
+
+    def live(self, live_since: dt.datetime) -> Sequence[WorkerRecord]:
+        """The workers seen since `live_since`, oldest first, with their base models."""
+        return self.session.scalars(
+            sa.select(WorkerRecord)
+            .where(WorkerRecord.last_seen >= live_since)
+            .order_by(WorkerRecord.started_at, WorkerRecord.id)
+        ).all()
+
+    def holders(self, models: Sequence[str], live_since: dt.datetime) -> dict[str, int]:
+        """Per base model: how many live workers hold it (models none holds are left out)."""
+        if not models:
+            return {}
+        rows = self.session.execute(
+            sa.select(WorkerBaseModel.base_model, sa.func.count())
+            .join(WorkerRecord, WorkerRecord.id == WorkerBaseModel.worker_id)
+            .where(WorkerBaseModel.base_model.in_(sorted(set(models))), WorkerRecord.last_seen >= live_since)
+            .group_by(WorkerBaseModel.base_model)
+        )
+        return {str(model): int(count) for model, count in rows}
+
+    def waiting(self, live_since: dt.datetime) -> dict[str, int]:
+        """Per base model: pending versions that want it while no live worker holds it."""
+        wanted = Version.wants_base_model
+        rows = self.session.execute(
+            sa.select(wanted, sa.func.count())
+            .where(
+                Version.status.in_(QUEUED),  # the partial index's predicate
+                Version.status == VersionStatus.PENDING.value,
+                wanted.is_not(None),
+                ~held_by_live_worker(wanted, live_since),
+            )
+            .group_by(wanted)
+        )
+        return {str(model): int(count) for model, count in rows}

@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from .models import Adapter, Token, Version
+from .models import Adapter, Token, Version, VersionStatus, WorkerRecord
 
 
 class View(BaseModel):
@@ -56,6 +56,16 @@ class CompressionView(View):
         )
 
 
+class WaitingView(View):
+    """A pending version that wants a base model: who can take it, and from when anyone can."""
+
+    base_model: str
+    live_workers: int  # live workers that hold the model (the job waits for one of them)
+    # While no live worker holds the model: when any worker may take the job and compress it without
+    # the model (None while a live worker holds it).
+    without_model_from: dt.datetime | None
+
+
 class VersionView(View):
     ref: str
     adapter: str
@@ -80,9 +90,25 @@ class VersionView(View):
     created_by: str | None
     processed_at: dt.datetime | None
     attempts: int
+    # The base model the codec wants (workers that hold it get the job), and where the job runs or ran.
+    wants_base_model: str | None = None
+    worker: str | None = None
+    device: str | None = None
+    waiting: WaitingView | None = None
 
     @classmethod
-    def of(cls, version: Version, aliases: list[str] | None = None) -> VersionView:
+    def of(
+        cls,
+        version: Version,
+        aliases: list[str] | None = None,
+        *,
+        waiting: WaitingView | None = None,
+        device: str | None = None,
+    ) -> VersionView:
+        """The view of a version row. `waiting` and, while compressing, `device` come from the workers
+        table (workers.queue_states); a settled version's worker and device are in its record."""
+        setup = (version.fidelity or {}).get("setup") or {}
+        compressing = version.status == VersionStatus.COMPRESSING.value
         return cls(
             ref=version.ref,
             adapter=version.adapter.full_name,
@@ -107,6 +133,10 @@ class VersionView(View):
             created_by=version.created_by,
             processed_at=version.processed_at,
             attempts=version.attempts,
+            wants_base_model=version.wants_base_model,
+            worker=version.leased_by if compressing else setup.get("worker"),
+            device=device if compressing else setup.get("device"),
+            waiting=waiting,
         )
 
 
@@ -216,3 +246,25 @@ class TokenCreated(View):
 
     token: TokenView
     secret: str
+
+
+class WorkerView(View):
+    """A live compression worker: where it runs and the base models it holds."""
+
+    id: str
+    host: str
+    device: str
+    base_models: list[str]
+    started_at: dt.datetime
+    last_seen: dt.datetime
+
+    @classmethod
+    def of(cls, worker: WorkerRecord) -> WorkerView:
+        return cls(
+            id=worker.id,
+            host=worker.host,
+            device=worker.device,
+            base_models=[m.base_model for m in worker.base_models],
+            started_at=worker.started_at,
+            last_seen=worker.last_seen,
+        )

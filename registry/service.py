@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from . import queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
-from .codecs import CodecEnvironment, attach_base_model
+from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .db import Database, utcnow
 from .errors import (
     AdapterConflict,
@@ -113,12 +113,12 @@ def as_ref(ref: str | Ref) -> Ref:
 # ---------------------------------------------------------------------------------------------- push
 
 
-def check_codec(name: str, params: dict[str, Any]) -> None:
-    """Raise InvalidCodec unless the codec exists and accepts these parameters."""
+def check_codec(name: str, params: dict[str, Any]) -> Any:
+    """The codec, built to check that it exists and accepts these parameters (else InvalidCodec)."""
     from adapters.compress.codec import make_codec
 
     try:
-        make_codec(name, **params)
+        return make_codec(name, **params)
     except (ImportError, ValueError, TypeError) as exc:
         raise InvalidCodec(f"codec {name!r} with parameters {params}: {exc}") from None
 
@@ -142,7 +142,7 @@ def push(
     from adapters.compress.peft_io import read_adapter
 
     reporter = reporter or SilentReporter()
-    check_codec(request.codec, request.params)
+    wants_model = uses_base_model(check_codec(request.codec, request.params))
     with reporter.task("validating"):
         try:
             checkpoint = read_adapter(request.path)
@@ -213,6 +213,8 @@ def push(
                 requested=request.requested,
                 peft_config=checkpoint.config,
                 created_by=request.created_by,
+                # The model `run_codec` will look for: the adapter's, which the config's fills in.
+                wants_base_model=adapter.base_model if wants_model else None,
             )
         )
         return Pushed(version.id, created=True)
@@ -337,6 +339,7 @@ def run_job(
                 base_model=job.base_model,
                 environment=environment,
                 tmp_dir=tmp_dir,
+                placement=placement_note(job, device),
             )
         with db.transaction() as session:
             return _record_outcome(session, job, outcome)
@@ -348,6 +351,17 @@ def run_job(
         if not isinstance(exc, Exception):
             raise
         return result
+
+
+def placement_note(job: Job, device: str | None) -> dict[str, Any]:
+    """Where a job runs, for its record: the worker and its device, and, for a job that wants a base
+    model this worker does not hold, why it runs here anyway."""
+    note: dict[str, Any] = {"worker": job.worker}
+    if device is not None:
+        note["device"] = device
+    if job.without_model is not None:
+        note["without_model"] = job.without_model
+    return note
 
 
 def _make_codec(name: str, params: dict[str, Any], device: str | None) -> Any:
@@ -372,10 +386,12 @@ def run_codec(
     base_model: str | None = None,
     environment: CodecEnvironment | None = None,
     tmp_dir: Path | None = None,
+    placement: dict[str, Any] | None = None,
 ) -> Outcome:
     """Fetch the source blob (verified), run the requested codec (on `device` if the codec takes
     one, with the base model where this machine has it), store the artifact if it is a new blob,
-    and apply the fidelity gate. Touches no database."""
+    and apply the fidelity gate. `placement` (placement_note) is recorded with the setup. Touches no
+    database."""
     from adapters.compress.codec import reconstruct
 
     source_digest = source[0]
@@ -386,6 +402,10 @@ def run_codec(
         codec = _make_codec(requested["codec"], requested.get("params", {}), device)
         base_model = base_model or checkpoint.config.get("base_model_name_or_path")
         setup = attach_base_model(codec, base_model, environment)
+        placement = dict(placement or {})
+        if setup.get("base_model_found") is not False:
+            placement.pop("without_model", None)  # it was found here after all: nothing to explain
+        setup |= placement
         with reporter.task(f"compressing ({codec.name})", total=1000) as advance:
             done = [0]
 

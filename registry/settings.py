@@ -88,6 +88,18 @@ class Settings(BaseSettings):
     worker_grace_seconds: float = Field(
         default=30, ge=0, description="On SIGTERM: time the current job gets to finish before it is released."
     )
+    worker_live_seconds: float = Field(
+        default=30,
+        ge=1,
+        description="A worker not heard from for this long counts as gone (it refreshes its presence every "
+        "third of this).",
+    )
+    worker_capability_wait_seconds: float = Field(
+        default=300,
+        ge=0,
+        description="How long a version whose base model no live worker holds waits for one; then any "
+        "worker compresses it without the model (data-free), and its record says so.",
+    )
     worker_metrics_port: int = Field(
         default=0, ge=0, le=65535, description="Port of a worker's /metrics; 0 turns it off."
     )

@@ -1,5 +1,7 @@
 """A compression worker: claim a job, run its codec on this machine's device while the lease is renewed,
-record the outcome, repeat.
+record the outcome, repeat. While it runs, the worker announces its device and the base models its
+machine holds (workers.Presence), and claims by them: jobs that want a base model it lacks are left to
+a live worker that holds it (see workers.py).
 
 Shutdown: the first SIGTERM (or SIGINT) stops claiming; the current job gets `worker_grace_seconds`
 to finish, after which (or at a second signal) it is interrupted and given back to the queue
@@ -19,10 +21,12 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from . import queue, service
 from .client import LocalRegistry, import_codec_modules
+from .codecs import CodecEnvironment
 from .errors import DatabaseUnavailable
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 from .sweep import log_sweep
+from .workers import Capabilities, Presence
 
 log = logging.getLogger("adapters.worker")
 
@@ -43,7 +47,7 @@ class Worker:
         self.id = name or queue.worker_id()
         self.stopping = threading.Event()
         self.metrics = CollectorRegistry()
-        self.metrics.register(RegistryCollector(self.registry.db))
+        self.metrics.register(RegistryCollector(self.registry.db, live_seconds=settings.worker_live_seconds))
         self.jobs = JobMetrics(self.metrics)
         self._current: queue.Job | None = None
         self._signals = 0
@@ -83,7 +87,23 @@ class Worker:
         if settings.worker_metrics_port:
             start_http_server(settings.worker_metrics_port, registry=self.metrics)
         self._install_signals()
-        log.info("worker started", extra={"worker": self.id, "device": device})
+        environment = self.registry.environment or CodecEnvironment()
+        with Presence(
+            self.registry.db,
+            self.id,
+            device=device,
+            models=environment.available_models,
+            live_seconds=settings.worker_live_seconds,
+        ) as presence:
+            log.info(
+                "worker started", extra={"worker": self.id, "device": device, "models": list(presence.models)}
+            )
+            done = self._loop(presence, device, once=once, max_jobs=max_jobs)
+        log.info("worker stopped", extra={"worker": self.id, "jobs": done})
+        return done
+
+    def _loop(self, presence: Presence, device: str, *, once: bool, max_jobs: int | None) -> int:
+        settings = self.settings
         done = 0
         next_sweep = 0.0
         while not self.stopping.is_set():
@@ -96,6 +116,11 @@ class Worker:
                     self.id,
                     lease_seconds=settings.worker_lease_seconds,
                     max_attempts=settings.worker_max_attempts,
+                    capabilities=Capabilities(  # the models announced last: a beat may have found new ones
+                        presence.models,
+                        live_seconds=settings.worker_live_seconds,
+                        wait_seconds=settings.worker_capability_wait_seconds,
+                    ),
                 )
             except DatabaseUnavailable as exc:  # an outage or a restart: wait it out
                 log.warning("cannot claim jobs: %s", exc, extra={"worker": self.id})
@@ -110,7 +135,6 @@ class Worker:
             done += 1
             if max_jobs is not None and done >= max_jobs:
                 break
-        log.info("worker stopped", extra={"worker": self.id, "jobs": done})
         return done
 
     def _sweep(self) -> None:

@@ -119,6 +119,8 @@ def running_service(
             default_codec=settings.default_codec,
             tmp_dir=settings.tmp_dir,
             sweep_after=settings.sweep_after_seconds,
+            worker_live_seconds=settings.worker_live_seconds,
+            capability_wait_seconds=settings.worker_capability_wait_seconds,
         )
         admin = registry.create_token("admin", "admin").secret
         with uvicorn_thread(create_app(settings, registry=registry)) as url:

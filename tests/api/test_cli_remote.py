@@ -51,7 +51,7 @@ def cli(fresh_service, tmp_path, monkeypatch):
     reset_settings()
 
 
-VOLATILE = {"created_at", "updated_at", "processed_at", "yanked_at", "created_by", "path"}
+VOLATILE = {"created_at", "updated_at", "processed_at", "yanked_at", "created_by", "path", "worker"}
 
 
 def _shape(value):

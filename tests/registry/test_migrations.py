@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
@@ -164,4 +166,53 @@ def test_0002_gives_versions_left_compressing_an_expired_lease(fresh_db_url):
         ).all()
     assert rows[0].attempts == 1 and rows[0].leased_by and rows[0].lease_expires_at is not None
     assert (rows[1].attempts, rows[1].leased_by, rows[1].lease_expires_at) == (0, None, None)
+    db.dispose()
+
+
+def test_0003_gives_queued_versions_the_base_model_their_codec_wants(fresh_db_url):
+    db = Database(fresh_db_url)
+    db.upgrade("0002")
+    rows = [  # (number, status, codec, whether the adapter names a base model, the config's base model)
+        (1, "pending", "nola", True, None),
+        (2, "compressing", "nola", False, "org/from-config"),
+        (3, "pending", "raw", True, None),
+        (4, "ready", "nola", True, None),
+    ]
+    insert = sa.text(
+        "INSERT INTO versions (adapter_id, number, status, source_digest, source_size, requested,"
+        " peft_config, artifact_digest, artifact_size, codec, leased_by, lease_expires_at)"
+        " VALUES (:a, :n, :s, :d, 10, :r, :c, :ad, :az, :codec, :lb, :le)"
+    )
+    with db.engine.begin() as conn:
+        adapters = {}
+        for named in (True, False):
+            adapters[named] = conn.execute(
+                sa.text(
+                    "INSERT INTO adapters (namespace, name, task, base_model) VALUES ('acme', :n, 't', :b)"
+                    " RETURNING id"
+                ),
+                {"n": "with" if named else "without", "b": "org/base" if named else None},
+            ).scalar_one()
+        for number, status, codec, named, config_model in rows:
+            digest = f"{number:064x}"
+            conn.execute(sa.text(f"INSERT INTO blobs (sha256, size) VALUES ('{digest}', 10)"))
+            ready, leased = status == "ready", status == "compressing"
+            values = {
+                "a": adapters[named],
+                "n": number,
+                "s": status,
+                "d": digest,
+                "r": json.dumps({"codec": codec}),
+                "c": json.dumps({"base_model_name_or_path": config_model}),
+                "ad": digest if ready else None,
+                "az": 10 if ready else None,
+                "codec": codec if ready else None,
+                "lb": "w" if leased else None,
+                "le": "2026-01-01 00:00:00" if leased else None,
+            }
+            conn.execute(insert, values)
+    db.upgrade()
+    with db.engine.connect() as conn:
+        wanted = dict(conn.execute(sa.text("SELECT number, wants_base_model FROM versions")).all())
+    assert wanted == {1: "org/base", 2: "org/from-config", 3: None, 4: None}
     db.dispose()

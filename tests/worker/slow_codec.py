@@ -95,3 +95,22 @@ def killed_push(adapter_dir: Path, home: Path, tmp_path: Path) -> tuple[Path, in
     proc.wait(30)
     release.touch()  # a run from now on finishes at once
     return log, proc.pid
+
+
+@register_codec
+class SlowBaseModelCodec(SlowCodec):
+    """The same, as a codec that uses a base model (as NOLA does): versions pushed with it want their
+    adapter's base model, so the queue hands them to workers that hold it. Its report says which
+    model folder it was given, if any."""
+
+    name: ClassVar[str] = "test-slow-base"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.base_model: Path | None = None
+        self.texts: list[str] | None = None
+
+    def compress(self, checkpoint, out_file, *, progress=None, source_bytes=None) -> CompressionReport:
+        report = super().compress(checkpoint, out_file, progress=progress, source_bytes=source_bytes)
+        report.fidelity["base_model_dir"] = str(self.base_model) if self.base_model else None
+        return report

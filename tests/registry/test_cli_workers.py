@@ -1,0 +1,94 @@
+"""`adapters show` and `adapters workers` on both backends: what a pending version waits for, which
+worker compressed a version on which device and why without its base model, and the live workers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from adapters.cli import main
+from adapters.registry import queue, service
+from adapters.registry.client import LocalRegistry
+from adapters.registry.db import Database
+from adapters.registry.repository import WorkerRepository
+from adapters.registry.settings import reset_settings
+from adapters.registry.workers import Capabilities
+from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
+
+MODEL = "tiny-llama"
+
+
+@pytest.fixture
+def cli(backend, tmp_path, monkeypatch):
+    monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
+    for key, value in backend.env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("ADAPTERS_COMPRESSION", "queue")  # pushes wait, pending, for a worker
+    reset_settings()
+
+    def run(*args, code: int = 0):
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    yield run
+    reset_settings()
+
+
+def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir, tmp_path):
+    pushed = cli(
+        "push", adapter_dir, "--name", "acme/w", "--task", "t", "--base-model", MODEL,
+        "--codec", "test-slow-base", "--param", f"log={tmp_path / 'runs.log'}", "--json",
+    )  # fmt: skip
+    assert json.loads(pushed.stdout)["version"]["waiting"]["live_workers"] == 0
+    shown = cli("show", "acme/w:1").stdout
+    assert (
+        f"waiting     for a worker with {MODEL}: no live worker holds it, so from " in shown
+        and "any worker may compress it without the model" in shown
+    )
+    assert json.loads(cli("workers", "--json").stdout) == {"workers": []}
+    assert "no live workers" in cli("workers").stderr
+
+    registry = LocalRegistry(Database(backend.database_url), backend.storage)
+    with registry.db.transaction() as session:
+        workers = WorkerRepository(session)
+        workers.announce("gpu-1", host="box", device="cuda:0", models=[MODEL, "org/other"], now=workers.now())
+    listed = json.loads(cli("workers", "--json").stdout)["workers"]
+    assert [(w["id"], w["host"], w["device"], w["base_models"]) for w in listed] == [
+        ("gpu-1", "box", "cuda:0", ["org/other", MODEL])
+    ]
+    assert "gpu-1" in cli("workers").stdout and f"org/other,{MODEL}" in cli("workers").stdout
+    assert f"waiting     for a worker with {MODEL} (1 live worker holds it)" in cli("show", "acme/w:1").stdout
+
+    job = queue.claim_next(
+        registry.db, "cpu-1", lease_seconds=60, max_attempts=3, capabilities=Capabilities(wait_seconds=0)
+    )
+    assert job is None  # gpu-1 holds the model and is live
+    job = queue.claim_next(
+        registry.db, "gpu-1", lease_seconds=60, max_attempts=3, capabilities=Capabilities((MODEL,))
+    )
+    assert "worker      gpu-1 on cuda:0" in cli("show", "acme/w:1").stdout  # compressing, on that device
+    service.run_job(registry.db, registry.storage, job, device="cuda:0", lease_seconds=60)
+    shown = cli("show", "acme/w:1").stdout
+    assert "status      ready" in shown and "worker      gpu-1 on cuda:0" in shown and "waiting" not in shown
+    registry.close()
+
+
+def test_show_says_a_version_was_compressed_without_its_model(cli, backend, adapter_dir, tmp_path):
+    cli(
+        "push", adapter_dir, "--name", "acme/d", "--task", "t", "--base-model", MODEL,
+        "--codec", "test-slow-base", "--param", f"log={tmp_path / 'runs.log'}",
+    )  # fmt: skip
+    registry = LocalRegistry(Database(backend.database_url), backend.storage)
+    capabilities = Capabilities(wait_seconds=0)
+    job = queue.claim_next(registry.db, "cpu-1", lease_seconds=60, max_attempts=3, capabilities=capabilities)
+    service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
+    registry.close()
+    shown = cli("show", "acme/d:1").stdout
+    assert "worker      cpu-1 on cpu" in shown
+    assert f"note        no live worker holds {MODEL}; compressed without it after 0 s" in shown
+    record = json.loads(cli("show", "acme/d:1", "--json").stdout)["version"]
+    assert (record["worker"], record["device"]) == ("cpu-1", "cpu")
+    assert record["fidelity"]["setup"]["base_model_found"] is False
