@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,8 @@ import torch
 
 from . import stfile
 from .errors import CompressError, InvalidAdapter
+from .limits import MAX_PATTERN_MATCHES
+from .patterns import PatternTable
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -100,33 +101,70 @@ def check_config(config: Any) -> None:
     alpha = config.get("lora_alpha")
     if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
         raise InvalidAdapter(f"config field lora_alpha must be a finite number, got {alpha!r}")
-    for name in ("rank_pattern", "alpha_pattern"):
-        pattern = config.get(name) or {}
-        if not isinstance(pattern, dict) or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in pattern.values()
-        ):
-            raise InvalidAdapter(f"config field {name} must map module patterns to positive numbers")
+    ranks = config.get("rank_pattern") or {}
+    if not isinstance(ranks, dict) or not all(
+        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+        for k, v in ranks.items()
+    ):
+        raise InvalidAdapter("config field rank_pattern must map module patterns to positive integers")
+    alphas = config.get("alpha_pattern") or {}
+    if not isinstance(alphas, dict) or not all(
+        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
+        for k, v in alphas.items()
+    ):
+        raise InvalidAdapter("config field alpha_pattern must map module patterns to positive numbers")
+    RankRules.of(config)  # compiles the patterns: a pattern that cannot be matched is refused here
 
 
-def _pattern_value(pattern: dict[str, Any], module: str, default: float) -> float:
-    # Same rule as PEFT's get_pattern_key: the pattern must match a dotted suffix of the module path.
-    for key, value in pattern.items():
-        if re.match(rf"(.*\.)?({key})$", module):
-            return value
-    return default
+@dataclass(frozen=True)
+class RankRules:
+    """The rank, lora_alpha and scale PEFT gives each module, after rank_pattern / alpha_pattern."""
+
+    r: int
+    lora_alpha: float
+    rslora: bool
+    ranks: PatternTable
+    alphas: PatternTable
+
+    @classmethod
+    def of(cls, config: dict[str, Any]) -> RankRules:
+        return cls(
+            r=config["r"],
+            lora_alpha=config["lora_alpha"],
+            rslora=bool(config.get("use_rslora")),
+            ranks=PatternTable("rank_pattern", config.get("rank_pattern") or {}),
+            alphas=PatternTable("alpha_pattern", config.get("alpha_pattern") or {}),
+        )
+
+    def check_work(self, modules: int) -> None:
+        """Refuse before matching when the patterns times the modules exceed MAX_PATTERN_MATCHES."""
+        for table in (self.ranks, self.alphas):
+            if len(table) * modules > MAX_PATTERN_MATCHES:
+                raise InvalidAdapter(
+                    f"config field {table.field} has {len(table)} patterns for {modules} modules: "
+                    f"more than {MAX_PATTERN_MATCHES} matches to run"
+                )
+
+    def rank_alpha(self, module: str) -> tuple[int, float]:
+        rank = self.ranks.lookup(module)
+        alpha = self.alphas.lookup(module)
+        return (self.r if rank is None else rank), float(self.lora_alpha if alpha is None else alpha)
+
+    def scale(self, module: str) -> float:
+        return self.scale_of(*self.rank_alpha(module))
+
+    def scale_of(self, rank: int, alpha: float) -> float:
+        return alpha / math.sqrt(rank) if self.rslora else alpha / rank
 
 
 def module_rank_alpha(config: dict[str, Any], module: str) -> tuple[int, float]:
     """The rank and lora_alpha PEFT gives `module`, after rank_pattern / alpha_pattern."""
-    rank = int(_pattern_value(config.get("rank_pattern") or {}, module, config["r"]))
-    alpha = float(_pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"]))
-    return rank, alpha
+    return RankRules.of(config).rank_alpha(module)
 
 
 def module_scale(config: dict[str, Any], module: str) -> float:
     """PEFT's scaling for `module`: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
-    rank, alpha = module_rank_alpha(config, module)
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+    return RankRules.of(config).scale(module)
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -159,13 +197,18 @@ def module_name(key: str, suffix: str) -> str:
 
 def find_pairs(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[LoraPair]:
     """Match every LoRA A with its B and check their shapes against each other and the config."""
+    rules = RankRules.of(config)
     pairs: list[LoraPair] = []
+    stems: list[tuple[str, str, Literal["linear", "embedding"], set[str]]] = []
     for a_suffix, b_suffix, kind in _PAIR_SUFFIXES:
         a_keys = {k[: -len(a_suffix)] for k in tensors if k.endswith(a_suffix)}
         b_keys = {k[: -len(b_suffix)] for k in tensors if k.endswith(b_suffix)}
         for stem in sorted(a_keys ^ b_keys):
             missing = b_suffix if stem in a_keys else a_suffix
             raise InvalidAdapter(f"{stem}: has no matching {missing.lstrip('.')}")
+        stems.append((a_suffix, b_suffix, kind, a_keys))
+    rules.check_work(sum(len(a_keys) for *_, a_keys in stems))
+    for a_suffix, b_suffix, kind, a_keys in stems:
         for stem in sorted(a_keys):
             a_key, b_key = stem + a_suffix, stem + b_suffix
             a, b = tensors[a_key], tensors[b_key]
@@ -180,7 +223,7 @@ def find_pairs(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list
                     f"{module}: inconsistent shapes, A {tuple(a.shape)} has rank {a.shape[0]} "
                     f"but B {tuple(b.shape)} has rank {b.shape[1]}"
                 )
-            rank, _ = module_rank_alpha(config, module)
+            rank, alpha = rules.rank_alpha(module)
             if a.shape[0] != rank:
                 raise InvalidAdapter(
                     f"{module}: factors have rank {a.shape[0]} but the config gives rank {rank}"
@@ -194,7 +237,7 @@ def find_pairs(config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list
                     rank=rank,
                     in_features=int(a[0].numel()),
                     out_features=int(b.shape[0]),
-                    scale=module_scale(config, module),
+                    scale=rules.scale_of(rank, alpha),
                 )
             )
     if not pairs:
