@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from . import stfile
+from . import stfile, strict_json
 from .errors import InvalidAdapter, InvalidArtifact
 from .peft_io import LoraCheckpoint, validate, write_adapter
 
@@ -156,8 +156,8 @@ def decode_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
             f"unsupported {name} artifact version {version!r} (this build reads {cls.format_version})"
         )
     try:
-        config = json.loads(metadata[CONFIG_KEY])
-    except (KeyError, json.JSONDecodeError):
+        config = strict_json.loads(metadata[CONFIG_KEY])
+    except (KeyError, strict_json.JSONRefused):
         raise InvalidArtifact("corrupt: the artifact carries no readable PEFT config") from None
     peft_tensors = cls().decode(tensors, metadata, config)
     try:

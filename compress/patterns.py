@@ -74,7 +74,8 @@ def compile_key(key: str) -> Any:
             warnings.simplefilter("error")  # "Possible nested set": [[:alpha:]] and the like
             re.compile(template)
     except (re.error, Warning, RecursionError, OverflowError) as exc:
-        raise InvalidAdapter(f"pattern {shown!r} is not a valid regular expression ({exc})") from None
+        reason = exc.msg if isinstance(exc, re.error) else str(exc)  # without a position in the template
+        raise InvalidAdapter(f"pattern {shown!r} is not a valid regular expression ({reason})") from None
     try:
         return re2.compile(template, _re2_options())
     except re2.error as exc:

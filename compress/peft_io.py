@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 
-from . import stfile
-from .errors import CompressError, InvalidAdapter
-from .limits import MAX_PATTERN_MATCHES
+from . import stfile, strict_json
+from .errors import CompressError, InvalidAdapter, LimitExceeded
+from .limits import MAX_CONFIG_BYTES, MAX_PATTERN_LENGTH, MAX_PATTERN_MATCHES, MAX_TENSORS
 from .patterns import PatternTable
 
 CONFIG_FILE = "adapter_config.json"
@@ -80,40 +81,131 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise InvalidAdapter(f"{path}: not a directory")
     if not config_path.is_file():
         raise InvalidAdapter(f"{path}: missing {CONFIG_FILE}")
+    size = config_path.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidAdapter(f"{config_path}: {size} bytes is more than the limit of {MAX_CONFIG_BYTES}")
+    config = parse_config(config_path.read_bytes(), str(config_path))
     try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InvalidAdapter(f"{config_path}: not valid JSON ({exc})") from None
-    check_config(config)
+        check_config(config)
+    except InvalidAdapter as exc:
+        raise InvalidAdapter(f"{config_path}: {exc}") from None
     return config
 
 
+def parse_config(data: bytes, where: str = CONFIG_FILE) -> Any:
+    """The JSON in an adapter_config.json, parsed strictly (see strict_json); raises InvalidAdapter."""
+    try:
+        return strict_json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidAdapter(f"{where}: not UTF-8 text") from None
+    except strict_json.JSONRefused as exc:
+        raise InvalidAdapter(f"{where}: {exc}") from None
+
+
+TASK_TYPES = ("SEQ_CLS", "SEQ_2_SEQ_LM", "CAUSAL_LM", "TOKEN_CLS", "QUESTION_ANS", "FEATURE_EXTRACTION")
+BIASES = ("none", "all", "lora_only")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# Fields that peft.LoraConfig, or PEFT loading the adapter, fails on unless they have these types (or
+# are absent). field -> (test, what the value must be).
+_FIELD_TYPES: dict[str, tuple[Any, str]] = {
+    "target_modules": (
+        lambda v: v is None or isinstance(v, str) or _is_names(v),
+        "a list of module names, a regular expression or null",
+    ),
+    "exclude_modules": (
+        lambda v: v is None or isinstance(v, str) or _is_names(v),
+        "a list of module names, a regular expression or null",
+    ),
+    "modules_to_save": (lambda v: v is None or _is_names(v), "a list of module names or null"),
+    "target_parameters": (lambda v: v is None or _is_names(v), "a list of parameter names or null"),
+    "layers_to_transform": (
+        lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
+        "a layer index, a list of layer indices or null",
+    ),
+    "layers_pattern": (
+        lambda v: v is None or isinstance(v, str) or _is_names(v),
+        "a name, a list of names or null",
+    ),
+    "base_model_name_or_path": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "revision": (lambda v: v is None or isinstance(v, str), "a string or null"),
+    "task_type": (lambda v: v is None or v in TASK_TYPES, f"one of {', '.join(TASK_TYPES)} or null"),
+    "bias": (lambda v: v in BIASES, f"one of {', '.join(BIASES)}"),
+    "lora_dropout": (lambda v: _is_number(v) and v <= 1, "a number no larger than 1"),
+    "init_lora_weights": (lambda v: isinstance(v, (bool, str)), "true, false or the name of a method"),
+    "rank_pattern": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+    "alpha_pattern": (lambda v: v is None or isinstance(v, dict), "an object or null"),
+}
+
+
+def _check_regex(name: str, value: Any) -> None:
+    """PEFT matches a string `target_modules` / `exclude_modules` with re.fullmatch when it loads the
+    adapter (in the user's process, not here): it must at least compile."""
+    if not isinstance(value, str):
+        return
+    if len(value) > MAX_PATTERN_LENGTH:
+        raise InvalidAdapter(f"config field {name} is longer than {MAX_PATTERN_LENGTH} characters")
+    try:
+        re.compile(value)
+    except (re.error, RecursionError, OverflowError) as exc:
+        reason = exc.msg if isinstance(exc, re.error) else str(exc)
+        raise InvalidAdapter(f"config field {name} is not a valid regular expression ({reason})") from None
+
+
 def check_config(config: Any) -> None:
-    """Raise InvalidAdapter unless `config` is a LoRA config whose math fields make sense."""
+    """Raise InvalidAdapter unless `config` is a LoRA config that PEFT can load and whose math fields
+    make sense. Mirrors the checks of peft.LoraConfig and of loading an adapter (without PEFT)."""
     if not isinstance(config, dict):
         raise InvalidAdapter("adapter config must be a JSON object")
     peft_type = config.get("peft_type")
     if peft_type != "LORA":
-        raise InvalidAdapter(f"unsupported peft_type {peft_type!r}: only LORA adapters are accepted")
+        raise InvalidAdapter(f"unsupported peft_type {_short(peft_type)}: only LORA adapters are accepted")
     r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r <= 0:
-        raise InvalidAdapter(f"config field r must be a positive integer, got {r!r}")
+    if not _is_int(r) or r <= 0:
+        raise InvalidAdapter(f"config field r must be a positive integer, got {_short(r)}")
     alpha = config.get("lora_alpha")
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise InvalidAdapter(f"config field lora_alpha must be a finite number, got {alpha!r}")
+    if not _is_number(alpha) or not math.isfinite(alpha):
+        raise InvalidAdapter(f"config field lora_alpha must be a finite number, got {_short(alpha)}")
+    for name, (test, expected) in _FIELD_TYPES.items():
+        if name in config and not test(config[name]):
+            raise InvalidAdapter(f"config field {name} must be {expected}, got {_short(config[name])}")
+    for name in ("target_modules", "exclude_modules"):
+        _check_regex(name, config.get(name))
+    if isinstance(config.get("target_modules"), str):
+        for name in ("layers_to_transform", "layers_pattern"):
+            if config.get(name) is not None:
+                raise InvalidAdapter(f"config field {name} cannot be used when target_modules is a string")
+    if config.get("layers_pattern") and config.get("layers_to_transform") is None:
+        raise InvalidAdapter("config field layers_pattern needs layers_to_transform")
+    if config.get("lora_bias"):
+        if config.get("init_lora_weights", True) not in (True, False):
+            raise InvalidAdapter("config field lora_bias needs init_lora_weights true or false")
+        if config.get("use_dora"):
+            raise InvalidAdapter("config field lora_bias cannot be combined with use_dora")
     ranks = config.get("rank_pattern") or {}
-    if not isinstance(ranks, dict) or not all(
-        isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
-        for k, v in ranks.items()
-    ):
+    if not all(isinstance(k, str) and _is_int(v) and v > 0 for k, v in ranks.items()):
         raise InvalidAdapter("config field rank_pattern must map module patterns to positive integers")
     alphas = config.get("alpha_pattern") or {}
-    if not isinstance(alphas, dict) or not all(
-        isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
-        for k, v in alphas.items()
-    ):
+    if not all(isinstance(k, str) and _is_number(v) and v > 0 for k, v in alphas.items()):
         raise InvalidAdapter("config field alpha_pattern must map module patterns to positive numbers")
     RankRules.of(config)  # compiles the patterns: a pattern that cannot be matched is refused here
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 @dataclass(frozen=True)
@@ -172,6 +264,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
     if st_path.is_file():
         try:
             tensors, _ = stfile.load(st_path)
+        except LimitExceeded as exc:
+            raise InvalidAdapter(f"{st_path}: {exc}") from None
         except CompressError as exc:
             raise InvalidAdapter(f"{st_path}: malformed safetensors ({exc})") from None
         return tensors
@@ -186,6 +280,8 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
             isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
         ):
             raise InvalidAdapter(f"{bin_path}: not a mapping of names to tensors")
+        if len(state) > MAX_TENSORS:
+            raise InvalidAdapter(f"{bin_path}: {len(state)} tensors, more than the limit of {MAX_TENSORS}")
         return {k: v.contiguous() for k, v in state.items()}
     raise InvalidAdapter(f"{path}: missing {SAFETENSORS_FILE} (or {BIN_FILE})")
 
@@ -249,7 +345,7 @@ def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
     for key, tensor in tensors.items():
         if tensor.dtype not in FLOAT_DTYPES:
             raise InvalidAdapter(f"{key}: unsupported dtype {tensor.dtype} (expected a float type)")
-        if not bool(torch.isfinite(tensor).all()):
+        if tensor.numel() and not bool(torch.isfinite(tensor).all()):
             raise InvalidAdapter(f"{key}: contains NaN or Inf values")
 
 
