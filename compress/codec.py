@@ -9,7 +9,6 @@ content-addressed source blob.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ import torch
 
 from . import stfile, strict_json
 from .errors import InvalidAdapter, InvalidArtifact
-from .peft_io import LoraCheckpoint, validate, write_adapter
+from .peft_io import LoraCheckpoint, config_json, validate, write_adapter
 
 FORMAT_KEY = "adapters.format"
 VERSION_KEY = "adapters.format_version"
@@ -76,7 +75,7 @@ def config_metadata(codec: type[Codec] | Codec, config: dict[str, Any]) -> dict[
     return {
         FORMAT_KEY: codec.name,
         VERSION_KEY: str(codec.format_version),
-        CONFIG_KEY: json.dumps(config, sort_keys=True),
+        CONFIG_KEY: config_json(config),
     }
 
 

@@ -351,6 +351,26 @@ def check_tensors(tensors: dict[str, torch.Tensor]) -> None:
 
 # PEFT keeps these config fields as sets and writes them in arbitrary order.
 SET_VALUED_FIELDS = ("target_modules", "exclude_modules")
+# PEFT gives a module the value of the first of these keys that matches it: their order is meaning.
+ORDERED_FIELDS = ("rank_pattern", "alpha_pattern")
+
+
+def _sorted(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _sorted(value[key]) for key in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+def config_json(config: dict[str, Any], *, indent: int | None = None) -> str:
+    """The config as JSON with its keys sorted (identical content, identical bytes), except inside
+    rank_pattern and alpha_pattern, which keep their order."""
+    ordered = {
+        key: config[key] if key in ORDERED_FIELDS and isinstance(config[key], dict) else _sorted(config[key])
+        for key in sorted(config)
+    }
+    return json.dumps(ordered, indent=indent)
 
 
 def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -381,6 +401,6 @@ def write_adapter(checkpoint: LoraCheckpoint, out_dir: str | Path) -> Path:
     """Write a PEFT directory (config + safetensors with PEFT's keys and dtypes) that PEFT loads as is."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(checkpoint.config, indent=2, sort_keys=True) + "\n")
+    (out / CONFIG_FILE).write_text(config_json(checkpoint.config, indent=2) + "\n")
     stfile.write(out / SAFETENSORS_FILE, checkpoint.tensors, metadata={"format": "pt"})
     return out
