@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, JSONType, UTCDateTime
+from .limits import MAX_BASE_MODEL_BYTES
 from .refs import DIGEST_REGEX, NAME_REGEX
 
 
@@ -46,7 +47,8 @@ class Adapter(Base):
     namespace: Mapped[str] = mapped_column(sa.String(64))
     name: Mapped[str] = mapped_column(sa.String(64))
     task: Mapped[str] = mapped_column(sa.String(64))
-    base_model: Mapped[str | None] = mapped_column(sa.String(256))
+    # limits.py bounds its UTF-8 bytes, so it never has more characters than that either.
+    base_model: Mapped[str | None] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES))
     description: Mapped[str | None] = mapped_column(sa.Text)
     # The highest version number handed out; bumped with UPDATE ... RETURNING, which serializes pushes.
     last_version: Mapped[int] = mapped_column(server_default=sa.text("0"))

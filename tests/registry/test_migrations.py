@@ -165,3 +165,32 @@ def test_0002_gives_versions_left_compressing_an_expired_lease(fresh_db_url):
     assert rows[0].attempts == 1 and rows[0].leased_by and rows[0].lease_expires_at is not None
     assert (rows[1].attempts, rows[1].leased_by, rows[1].lease_expires_at) == (0, None, None)
     db.dispose()
+
+
+def test_0003_widens_base_model_and_keeps_what_was_there(fresh_db_url):
+    from alembic import command
+
+    from adapters.registry.db import alembic_config
+
+    insert = sa.text("INSERT INTO adapters (namespace, name, task, base_model) VALUES ('acme', :n, 't', :b)")
+    db = Database(fresh_db_url)
+    db.upgrade("0002")
+    with db.engine.begin() as conn:
+        conn.execute(insert, {"n": "short", "b": "org/model"})
+    db.upgrade()
+    long_path, wide = "/" + "p" * 2047, "\U0001d538" * 512  # 2,048 bytes each: within the B-tree index
+    with db.engine.begin() as conn:
+        conn.execute(insert, {"n": "long", "b": long_path})
+        conn.execute(insert, {"n": "wide", "b": wide})
+    read = sa.text("SELECT name, base_model FROM adapters ORDER BY name")
+    with db.engine.connect() as conn:
+        assert conn.execute(read).all() == [("long", long_path), ("short", "org/model"), ("wide", wide)]
+    with db.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0002")  # cuts what the old column cannot hold
+    with db.engine.connect() as conn:
+        assert conn.execute(read).all() == [
+            ("long", long_path[:256]),
+            ("short", "org/model"),
+            ("wide", wide[:256]),
+        ]
+    db.dispose()
