@@ -21,7 +21,7 @@ import torch
 from . import stfile, strict_json
 from .errors import CompressError, InvalidAdapter, LimitExceeded
 from .limits import MAX_CONFIG_BYTES, MAX_PATTERN_LENGTH, MAX_PATTERN_MATCHES, MAX_TENSORS
-from .patterns import PatternTable
+from .patterns import PatternTable, exact_names
 
 CONFIG_FILE = "adapter_config.json"
 SAFETENSORS_FILE = "adapter_model.safetensors"
@@ -118,6 +118,20 @@ def _is_names(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(v, str) for v in value)
 
 
+# PEFT puts modules_to_save and layers_pattern entries into regular expressions of its own when it
+# loads an adapter (`(^|.*\.){name}($|\..*)`): they must be plain module names, which cannot
+# backtrack, not patterns.
+_PLAIN_NAME = re.compile(r"[^\s\\^$*+?{}\[\]()|]+")
+
+
+def _is_plain(value: Any) -> bool:
+    return isinstance(value, str) and value.isascii() and _PLAIN_NAME.fullmatch(value) is not None
+
+
+def _is_plain_names(value: Any) -> bool:
+    return isinstance(value, list) and all(_is_plain(v) for v in value)
+
+
 # Fields that peft.LoraConfig, or PEFT loading the adapter, fails on unless they have these types (or
 # are absent). field -> (test, what the value must be).
 _FIELD_TYPES: dict[str, tuple[Any, str]] = {
@@ -129,15 +143,15 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
         lambda v: v is None or isinstance(v, str) or _is_names(v),
         "a list of module names, a regular expression or null",
     ),
-    "modules_to_save": (lambda v: v is None or _is_names(v), "a list of module names or null"),
+    "modules_to_save": (lambda v: v is None or _is_plain_names(v), "a list of plain module names or null"),
     "target_parameters": (lambda v: v is None or _is_names(v), "a list of parameter names or null"),
     "layers_to_transform": (
         lambda v: v is None or _is_int(v) or (isinstance(v, list) and all(_is_int(x) for x in v)),
         "a layer index, a list of layer indices or null",
     ),
     "layers_pattern": (
-        lambda v: v is None or isinstance(v, str) or _is_names(v),
-        "a name, a list of names or null",
+        lambda v: v is None or _is_plain(v) or _is_plain_names(v),
+        "a plain name, a list of plain names or null",
     ),
     "base_model_name_or_path": (lambda v: v is None or isinstance(v, str), "a string or null"),
     "revision": (lambda v: v is None or isinstance(v, str), "a string or null"),
@@ -152,7 +166,8 @@ _FIELD_TYPES: dict[str, tuple[Any, str]] = {
 
 def _check_regex(name: str, value: Any) -> None:
     """PEFT matches a string `target_modules` / `exclude_modules` with re.fullmatch when it loads the
-    adapter (in the user's process, not here): it must at least compile."""
+    adapter: it must at least compile. (Where this process loads an adapter with PEFT, it replaces
+    them first: see loading_config.)"""
     if not isinstance(value, str):
         return
     if len(value) > MAX_PATTERN_LENGTH:
@@ -257,6 +272,38 @@ def module_rank_alpha(config: dict[str, Any], module: str) -> tuple[int, float]:
 def module_scale(config: dict[str, Any], module: str) -> float:
     """PEFT's scaling for `module`: lora_alpha / r, or lora_alpha / sqrt(r) with rsLoRA."""
     return RankRules.of(config).scale(module)
+
+
+def loading_config(checkpoint: LoraCheckpoint) -> dict[str, Any]:
+    """The checkpoint's config for loading it with PEFT in this process (a worker distilling against
+    its base model), with every pattern from the upload that PEFT would run with Python's
+    backtracking `re` against the base model's module names replaced by one that cannot backtrack:
+
+    - rank_pattern / alpha_pattern: one key per value, matching exactly the names of the modules
+      given it (as RE2 matched the upload's keys);
+    - a string target_modules or exclude_modules: the list of the adapter's modules (PEFT matches
+      lists by name), which also makes layers_to_transform / layers_pattern moot.
+
+    The model PEFT builds is the same: the same modules get the same ranks and scales (modules the
+    upload targets but holds no weights for would carry zero LoRA factors, so are left out)."""
+    config = dict(checkpoint.config)
+    rules = RankRules.of(config)
+    modules = sorted({pair.module for pair in checkpoint.pairs})
+    if isinstance(config.get("target_modules"), str) or isinstance(config.get("exclude_modules"), str):
+        config.update(
+            target_modules=modules, exclude_modules=None, layers_to_transform=None, layers_pattern=None
+        )
+    ranks: dict[int, list[str]] = {}
+    alphas: dict[float, list[str]] = {}
+    for module in modules:
+        rank, alpha = rules.rank_alpha(module)
+        if rank != rules.r:
+            ranks.setdefault(rank, []).append(module)
+        if alpha != rules.lora_alpha:
+            alphas.setdefault(alpha, []).append(module)
+    config["rank_pattern"] = {exact_names(names): rank for rank, names in ranks.items()}
+    config["alpha_pattern"] = {exact_names(names): alpha for alpha, names in alphas.items()}
+    return config
 
 
 def _load_tensors(path: Path) -> dict[str, torch.Tensor]:

@@ -98,10 +98,13 @@ UNLOADABLE = {
     "lora_bias with a named init": {"lora_bias": True, "init_lora_weights": "gaussian"},
 }
 # Not the type PEFT declares, though PEFT happens to load them: refused as well (the registry reads
-# base_model_name_or_path as a string).
+# base_model_name_or_path as a string; PEFT puts modules_to_save and layers_pattern into regular
+# expressions of its own, so they must be plain names).
 WRONG_TYPE = {
     "exclude_modules: {}": {"exclude_modules": {"q_proj": 1}},
     "base_model_name_or_path: 5": {"base_model_name_or_path": 5},
+    "modules_to_save: a pattern": {"modules_to_save": ["(a+)+b"]},
+    "layers_pattern: a pattern": {"layers_pattern": "(x+)+", "layers_to_transform": [0]},
 }
 
 

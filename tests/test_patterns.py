@@ -149,3 +149,61 @@ def test_re2_and_python_agree_on_every_pattern_accepted(key, module):
     python = re.match(TEMPLATE.format(key=key), module) is not None
     assert (program.match(module) is not None) == python
     assert (ours is not None) == (python or key == module)
+
+
+def test_loading_an_upload_with_peft_runs_none_of_its_patterns():
+    """A worker with the base model loads the adapter with PEFT, which matches rank_pattern keys and
+    a string target_modules with Python's re against the base model's module names: (.|.)*Z takes
+    2^31 steps on model.layers.0.self_attn.q_proj. The loading config has none of them."""
+    code = textwrap.dedent(
+        """
+        import tempfile
+        from pathlib import Path
+        from adapters.compress.calibration import with_adapter
+        from adapters.compress.peft_io import check_config, read_adapter
+        from tests.factories import make_adapter, tiny_llama
+
+        checkpoint = read_adapter(make_adapter(Path(tempfile.mkdtemp()) / "a", seed=1))
+        checkpoint.config.update(
+            target_modules="(.|.)*(q|v)_proj", rank_pattern={"(.|.)*Z": 8}, alpha_pattern={"(.|.)*Y": 2}
+        )
+        check_config(checkpoint.config)  # accepted: RE2 runs these in linear time
+        model = with_adapter(tiny_llama(1), checkpoint)
+        print(sorted(n for n, _ in model.named_modules() if n.endswith("lora_A.default"))[:1])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=180
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "['base_model.model.model.layers.0.self_attn.q_proj.lora_A.default']"
+
+
+def test_the_loading_config_builds_the_same_model(tmp_path):
+    import torch
+    from peft import PeftModel
+
+    from adapters.compress.calibration import with_adapter
+    from adapters.compress.peft_io import loading_config, read_adapter
+    from tests.factories import make_adapter, tiny_llama, token_batch
+
+    source = make_adapter(
+        tmp_path / "a",
+        seed=2,
+        target_modules=r".*\.(q_proj|v_proj|down_proj)",
+        rank_pattern={"down_proj": 2, r"layers\.1\..*q_proj": 6},
+        alpha_pattern={"layers.1.self_attn.q_proj": 3},
+        modules_to_save=["lm_head"],
+    )
+    checkpoint = read_adapter(source)
+    config = loading_config(checkpoint)
+    assert config["target_modules"] == sorted(p.module for p in checkpoint.pairs)
+    assert config["rank_pattern"] == {
+        "^(?:model\\.layers\\.0\\.mlp\\.down_proj|model\\.layers\\.1\\.mlp\\.down_proj)": 2,
+        "^(?:model\\.layers\\.1\\.self_attn\\.q_proj)": 6,
+    }
+    batch = token_batch(seed=2)
+    with torch.no_grad():
+        expected = PeftModel.from_pretrained(tiny_llama(2), str(source)).eval()(batch).logits
+        actual = with_adapter(tiny_llama(2), checkpoint, tmp_path / "loaded")(batch).logits
+    assert torch.equal(expected, actual)
