@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from adapters.registry import limits
 from adapters.registry.refs import DIGEST_PATTERN, NAME_PATTERN
 from adapters.registry.schemas import AdapterView, TokenView, VersionView, WorkerView
 
@@ -59,7 +60,7 @@ class AliasTarget(BaseModel):
 class YankRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    reason: str | None = Field(default=None, max_length=1000)
+    reason: str | None = Field(default=None, max_length=limits.MAX_YANK_REASON_LENGTH)
 
 
 class TokenRequest(BaseModel):
@@ -81,19 +82,28 @@ class PushMetadata(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     task: str | None = Field(default=None, pattern=NAME)
-    base_model: str | None = Field(default=None, min_length=1, max_length=256)
-    description: str | None = Field(default=None, max_length=4096)
-    tags: list[str] = Field(default_factory=list, max_length=64)
-    aliases: list[str] = Field(default_factory=list, max_length=64)
+    base_model: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=limits.MAX_BASE_MODEL_BYTES,
+        description=f"At most {limits.MAX_BASE_MODEL_BYTES} bytes in UTF-8, no control characters.",
+    )
+    description: str | None = Field(default=None, max_length=limits.MAX_DESCRIPTION_LENGTH)
+    tags: list[str] = Field(default_factory=list, max_length=limits.MAX_TAGS)
+    aliases: list[str] = Field(default_factory=list, max_length=limits.MAX_ALIASES)
     codec: str | None = Field(
-        default=None, max_length=32, description="nola or raw; default: the server's (nola unless configured)"
+        default=None,
+        max_length=limits.MAX_CODEC_NAME_LENGTH,
+        description="nola or raw; default: the server's (nola unless configured)",
     )
     params: dict[str, Any] = Field(default_factory=dict)
     on_gate_fail: Literal["raw", "reject"] = "raw"
     config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")
     weights_sha256: str = Field(pattern=DIGEST, description="sha256 of the `weights` part.")
     source: str | None = Field(
-        default=None, max_length=1024, description="How error messages name the upload (the client's path)."
+        default=None,
+        max_length=limits.MAX_SOURCE_LABEL_LENGTH,
+        description="How error messages name the upload (the client's path).",
     )
 
 

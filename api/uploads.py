@@ -16,7 +16,6 @@ response instead of a reset connection.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,14 +27,22 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
-from adapters.registry.errors import AdapterTooLarge, DigestMismatch, InvalidRequest, RegistryError
+from adapters.compress import stfile, strict_json
+from adapters.compress.errors import CompressError
+from adapters.compress.limits import MAX_CONFIG_BYTES
+from adapters.registry.errors import (
+    AdapterTooLarge,
+    DigestMismatch,
+    InvalidAdapterUpload,
+    InvalidRequest,
+    RegistryError,
+)
 
 from .schemas import PushMetadata
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 METADATA_LIMIT = 64 * 1024
-CONFIG_LIMIT = 1024 * 1024
 OVERHEAD = 256 * 1024  # multipart boundaries and part headers
 DRAIN_LIMIT = 64 * 1024 * 1024  # read at most this much of a refused body before answering
 
@@ -112,19 +119,35 @@ class _Receiver:
         assert self._out is not None
         self.file_bytes += len(chunk)
         if self.file_bytes > self.limit:
-            where = self.metadata.source if self.metadata and self.metadata.source else "upload"
             raise AdapterTooLarge(
-                f"{where}: the adapter's files are larger than the limit of {self.limit} bytes"
+                f"{self._where()}: the adapter's files are larger than the limit of {self.limit} bytes"
             )
-        if self._part == "config" and self.file_bytes > CONFIG_LIMIT:
-            raise InvalidRequest(f"{CONFIG_FILE} is larger than {CONFIG_LIMIT} bytes")
+        if self._part == "config" and self.file_bytes > MAX_CONFIG_BYTES:
+            raise InvalidAdapterUpload(
+                f"{self._where()}/{CONFIG_FILE}: more than the limit of {MAX_CONFIG_BYTES} bytes"
+            )
+        if self._out_name == WEIGHT_FILES[0] and len(self._buffer) < 8:
+            self._check_header_length(chunk)
         self._hash.update(chunk)
         self._out.write(chunk)
+
+    def _where(self) -> str:
+        return self.metadata.source if self.metadata and self.metadata.source else "upload"
+
+    def _check_header_length(self, chunk: bytes) -> None:
+        """Refuse a safetensors file whose header is too large from its first 8 bytes, before the
+        rest of it is received."""
+        self._buffer.extend(chunk[: 8 - len(self._buffer)])
+        if len(self._buffer) == 8:
+            try:
+                stfile.header_length(bytes(self._buffer))
+            except CompressError as exc:
+                raise InvalidAdapterUpload(f"{self._where()}/{self._out_name}: {exc}") from None
 
     def on_part_end(self) -> None:
         if self._part == "metadata":
             try:
-                self.metadata = PushMetadata.model_validate(json.loads(bytes(self._buffer)))
+                self.metadata = PushMetadata.model_validate(strict_json.loads(bytes(self._buffer)))
             except (ValueError, ValidationError) as exc:
                 raise InvalidRequest(f"invalid metadata part: {_short(exc)}") from None
             return

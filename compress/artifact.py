@@ -32,7 +32,7 @@ from . import philox, stfile
 from .bases import FAMILIES, basis_key, make_basis
 from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
-from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair
+from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
@@ -131,7 +131,7 @@ def serialize(config: dict[str, Any], header: dict[str, Any], tensors: dict[str,
     metadata = {
         FORMAT_KEY: FORMAT,
         VERSION_KEY: str(FORMAT_VERSION),
-        CONFIG_KEY: json.dumps(config, sort_keys=True),
+        CONFIG_KEY: config_json(config),
         HEADER_KEY: encode_header(header),
     }
     metadata[CHECKSUM_KEY] = checksum(tensors, metadata)

@@ -15,7 +15,7 @@ import torch
 
 from .base_models import load_base_model  # noqa: F401 - where callers have always found it
 from .errors import CompressError
-from .peft_io import LoraCheckpoint, write_adapter
+from .peft_io import LoraCheckpoint, loading_config, write_adapter
 from .stats import DEFAULT_MAX_RANK, InputStats, collecting
 
 
@@ -88,7 +88,8 @@ def split_texts(texts: Sequence[str], held_out: float = 0.2, seed: int = 0) -> t
 
 
 def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path | None = None):
-    """The base model with a PEFT adapter applied (a directory, or a checkpoint written to workdir)."""
+    """The base model with a PEFT adapter applied: a directory (the user's own), or a checkpoint
+    (an upload, maybe) written to workdir with a config whose patterns cannot backtrack."""
     import tempfile
     import warnings
 
@@ -96,7 +97,8 @@ def with_adapter(base, adapter: str | Path | LoraCheckpoint, workdir: str | Path
 
     if isinstance(adapter, LoraCheckpoint):
         workdir = Path(workdir or tempfile.mkdtemp(prefix="adapters-"))
-        adapter = write_adapter(adapter, workdir)
+        safe = LoraCheckpoint(loading_config(adapter), adapter.tensors, adapter.pairs)
+        adapter = write_adapter(safe, workdir)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=FutureWarning)  # transformers deprecations PEFT trips
         return PeftModel.from_pretrained(base, str(adapter), is_trainable=False).eval()

@@ -9,7 +9,6 @@ content-addressed source blob.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any, ClassVar, Protocol
 
 import torch
 
-from . import stfile
+from . import stfile, strict_json
 from .errors import InvalidAdapter, InvalidArtifact
-from .peft_io import LoraCheckpoint, validate, write_adapter
+from .peft_io import LoraCheckpoint, config_json, validate, write_adapter
 
 FORMAT_KEY = "adapters.format"
 VERSION_KEY = "adapters.format_version"
@@ -83,7 +82,7 @@ def config_metadata(codec: type[Codec] | Codec, config: dict[str, Any]) -> dict[
     return {
         FORMAT_KEY: codec.name,
         VERSION_KEY: str(codec.format_version),
-        CONFIG_KEY: json.dumps(config, sort_keys=True),
+        CONFIG_KEY: config_json(config),
     }
 
 
@@ -168,8 +167,8 @@ def decode_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
             f"unsupported {name} artifact version {version!r} (this build reads {cls.format_version})"
         )
     try:
-        config = json.loads(metadata[CONFIG_KEY])
-    except (KeyError, json.JSONDecodeError):
+        config = strict_json.loads(metadata[CONFIG_KEY])
+    except (KeyError, strict_json.JSONRefused):
         raise InvalidArtifact("corrupt: the artifact carries no readable PEFT config") from None
     peft_tensors = cls().decode(tensors, metadata, config)
     try:

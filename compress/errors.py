@@ -11,3 +11,8 @@ class InvalidAdapter(CompressError):
 
 class InvalidArtifact(CompressError):
     """An artifact file that is truncated, tampered with, of an unknown format or fails verification."""
+
+
+class LimitExceeded(InvalidArtifact):
+    """A file beyond what this library reads (compress.limits): e.g. a safetensors header that is
+    larger, or lists more tensors, than any LoRA adapter needs."""

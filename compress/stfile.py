@@ -16,7 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import InvalidArtifact
+from .errors import InvalidArtifact, LimitExceeded
+from .limits import MAX_HEADER_BYTES, MAX_TENSOR_DIMS, MAX_TENSORS
 
 _DTYPES: dict[str, torch.dtype] = {
     "F64": torch.float64,
@@ -31,13 +32,14 @@ _DTYPES: dict[str, torch.dtype] = {
     "BOOL": torch.bool,
 }
 _NAMES = {v: k for k, v in _DTYPES.items()}
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    if tensor.numel() == 0:
+        return b""
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     # View as bytes so bfloat16 (which numpy lacks) serializes too.
-    return flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+    return flat.view(torch.uint8).numpy().tobytes()
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
@@ -63,6 +65,9 @@ def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = No
         offset += len(data)
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
+    check_header_size(len(text))
+    if len(tensors) > MAX_TENSORS:
+        raise LimitExceeded(f"{len(tensors)} tensors are more than the limit of {MAX_TENSORS}")
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
@@ -73,19 +78,42 @@ def write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str
     return len(data)
 
 
-def _parse_header(data: bytes | memoryview) -> tuple[dict[str, str], dict[str, dict], int]:
-    if len(data) < 8:
+def check_header_size(n: int) -> None:
+    """Raise LimitExceeded for a header longer than MAX_HEADER_BYTES (before reading any of it)."""
+    if n > MAX_HEADER_BYTES:
+        raise LimitExceeded(
+            f"the safetensors header is {n} bytes, more than the limit of {MAX_HEADER_BYTES} "
+            f"({MAX_TENSORS} tensors at most)"
+        )
+
+
+def header_length(head: bytes, size: int | None = None) -> int:
+    """The header length the first 8 bytes of a safetensors file declare, checked against the file's
+    `size` (where known) and the limit."""
+    if len(head) < 8:
         raise InvalidArtifact("truncated: no safetensors header")
-    (n,) = struct.unpack("<Q", bytes(data[:8]))
-    if n > _MAX_HEADER or 8 + n > len(data):
+    (n,) = struct.unpack("<Q", head[:8])
+    if size is not None and 8 + n > size:
         raise InvalidArtifact("truncated or corrupt: header length exceeds the file")
+    check_header_size(n)
+    return n
+
+
+def _parse_header(data: bytes | memoryview) -> tuple[dict[str, str], dict[str, dict], int]:
+    n = header_length(bytes(data[:8]), len(data))
+    # Plain json: every value the reader uses is type-checked below, so NaN or a deep list is refused
+    # there (strict_json's walk would double the cost of a large header).
     try:
-        header = json.loads(bytes(data[8 : 8 + n]))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        header = json.loads(bytes(data[8 : 8 + n]).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise InvalidArtifact("corrupt: the safetensors header is not UTF-8") from None
+    except (ValueError, RecursionError):  # JSONDecodeError, or an integer Python cannot convert
         raise InvalidArtifact("corrupt: the safetensors header is not valid JSON") from None
     if not isinstance(header, dict):
         raise InvalidArtifact("corrupt: the safetensors header is not an object")
     metadata = header.pop("__metadata__", None) or {}
+    if len(header) > MAX_TENSORS:
+        raise LimitExceeded(f"the safetensors header lists {len(header)} tensors, more than {MAX_TENSORS}")
     if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
         raise InvalidArtifact("corrupt: safetensors metadata must map strings to strings")
     return metadata, header, 8 + n
@@ -93,16 +121,16 @@ def _parse_header(data: bytes | memoryview) -> tuple[dict[str, str], dict[str, d
 
 def read_metadata(path: str | Path) -> dict[str, str]:
     """Only the metadata of a safetensors file (reads the header, not the tensors)."""
-    with Path(path).open("rb") as fh:
+    path = Path(path)
+    with path.open("rb") as fh:
         head = fh.read(8)
-        if len(head) < 8:
-            raise InvalidArtifact("truncated: no safetensors header")
-        (n,) = struct.unpack("<Q", head)
-        if n > _MAX_HEADER:
-            raise InvalidArtifact("corrupt: header length is implausible")
-        body = fh.read(n)
+        body = fh.read(header_length(head, path.stat().st_size))
     metadata, _, _ = _parse_header(head + body)
     return metadata
+
+
+def _is_index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def loads(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -118,14 +146,16 @@ def loads(data: bytes | bytearray) -> tuple[dict[str, torch.Tensor], dict[str, s
     for key, entry in entries.items():
         try:
             dtype = _DTYPES[entry["dtype"]]
-            shape = [int(d) for d in entry["shape"]]
-            begin, end = (int(x) for x in entry["data_offsets"])
+            shape, offsets = entry["shape"], entry["data_offsets"]
+            begin, end = offsets
         except (KeyError, TypeError, ValueError):
             raise InvalidArtifact(f"corrupt: bad header entry for {key!r}") from None
+        if not isinstance(shape, list) or not all(_is_index(d) for d in [*shape, begin, end]):
+            raise InvalidArtifact(f"corrupt: bad header entry for {key!r}")
+        if len(shape) > MAX_TENSOR_DIMS:
+            raise InvalidArtifact(f"corrupt: {key!r} has more than {MAX_TENSOR_DIMS} dimensions")
         numel = 1
         for d in shape:
-            if d < 0:
-                raise InvalidArtifact(f"corrupt: negative dimension in {key!r}")
             numel *= d
         itemsize = torch.empty((), dtype=dtype).element_size()
         if not 0 <= begin <= end <= size or end - begin != numel * itemsize:
@@ -155,5 +185,7 @@ def load(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     path = Path(path)
     buffer = bytearray(path.stat().st_size)
     with path.open("rb") as fh:
+        header_length(fh.read(8), len(buffer))  # an oversized header is refused before the file is read
+        fh.seek(0)
         fh.readinto(buffer)
     return loads(buffer)

@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, JSONType, UTCDateTime
+from .limits import MAX_BASE_MODEL_BYTES
 from .refs import DIGEST_REGEX, NAME_REGEX
 
 
@@ -46,7 +47,8 @@ class Adapter(Base):
     namespace: Mapped[str] = mapped_column(sa.String(64))
     name: Mapped[str] = mapped_column(sa.String(64))
     task: Mapped[str] = mapped_column(sa.String(64))
-    base_model: Mapped[str | None] = mapped_column(sa.String(256))
+    # limits.py bounds its UTF-8 bytes, so it never has more characters than that either.
+    base_model: Mapped[str | None] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES))
     description: Mapped[str | None] = mapped_column(sa.Text)
     # The highest version number handed out; bumped with UPDATE ... RETURNING, which serializes pushes.
     last_version: Mapped[int] = mapped_column(server_default=sa.text("0"))
@@ -138,7 +140,7 @@ class Version(Base):
     next_attempt_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     # The base model the requested codec would use (None for codecs that use none): a live worker
     # that holds it gets the job; without one, any worker takes it after a wait (see workers.py).
-    wants_base_model: Mapped[str | None] = mapped_column(sa.String(256))
+    wants_base_model: Mapped[str | None] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES))
 
     adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
 
@@ -244,7 +246,7 @@ class WorkerBaseModel(Base):
     __tablename__ = "worker_base_models"
 
     worker_id: Mapped[str] = mapped_column(sa.ForeignKey("workers.id", ondelete="CASCADE"), primary_key=True)
-    base_model: Mapped[str] = mapped_column(sa.String(256), primary_key=True, index=True)
+    base_model: Mapped[str] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES), primary_key=True, index=True)
 
 
 class TokenScope(str, enum.Enum):

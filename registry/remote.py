@@ -22,6 +22,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from . import limits
 from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
@@ -90,6 +91,25 @@ class _Counting:
 
     def fileno(self) -> int:
         return self.fh.fileno()
+
+
+def _check_files(config: Path, weights: Path) -> None:
+    """The limits on an adapter's files that can be checked without reading them (the server checks
+    everything again): the config's size and the safetensors header's declared length."""
+    from adapters.compress.limits import MAX_CONFIG_BYTES, MAX_HEADER_BYTES  # no torch, unlike stfile
+
+    size = config.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise InvalidAdapterUpload(f"{config}: {size} bytes is more than the limit of {MAX_CONFIG_BYTES}")
+    if weights.name == WEIGHT_FILES[0]:
+        with weights.open("rb") as fh:
+            head = fh.read(8)
+        declared = int.from_bytes(head, "little") if len(head) == 8 else 0
+        if declared > MAX_HEADER_BYTES:
+            raise InvalidAdapterUpload(
+                f"{weights}: the safetensors header is {declared} bytes, more than the limit of "
+                f"{MAX_HEADER_BYTES}"
+            )
 
 
 def _as_ref(ref: str | Ref) -> Ref:
@@ -235,10 +255,16 @@ class RemoteRegistry:
         adapter = _as_name(name)
         if task is not None:
             check_name(task, "task")
+        limits.check_count(tuple(tags), "tags", limits.MAX_TAGS)
         for tag in tags:
             check_name(tag, "tag")
+        limits.check_count(tuple(aliases), "aliases", limits.MAX_ALIASES)
         for alias in aliases:
             check_alias(alias)
+        if base_model is not None:
+            limits.check_base_model(base_model)
+        if description is not None:
+            limits.check_text(description, "description", limits.MAX_DESCRIPTION_LENGTH)
         folder = Path(path)
         if not folder.is_dir():
             raise InvalidAdapterUpload(f"{path}: not a directory")
@@ -248,6 +274,7 @@ class RemoteRegistry:
         weights = next((folder / f for f in WEIGHT_FILES if (folder / f).is_file()), None)
         if weights is None:
             raise InvalidAdapterUpload(f"{path}: missing {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]})")
+        _check_files(config, weights)
         metadata = {
             "task": task,
             "base_model": base_model,
@@ -306,6 +333,8 @@ class RemoteRegistry:
         )
 
     def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView:
+        if reason is not None:
+            limits.check_text(reason, "yank reason", limits.MAX_YANK_REASON_LENGTH)
         version = self.resolve(ref)
         path = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/yank"
         return VersionView.model_validate(self._json("POST", path, json={"reason": reason}, idempotent=True))
@@ -429,8 +458,8 @@ class RemoteRegistry:
         for value in (namespace, task, tag):
             if value is not None and not NAME.fullmatch(value):
                 return []  # breaks the naming rule: nothing can match (as in the embedded registry)
-        if base_model is not None and not 0 < len(base_model) <= 256:
-            return []
+        if base_model is not None and limits.base_model_problem(base_model) is not None:
+            return []  # no adapter can have it
         params = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
         return [AdapterView.model_validate(a) for a in self._pages("/v1/adapters", "adapters", params)]
 

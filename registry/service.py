@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import queue
+from . import limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .db import Database, utcnow
@@ -35,7 +35,6 @@ from .errors import (
     AliasNotFound,
     InvalidAdapterUpload,
     InvalidCodec,
-    InvalidName,
     InvalidRequest,
     StorageError,
     UnsupportedArtifact,
@@ -81,12 +80,20 @@ class PushRequest:
     def __post_init__(self) -> None:
         if self.task is not None:
             check_name(self.task, "task")
+        limits.check_count(self.tags, "tags", limits.MAX_TAGS)
         for tag in self.tags:
             check_name(tag, "tag")
+        limits.check_count(self.aliases, "aliases", limits.MAX_ALIASES)
         for alias in self.aliases:
             check_alias(alias)
-        if self.base_model is not None and not self.base_model.strip():
-            raise InvalidName("base model must not be empty")
+        if self.base_model is not None:
+            limits.check_base_model(self.base_model)
+        if self.description is not None:
+            limits.check_text(self.description, "description", limits.MAX_DESCRIPTION_LENGTH)
+        if len(self.codec) > limits.MAX_CODEC_NAME_LENGTH:
+            raise InvalidCodec(
+                f"codec name {self.codec[:40]!r}... is longer than {limits.MAX_CODEC_NAME_LENGTH} characters"
+            )
         if self.on_gate_fail not in ("raw", "reject"):
             raise InvalidCodec(f"on_gate_fail must be 'raw' or 'reject', got {self.on_gate_fail!r}")
 
@@ -138,26 +145,33 @@ def push(
     with `created=False`. Nothing is written for input that fails validation.
     """
     from adapters.compress.codec import canonical_bytes
-    from adapters.compress.errors import InvalidAdapter
-    from adapters.compress.peft_io import read_adapter
+    from adapters.compress.errors import CompressError
+    from adapters.compress.peft_io import CONFIG_FILE, read_adapter
 
     reporter = reporter or SilentReporter()
     wants_model = uses_base_model(check_codec(request.codec, request.params))
+    where = request.label or str(request.path)
     with reporter.task("validating"):
         try:
             checkpoint = read_adapter(request.path)
-        except InvalidAdapter as exc:
+            data = canonical_bytes(checkpoint)
+        except CompressError as exc:
             message = str(exc)
             if request.label is not None:
                 message = message.replace(str(request.path), request.label)
             raise InvalidAdapterUpload(message) from None
-        data = canonical_bytes(checkpoint)
     if max_bytes is not None and len(data) > max_bytes:
-        where = request.label or request.path
         raise AdapterTooLarge(f"{where}: adapter is {len(data)} bytes, more than the limit of {max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
     # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
+    # Both are checked here, before any blob is stored.
     config_base_model = checkpoint.config.get("base_model_name_or_path") or None
+    if config_base_model is not None and not config_base_model.strip():
+        config_base_model = None  # blank: as if absent
+    if config_base_model is not None:
+        problem = limits.base_model_problem(config_base_model)
+        if problem is not None:
+            raise InvalidAdapterUpload(f"{where}/{CONFIG_FILE}: base_model_name_or_path {problem}")
 
     # Before uploading: refuse what can be refused now, and return known content as it is.
     # (The checks run again under the adapter's lock below, for pushes that race.)
@@ -558,6 +572,8 @@ def search(
 ) -> list[dict[str, Any]]:
     """Adapters matching every given filter, in name order (the first `limit` after `after`), as
     listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`)."""
+    if base_model is not None and limits.base_model_problem(base_model) is not None:
+        return []  # no adapter can have it (and PostgreSQL cannot even compare a string with NUL)
     return AdapterRepository(session).summaries(
         namespace=namespace, task=task, base_model=base_model, tag=tag, after=after, limit=limit
     )
@@ -632,6 +648,8 @@ def remove_alias(session: Session, name: AdapterName | str, alias: str) -> int:
 
 def yank(session: Session, ref: str | Ref, reason: str | None = None) -> Version:
     """Mark a ready version yanked: it stops being `latest`, but `ns/name:N` still resolves to it."""
+    if reason is not None:
+        limits.check_text(reason, "yank reason", limits.MAX_YANK_REASON_LENGTH)
     version = require_ready(resolve(session, ref))
     if not version.yanked:
         version.yanked_at = utcnow()

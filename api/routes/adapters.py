@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
+from adapters.registry import limits
 from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import AdapterView, VersionView
@@ -30,7 +31,8 @@ def list_adapters(
     principal: Reader,
     task: Annotated[str | None, Query(pattern=NAME, max_length=64, description="Only this task.")] = None,
     base_model: Annotated[
-        str | None, Query(min_length=1, max_length=256, description="Only this base model.")
+        str | None,
+        Query(min_length=1, max_length=limits.MAX_BASE_MODEL_BYTES, description="Only this base model."),
     ] = None,
     tag: Annotated[str | None, Query(pattern=NAME, max_length=64, description="Only with this tag.")] = None,
     namespace: Annotated[str | None, Query(pattern=NAME, max_length=64, description="Only here.")] = None,

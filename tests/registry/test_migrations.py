@@ -215,4 +215,32 @@ def test_0003_gives_queued_versions_the_base_model_their_codec_wants(fresh_db_ur
     with db.engine.connect() as conn:
         wanted = dict(conn.execute(sa.text("SELECT number, wants_base_model FROM versions")).all())
     assert wanted == {1: "org/base", 2: "org/from-config", 3: None, 4: None}
+
+
+def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
+    from alembic import command
+
+    from adapters.registry.db import alembic_config
+
+    insert = sa.text("INSERT INTO adapters (namespace, name, task, base_model) VALUES ('acme', :n, 't', :b)")
+    db = Database(fresh_db_url)
+    db.upgrade("0002")
+    with db.engine.begin() as conn:
+        conn.execute(insert, {"n": "short", "b": "org/model"})
+    db.upgrade()
+    long_path, wide = "/" + "p" * 2047, "\U0001d538" * 512  # 2,048 bytes each: within the B-tree index
+    with db.engine.begin() as conn:
+        conn.execute(insert, {"n": "long", "b": long_path})
+        conn.execute(insert, {"n": "wide", "b": wide})
+    read = sa.text("SELECT name, base_model FROM adapters ORDER BY name")
+    with db.engine.connect() as conn:
+        assert conn.execute(read).all() == [("long", long_path), ("short", "org/model"), ("wide", wide)]
+    with db.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0003")  # cuts what the old column cannot hold
+    with db.engine.connect() as conn:
+        assert conn.execute(read).all() == [
+            ("long", long_path[:256]),
+            ("short", "org/model"),
+            ("wide", wide[:256]),
+        ]
     db.dispose()

@@ -82,3 +82,25 @@ def test_a_trained_adapter_round_trips(registry, tmp_path):
     trained = _logits(tmp_path / "trained", 11)
     assert not torch.equal(trained, _logits_without_adapter(11))  # training moved lora_B off zero
     assert torch.equal(trained, _logits(tmp_path / "pulled", 11))
+
+
+def test_the_order_of_rank_pattern_keys_survives(registry, tmp_path):
+    """PEFT gives a module the value of the first key that matches it, so the order of rank_pattern
+    is part of its meaning: here `q_proj` comes first and gives every q_proj rank 2, although
+    `layers.0.self_attn.q_proj` (first in sorted order) asks for 6."""
+    import json
+
+    pattern = {"q_proj": 2, "layers.0.self_attn.q_proj": 6}
+    source = make_adapter(tmp_path / "trained", seed=6, rank_pattern=pattern)
+    config_path = source / "adapter_config.json"
+    config = json.loads(config_path.read_text())
+    assert list(config["rank_pattern"]) != list(pattern)  # PEFT saves its config with sorted keys
+    config_path.write_text(json.dumps(config | {"rank_pattern": pattern}))  # the order it trained with
+    expected = _logits(source, 6)
+
+    pushed = registry.push(source, "acme/ordered", task="demo")
+    assert pushed.version.status == "ready", pushed.version.error
+    registry.pull("acme/ordered", tmp_path / "pulled")
+    pulled = json.loads((tmp_path / "pulled" / "adapter_config.json").read_text())
+    assert list(pulled["rank_pattern"]) == list(pattern)
+    assert torch.equal(expected, _logits(tmp_path / "pulled", 6))
