@@ -109,3 +109,32 @@ def registry(backend: Backend) -> Iterator[LocalRegistry]:
         Database(backend.database_url), backend.storage, max_upload_bytes=10**8, default_codec=RAW_BY_DEFAULT
     ) as reg:
         yield reg
+
+
+@pytest.fixture
+def cli_env(backend, tmp_path, monkeypatch):
+    """The environment of `adapters ...` run in-process against the backend (tests may add to it)."""
+    monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
+    for key, value in backend.env().items():
+        monkeypatch.setenv(key, value)
+    return monkeypatch
+
+
+@pytest.fixture
+def cli(cli_env):
+    """Run `adapters ...` in-process against the backend; returns the click result."""
+    from click.testing import CliRunner
+
+    from adapters.cli import main
+    from adapters.registry.settings import reset_settings
+
+    reset_settings()
+
+    def run(*args, code: int = 0):
+        reset_settings()  # the environment as the test left it
+        result = CliRunner().invoke(main, [str(a) for a in args])
+        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
+        return result
+
+    yield run
+    reset_settings()

@@ -18,23 +18,6 @@ from adapters.registry.settings import reset_settings
 from tests.registry import codecs  # noqa: F401 - registers the test-gate codec
 
 
-@pytest.fixture
-def cli(backend, tmp_path, monkeypatch):
-    """Run `adapters ...` in-process against the backend; returns the click result."""
-    monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
-    for key, value in backend.env().items():
-        monkeypatch.setenv(key, value)
-    reset_settings()
-
-    def run(*args, code: int = 0):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    yield run
-    reset_settings()
-
-
 def as_json(result) -> dict:
     return json.loads(result.stdout)
 

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from adapters.compress.peft_io import CONFIG_FILE
-from tests.registry.test_cli import as_json, cli  # noqa: F401 - the fixture
+from tests.registry.test_cli import as_json
 
 
 def _config_text(adapter_dir, tmp_path, edit) -> str:
@@ -43,7 +43,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_bad_configs_are_one_line_and_store_nothing(cli, adapter_dir, tmp_path, case):  # noqa: F811
+def test_bad_configs_are_one_line_and_store_nothing(cli, adapter_dir, tmp_path, case):
     edit, message = CASES[case]
     path = _config_text(adapter_dir, tmp_path, edit)
     result = cli("push", path, "-n", "acme/x", "-t", "t", code=1)
@@ -52,7 +52,7 @@ def test_bad_configs_are_one_line_and_store_nothing(cli, adapter_dir, tmp_path, 
     assert as_json(cli("ls", "--json")) == {"adapters": []}
 
 
-def test_options_past_the_limits_are_one_line(cli, adapter_dir):  # noqa: F811
+def test_options_past_the_limits_are_one_line(cli, adapter_dir):
     for args, message in [
         (["--base-model", "m" * 2049], "the base model name is 2049 bytes long, more than the limit of 2048"),
         (

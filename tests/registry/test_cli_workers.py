@@ -6,35 +6,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from adapters.cli import main
 from adapters.registry import queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.repository import WorkerRepository
-from adapters.registry.settings import reset_settings
 from adapters.registry.workers import Capabilities
 from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
 
 MODEL = "tiny-llama"
 
 
-@pytest.fixture
-def cli(backend, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
-    for key, value in backend.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.setenv("ADAPTERS_COMPRESSION", "queue")  # pushes wait, pending, for a worker
-    reset_settings()
-
-    def run(*args, code: int = 0):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    yield run
-    reset_settings()
+@pytest.fixture(autouse=True)
+def queued(cli_env):
+    cli_env.setenv("ADAPTERS_COMPRESSION", "queue")  # pushes wait, pending, for a worker
 
 
 def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir, tmp_path):

@@ -6,11 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from adapters.cli import main
 from adapters.compress.gate import DATA_FREE_MAX_WEIGHT_ERROR
-from adapters.registry.settings import reset_settings
 from tests.factories import make_adapter
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -22,21 +19,9 @@ def adapter(tmp_path_factory):
     return make_adapter(tmp_path_factory.mktemp("default") / "adapter", r=8, target_modules=ALL_LINEAR)
 
 
-@pytest.fixture
-def cli(backend, tmp_path, monkeypatch):
-    monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
-    for key, value in backend.env().items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("ADAPTERS_DEFAULT_CODEC")  # what a user gets: the product's default
-    reset_settings()
-
-    def run(*args, code: int = 0):
-        result = CliRunner().invoke(main, [str(a) for a in args])
-        assert result.exit_code == code, (result.stdout, result.stderr, result.exception)
-        return result
-
-    yield run
-    reset_settings()
+@pytest.fixture(autouse=True)
+def product_default(cli_env):
+    cli_env.delenv("ADAPTERS_DEFAULT_CODEC")  # what a user gets: the product's default
 
 
 def test_a_push_with_no_flags_is_stored_compressed_with_its_fidelity(cli, adapter):
