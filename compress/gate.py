@@ -17,8 +17,10 @@ from statistics import NormalDist
 from typing import Any
 
 # Largest energy-weighted relative error of delta-W at which every adapter of the fidelity benchmark
-# kept held-out agreement >= 0.99 (bench/RESULTS.md, "The data-free gate").
-DATA_FREE_MAX_WEIGHT_ERROR = 0.1
+# kept held-out agreement >= 0.99 (bench/RESULTS.md, "The data-free gate"). The binding case is an
+# adapter on a randomly initialised base (near-uniform logits: 0.9917 at 0.0036, 0.9868 at 0.0080);
+# adapters on pretrained bases kept 0.99 up to 0.05 (a small LM) and further (MiniLM).
+DATA_FREE_MAX_WEIGHT_ERROR = 0.004
 # Below this many held-out predictions agreement is too noisy to pass on (the 95% bound of a perfect
 # score on 300 predictions is 0.991).
 MIN_PREDICTIONS_FLOOR = 300

@@ -2,7 +2,8 @@
 
 The gate is the contract, not the ratio. Candidate sizes form a ladder of whole-file ratios (source
 file bytes / artifact bytes) from the largest allowed down to 2x, each rung sqrt(2) below the one
-above. Fidelity falls as the artifact shrinks, so the largest passing rung is found by bisection:
+above, and 2x itself as the last. Fidelity falls as the artifact shrinks, so the largest passing rung
+is found by bisection:
 the top rung first (one attempt when it passes), the bottom rung next (two attempts when nothing
 passes), then halving the gap between the lowest failing and the highest passing rung. Below 2x the
 lossless source costs little more, so the caller stores that instead.
@@ -26,6 +27,8 @@ def ladder(max_ratio: float, min_ratio: float = MIN_RATIO) -> list[float]:
     rungs = [float(max_ratio)]
     while rungs[-1] / RUNG >= min_ratio * (1 - 1e-9):
         rungs.append(rungs[-1] / RUNG)
+    if rungs[-1] > min_ratio * 1.05:  # always try the smallest size worth storing
+        rungs.append(float(min_ratio))
     return [round(r, 3) for r in rungs]
 
 

@@ -15,7 +15,8 @@ ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "d
 
 def test_the_ladder_falls_by_sqrt2_from_the_largest_ratio_to_2x():
     assert ladder(32) == [32.0, 22.627, 16.0, 11.314, 8.0, 5.657, 4.0, 2.828, 2.0]
-    assert ladder(3) == [3.0, 2.121]
+    assert ladder(3) == [3.0, 2.121, 2.0]
+    assert ladder(40)[-2:] == [2.5, 2.0]  # 2x is always the last rung
     assert ladder(1.5) == [1.5]
     with pytest.raises(ValueError):
         ladder(0.5)
