@@ -14,6 +14,7 @@ COMMANDS: dict[str, str] = {
     "pull": "pull:pull",
     "ls": "ls:ls",
     "show": "show:show",
+    "check": "check:check",
     "alias": "alias:alias",
     "yank": "yank:yank",
     "db": "db:db",

@@ -1,0 +1,46 @@
+"""The listing's compatibility filters and the facts in the version view, over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from adapters.registry.engines import CompatFilter
+from tests.engine_variants import variants  # noqa: F401 - fixture
+
+
+@pytest.fixture(scope="module")
+def served(service, variants):  # noqa: F811
+    for name in ("plain", "dora", "saved", "wide"):
+        service.registry.push(variants[name], f"compat/{name}", task="chat")
+    return service
+
+
+def listed(http, **params) -> list[str]:
+    response = http.get("/v1/adapters", params={"namespace": "compat", **params})
+    assert response.status_code == 200, response.text
+    return [a["name"].split("/")[1] for a in response.json()["adapters"]]
+
+
+def test_query_parameters_filter_the_listing(served):
+    with served.http(served.admin) as http:
+        assert listed(http) == ["dora", "plain", "saved", "wide"]
+        assert listed(http, engine="vllm") == ["plain"]
+        assert listed(http, engine="vllm", max_rank=32) == ["plain", "wide"]
+        assert listed(http, no_dora="true") == ["plain", "saved", "wide"]
+        assert listed(http, no_modules_to_save="true", max_rank=16) == ["dora", "plain"]
+        # Pages hold only matches: `next` comes from the filtered rows.
+        page = http.get("/v1/adapters", params={"namespace": "compat", "no_dora": "true", "limit": 1}).json()
+        assert [a["name"] for a in page["adapters"]] == ["compat/plain"] and page["next"] == "compat/plain"
+        bad = http.get("/v1/adapters", params={"engine": "vllm", "max_rank": 24})
+        assert bad.status_code == 400 and bad.headers["content-type"] == "application/problem+json"
+        assert bad.json()["type"].endswith("/invalid-request")
+        assert http.get("/v1/adapters", params={"engine": "tgi"}).status_code == 422
+        version = http.get("/v1/adapters/compat/wide/versions/1").json()
+        assert version["compat"]["max_rank"] == 32 and version["compat"]["use_dora"] is False
+
+
+def test_remote_client_sends_the_filters(served):
+    with served.client() as client:
+        found = client.list(namespace="compat", compat=CompatFilter(engine="vllm", max_rank=32))
+        assert [a.name for a in found] == ["compat/plain", "compat/wide"]
+        assert client.resolve("compat/dora").compat["use_dora"] is True
