@@ -15,6 +15,8 @@ COMMANDS: dict[str, str] = {
     "ls": "ls:ls",
     "show": "show:show",
     "check": "check:check",
+    "sync": "sync:sync",
+    "export": "export:export",
     "alias": "alias:alias",
     "yank": "yank:yank",
     "db": "db:db",

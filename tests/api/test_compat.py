@@ -44,3 +44,28 @@ def test_remote_client_sends_the_filters(served):
         found = client.list(namespace="compat", compat=CompatFilter(engine="vllm", max_rank=32))
         assert [a.name for a in found] == ["compat/plain", "compat/wide"]
         assert client.resolve("compat/dora").compat["use_dora"] is True
+
+
+def test_sync_and_export_through_the_api(served, tmp_path, variants):  # noqa: F811
+    import boto3
+    import torch
+    from safetensors.torch import load_file
+
+    from adapters.registry.export import export
+    from adapters.registry.sync import SyncRequest, read_marker, sync
+
+    out = tmp_path / "loras"
+    with served.client() as client:
+        report = sync(client, SyncRequest(out, namespace="compat", engine="vllm", served_base_model="org/m"))
+        assert report.written == ["compat/plain:1"] and len(report.skipped) == 3
+        again = sync(client, SyncRequest(out, namespace="compat", engine="vllm", served_base_model="org/m"))
+        assert again.unchanged == ["compat/plain:1"] and again.written == []
+        assert read_marker(out / "compat" / "plain")["served_base_model"] == "org/m"
+        s3 = boto3.client("s3", endpoint_url=served.endpoint)
+        s3.create_bucket(Bucket="api-exports")
+        result = export(client, "compat/wide", "s3://api-exports/wide", endpoint_url=served.endpoint)
+    assert result["ref"] == "compat/wide:1"
+    s3.download_file("api-exports", "wide/adapter_model.safetensors", str(tmp_path / "w.safetensors"))
+    sent = load_file(str(tmp_path / "w.safetensors"))
+    pushed = load_file(str(variants["wide"] / "adapter_model.safetensors"))
+    assert sent.keys() == pushed.keys() and all(torch.equal(sent[k], pushed[k]) for k in sent)
