@@ -472,6 +472,9 @@ class RemoteRegistry:
             }
         return [AdapterView.model_validate(a) for a in self._pages("/v1/adapters", "adapters", params)]
 
+    def adapter(self, name: str | AdapterName) -> AdapterView:
+        return AdapterView.model_validate(self._json("GET", self._adapter_path(_as_name(name))))
+
     def versions(self, name: str | AdapterName) -> list[VersionView]:
         path = f"{self._adapter_path(_as_name(name))}/versions"
         return [VersionView.model_validate(v) for v in self._pages(path, "versions", {})]

@@ -1,10 +1,10 @@
 """`adapters sync` and `adapters export`, on SQLite + a folder and PostgreSQL + S3: the synced tree
-loads with PEFT, follows the registry, and obeys the rules of vLLM's filesystem resolver."""
+loads with PEFT, follows the registry, and is what vLLM's filesystem resolver loads."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-import os
 from pathlib import Path
 
 import boto3
@@ -21,18 +21,15 @@ SERVED = "org/served-llama"
 
 
 def resolver_accepts(cache_dir: Path, lora_name: str, base_model_name: str) -> bool:
-    """The checks vLLM's filesystem resolver makes (vllm/plugins/lora_resolvers/filesystem_resolver.py):
-    a folder named lora_name under the cache dir, inside it, whose adapter_config.json says
-    peft_type LORA and base_model_name_or_path equal to the served model."""
-    root = Path(cache_dir).resolve()
-    path = (root / lora_name).resolve()
-    if os.path.commonpath([root, path]) != str(root):
+    """Whether vLLM's own filesystem resolver (VLLM_LORA_RESOLVER_CACHE_DIR=cache_dir) loads
+    `lora_name` for a server of `base_model_name`, from the synced folder."""
+    from vllm.plugins.lora_resolvers.filesystem_resolver import FilesystemResolver
+
+    request = asyncio.run(FilesystemResolver(str(cache_dir)).resolve_lora(base_model_name, lora_name))
+    if request is None:
         return False
-    config_path = path / "adapter_config.json"
-    if not config_path.exists():
-        return False
-    config = json.loads(config_path.read_text())
-    return config["peft_type"] == "LORA" and config["base_model_name_or_path"] == base_model_name
+    assert request.lora_path == str((cache_dir / lora_name).resolve())
+    return True
 
 
 def logits(adapter_dir: Path) -> torch.Tensor:
