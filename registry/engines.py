@@ -4,10 +4,11 @@ Each engine's limits are written once, as rules over the facts, and read two way
 `adapters check` (one reason per broken rule) and as SQL by `adapters ls --engine` (the same rules as
 conditions on the latest version's facts, on PostgreSQL and SQLite alike).
 
-Sources: vLLM's `vllm/lora/peft_helper.py` (refuses `modules_to_save`, DoRA, a rank above
-`--max-lora-rank`, bias unless `--enable-lora-bias`); its LoRA layers take no embedding deltas in the
-versions this was written against. SGLang and LoRAX are not covered by the references for every
-feature; what is assumed is marked ASSUMED below and in the README.
+Sources: vLLM's `vllm/lora/peft_helper.py` and `lora_model.py` (0.33: refuses `modules_to_save` but
+one classification head, DoRA, `lora_bias`, a rank of any module above `--max-lora-rank`, `bias`;
+older releases took `bias` with `--enable-lora-bias`; LoRA on embeddings loads, PEFT's trainable
+token deltas are no LoRA tensors it parses). SGLang and LoRAX are not covered by the references for
+every feature; what is assumed is marked ASSUMED below and in the README.
 """
 
 from __future__ import annotations
@@ -25,18 +26,20 @@ ENGINES = ("vllm", "sglang", "lorax")
 VLLM_DEFAULT_MAX_LORA_RANK = 16
 VLLM_MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 
-Kind = Literal["false", "empty", "none", "at_most"]
+Kind = Literal["false", "empty", "one_of", "none", "at_most"]
 
 
 @dataclass(frozen=True)
 class Rule:
     """A condition on one fact: `false` (a boolean that must be false), `empty` (a list that must be
-    empty), `none` (a string that must be "none") or `at_most` (a number at most `limit`)."""
+    empty), `one_of` (a list that is empty or one of `allowed`), `none` (a string that must be
+    "none") or `at_most` (a number at most `limit`)."""
 
     fact: str
     kind: Kind
     reason: Callable[[Any], str]
     limit: int | None = None
+    allowed: tuple[str, ...] = ()
 
     def broken(self, facts: dict[str, Any]) -> bool:
         value = facts.get(self.fact)
@@ -44,6 +47,8 @@ class Rule:
             return bool(value)
         if self.kind == "empty":
             return bool(value)
+        if self.kind == "one_of":
+            return bool(value) and (len(value) > 1 or value[0] not in self.allowed)
         if self.kind == "none":
             return str(value or "none") != "none"
         assert self.limit is not None
@@ -53,12 +58,14 @@ class Rule:
         """The rule as a condition on a JSON column of facts (NULL, so false, when a fact is missing)."""
         if self.kind == "false":
             return column[self.fact].as_boolean() == sa.false()
+        # A list's element i is absent: it has at most i elements (as_string, since SQLite's
+        # JSON_QUOTE would turn a missing element into the text 'null').
+        known = column[self.fact].as_string().is_not(None)
+        first, second = column[(self.fact, 0)].as_string(), column[(self.fact, 1)].as_string()
         if self.kind == "empty":
-            # The list's first element is absent: the list is empty (and the fact is known).
-            # (as_string: SQLite's JSON_QUOTE would turn a missing element into the text 'null')
-            return sa.and_(
-                column[self.fact].as_string().is_not(None), column[(self.fact, 0)].as_string().is_(None)
-            )
+            return sa.and_(known, first.is_(None))
+        if self.kind == "one_of":
+            return sa.and_(known, second.is_(None), sa.or_(first.is_(None), first.in_(self.allowed)))
         if self.kind == "none":
             return column[self.fact].as_string() == "none"
         return column[self.fact].as_integer() <= self.limit
@@ -108,8 +115,22 @@ def engine(name: str, options: EngineOptions | None = None) -> Engine:
     conv = Rule("conv", "false", lambda _: "LoRA on convolutions is not loaded")
     if name == "vllm":
         rank = options.max_lora_rank or VLLM_DEFAULT_MAX_LORA_RANK
+        head = Rule(
+            "modules_to_save",
+            "one_of",
+            lambda v: (
+                f"modules_to_save {', '.join(v)}: only LoRA factors and one classification head "
+                "(classifier or score) are loaded"
+            ),
+            allowed=("classifier", "score"),
+        )
+        tokens = Rule(
+            "trainable_token_indices",
+            "false",
+            lambda _: "trainable_token_indices: PEFT's trainable token deltas are not loaded",
+        )
         rules = [
-            saved,
+            head,
             dora,
             Rule(
                 "max_rank",
@@ -117,20 +138,25 @@ def engine(name: str, options: EngineOptions | None = None) -> Engine:
                 lambda v: f"rank {v} is above --max-lora-rank {rank} (start vLLM with a larger one)",
                 limit=rank,
             ),
-            embeddings,
+            Rule("lora_bias", "false", lambda _: "lora_bias (a bias on lora_B) is not loaded"),
+            tokens,
             conv,
         ]
         if not options.enable_lora_bias:
-            rules += [
-                Rule("bias", "none", lambda v: f"bias={v!r} needs --enable-lora-bias"),
-                Rule("lora_bias", "false", lambda _: "lora_bias (a bias on lora_B) needs --enable-lora-bias"),
-            ]
+            rules.append(
+                Rule(
+                    "bias",
+                    "none",
+                    lambda v: f"bias={v!r} is not loaded (older vLLM releases: --enable-lora-bias)",
+                )
+            )
         return Engine(
             "vllm",
             tuple(rules),
             (
-                "embedding deltas refused (vLLM versions without extra-vocabulary LoRA)",
+                "LoRA on embeddings loads where vLLM's model takes LoRA on its embeddings (most decoders)",
                 "target modules not checked against the model (vLLM knows which it supports)",
+                "--enable-lora-bias exists only in older vLLM releases; 0.33 refuses bias regardless",
             ),
         )
     common = [saved, dora, embeddings, conv]

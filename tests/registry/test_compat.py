@@ -8,7 +8,7 @@ import json
 import pytest
 import sqlalchemy as sa
 
-from adapters.registry.db import Database
+from adapters.registry.db import Database, JSONType
 from adapters.registry.engines import CompatFilter, EngineOptions, problems
 from adapters.registry.errors import InvalidRequest
 from tests.engine_variants import variants  # noqa: F401 - fixture
@@ -54,9 +54,10 @@ def test_listing_filters_on_the_latest_versions_facts(pushed, other_adapter_dir)
     assert names(pushed.list(compat=CompatFilter(no_modules_to_save=True))) == [
         n for n in every if n != "saved"
     ]
-    assert names(pushed.list(compat=CompatFilter(engine="vllm"))) == ["patterned", "plain"]
+    assert names(pushed.list(compat=CompatFilter(engine="vllm"))) == ["embedding", "patterned", "plain"]
     # With an engine, --max-rank is its rank limit.
     assert names(pushed.list(compat=CompatFilter(engine="vllm", max_rank=32))) == [
+        "embedding",
         "patterned",
         "plain",
         "wide",
@@ -82,10 +83,18 @@ def test_engine_rules_name_every_reason(pushed):
     assert why("acme/dora", "vllm") == ["DoRA (use_dora): its magnitude vectors are not loaded"]
     assert why("acme/wide", "vllm") == ["rank 32 is above --max-lora-rank 16 (start vLLM with a larger one)"]
     assert why("acme/wide", "vllm", max_lora_rank=32) == []
-    assert why("acme/biased", "vllm") == ["bias='lora_only' needs --enable-lora-bias"]
+    assert why("acme/biased", "vllm") == [
+        "bias='lora_only' is not loaded (older vLLM releases: --enable-lora-bias)"
+    ]
     assert why("acme/biased", "vllm", enable_lora_bias=True) == []
     assert "modules_to_save lm_head" in why("acme/saved", "vllm")[0]
-    assert "embedding deltas" in why("acme/embedding", "vllm")[0]
+    assert why("acme/embedding", "vllm") == []  # vLLM takes LoRA on embeddings
+    assert "embedding deltas" in why("acme/embedding", "sglang")[0]
+    # One classification head is what vLLM loads besides LoRA factors.
+    plain = pushed.resolve("acme/plain").compat
+    assert problems(plain | {"modules_to_save": ["score"]}, "vllm") == []
+    assert len(problems(plain | {"modules_to_save": ["classifier", "score"]}, "vllm")) == 1
+    assert len(problems(plain | {"trainable_token_indices": True}, "vllm")) == 1
     assert "rank_pattern" in why("acme/patterned", "lorax")[0]
     assert why("acme/wide", "sglang", max_lora_rank=16) == ["rank 32 is above --max-lora-rank 16"]
     with pytest.raises(InvalidRequest, match="one of 8, 16, 32"):
@@ -96,13 +105,35 @@ def test_engine_rules_name_every_reason(pushed):
 
 def test_versions_from_before_the_facts_are_unknown(backend, registry, variants, cli):  # noqa: F811
     registry.push(variants["plain"], "acme/old", task="chat")
-    with Database(backend.database_url).engine.begin() as conn:  # as migration 0005 left older rows
+    database = Database(backend.database_url)
+    with database.engine.begin() as conn:  # as migration 0005 left older rows
         conn.execute(sa.text("UPDATE versions SET compat = NULL"))
+    database.dispose()
     assert registry.resolve("acme/old").compat is None
     assert registry.list(compat=CompatFilter(no_dora=True)) == []
     assert "unknown" in cli("show", "acme/old").stdout
     out = cli("check", "acme/old", "--engine", "vllm", code=1).stdout
     assert "compatibility unknown" in out
+
+
+def test_engine_filter_allows_one_classification_head(backend, registry, variants):  # noqa: F811
+    for name in ("head", "heads", "lm"):
+        registry.push(variants["plain"], f"acme/{name}", task="chat")
+    saved = {"head": ["score"], "heads": ["classifier", "score"], "lm": ["lm_head"]}
+    facts = {n: registry.resolve(f"acme/{n}").compat | {"modules_to_save": m} for n, m in saved.items()}
+    database = Database(backend.database_url)
+    with database.engine.begin() as conn:
+        for name in saved:
+            conn.execute(
+                sa.text(
+                    "UPDATE versions SET compat = :facts WHERE adapter_id = "
+                    "(SELECT id FROM adapters WHERE name = :name)"
+                ).bindparams(sa.bindparam("facts", type_=JSONType)),
+                {"facts": facts[name], "name": name},
+            )
+    database.dispose()
+    assert names(registry.list(compat=CompatFilter(engine="vllm"))) == ["head"]
+    assert names(registry.list(compat=CompatFilter(no_modules_to_save=True))) == []
 
 
 def test_check_command(registry, variants, cli):  # noqa: F811
@@ -111,7 +142,8 @@ def test_check_command(registry, variants, cli):  # noqa: F811
     assert cli("check", "acme/plain", "--engine", "vllm").stdout.strip() == "vllm loads acme/plain:1"
     refused = cli("check", "acme/saved", "--engine", "vllm", code=1).stdout.strip().splitlines()
     assert refused == [
-        "acme/saved:1: modules_to_save lm_head: only LoRA factors are loaded, not whole modules"
+        "acme/saved:1: modules_to_save lm_head: only LoRA factors and one classification head "
+        "(classifier or score) are loaded"
     ]
     body = json.loads(cli("check", "acme/wide", "--engine", "vllm", "--json", code=1).stdout)
     assert body["loads"] is False and body["facts"]["max_rank"] == 32 and len(body["reasons"]) == 1
