@@ -57,6 +57,9 @@ def sync(
     from adapters.registry.sync import SyncRequest
     from adapters.registry.sync import sync as run_sync
 
+    if max_lora_rank is not None and engine is None:
+        raise click.UsageError("--max-lora-rank is the limit of an --engine: give the engine too")
+
     request = SyncRequest(
         directory=directory,
         namespace=namespace,

@@ -103,6 +103,35 @@ def test_engine_rules_name_every_reason(pushed):
         CompatFilter(engine="tgi")
 
 
+def test_migration_0005_leaves_older_versions_unknown(fresh_db_url):
+    from alembic import command
+
+    from adapters.registry.db import alembic_config
+
+    db = Database(fresh_db_url)
+    db.upgrade("0004")
+    digest = "ab" * 32
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO adapters (namespace, name, task) VALUES ('acme', 'old', 't')"))
+        conn.execute(sa.text("INSERT INTO blobs (sha256, size) VALUES (:d, 10)"), {"d": digest})
+        conn.execute(
+            sa.text(
+                "INSERT INTO versions (adapter_id, number, status, source_digest, source_size, requested, "
+                "peft_config) SELECT id, 1, 'pending', :d, 10, '{}', '{}' FROM adapters"
+            ),
+            {"d": digest},
+        )
+    db.upgrade()
+    with db.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT compat FROM versions")).scalar_one() is None
+    with db.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0004")
+    with db.engine.connect() as conn:
+        columns = sa.inspect(conn).get_columns("versions")
+    assert "compat" not in {c["name"] for c in columns}
+    db.dispose()
+
+
 def test_versions_from_before_the_facts_are_unknown(backend, registry, variants, cli):  # noqa: F811
     registry.push(variants["plain"], "acme/old", task="chat")
     database = Database(backend.database_url)

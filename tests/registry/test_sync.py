@@ -129,6 +129,8 @@ def test_sync_and_export_commands(registry, variants, cli, tmp_path, s3_endpoint
     assert body["skipped"][0]["adapter"] == "acme/dora:1"
     text = cli("sync", out, "--engine", "vllm", "--served-base-model", SERVED).stdout
     assert "0 written, 1 unchanged, 0 pruned, 1 skipped" in text
+    usage = cli("sync", out, "--max-lora-rank", "32", code=2)
+    assert "--max-lora-rank is the limit of an --engine" in usage.stderr
     (out / "acme" / "dora").mkdir()
     blocked = cli("sync", out, code=1)
     assert "exists and was not written by sync" in blocked.stdout
