@@ -4,6 +4,7 @@ loads with PEFT, follows the registry, and is what vLLM's filesystem resolver lo
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def test_sync_touches_only_what_it_wrote(registry, variants, tmp_path):  # noqa:
     assert not leftover.exists()
     with pytest.raises(InvalidRequest, match="one of 8, 16"):
         sync(registry, SyncRequest(out, engine="vllm", engine_options=EngineOptions(max_lora_rank=12)))
+    with (out / ".adapters-sync.lock").open("a") as held:  # another sync at work
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(OutputError, match="another sync is writing"):
+            sync(registry, SyncRequest(out))
     (tmp_path / "file").write_text("x")
     with pytest.raises(OutputError, match="not a directory"):
         sync(registry, SyncRequest(tmp_path / "file"))
