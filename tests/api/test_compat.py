@@ -69,3 +69,24 @@ def test_sync_and_export_through_the_api(served, tmp_path, variants):  # noqa: F
     sent = load_file(str(tmp_path / "w.safetensors"))
     pushed = load_file(str(variants["wide"] / "adapter_model.safetensors"))
     assert sent.keys() == pushed.keys() and all(torch.equal(sent[k], pushed[k]) for k in sent)
+
+
+def test_the_resolver_serves_refs_from_the_api(service, variants, tmp_path):  # noqa: F811
+    import torch
+    from safetensors.torch import load_file
+
+    from adapters.registry.lora_resolver import LoraCache, LoraResolver
+
+    service.registry.push(
+        variants["plain"], "served/plain", task="chat", base_model="org/base", aliases=["prod"]
+    )
+    digest = service.registry.resolve("served/plain").artifact_digest
+    with service.client(service.token("read", namespace="served")) as client:
+        resolver = LoraResolver(client, LoraCache(tmp_path / "cache", 10**9))
+        resolved = resolver.resolve("org/base", "served/plain@prod")
+        assert resolved is not None and resolved.path == tmp_path / "cache" / digest
+        got = load_file(str(resolved.path / "adapter_model.safetensors"))
+        pushed = load_file(str(variants["plain"] / "adapter_model.safetensors"))
+        assert got.keys() == pushed.keys() and all(torch.equal(got[k], pushed[k]) for k in got)
+        assert resolver.resolve("org/other", "served/plain@prod") is None
+        assert resolver.resolve("org/base", "compat/plain") is None  # another namespace: not readable
