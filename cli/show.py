@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from adapters.registry.compat import facts_lines
+
 from .context import AppContext, echo_table, human_size, json_option, pass_app, short_digest
 from .fidelity import fidelity_lines
 
@@ -83,6 +85,8 @@ def show(app: AppContext, ref: str) -> None:
                 f"lora        r={config.get('r')} alpha={config.get('lora_alpha')} "
                 f"rslora={bool(config.get('use_rslora'))} targets={targets}"
             )
+            for label, line in facts_lines(v.compat):
+                click.echo(f"{label:<11} {line}")
             click.echo(f"created     {v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by or '-'}")
         click.echo("")
         echo_table(

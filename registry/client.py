@@ -25,6 +25,7 @@ from . import queue, service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
+from .engines import CompatFilter
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
 from .metrics import JobMetrics
 from .models import Version
@@ -110,9 +111,12 @@ class Registry(Protocol):
         task: str | None = None,
         base_model: str | None = None,
         tag: str | None = None,
+        compat: CompatFilter | None = None,
     ) -> list[AdapterView]: ...
 
     def show(self, ref: str | Ref) -> ShowResult: ...
+
+    def adapter(self, name: str | AdapterName) -> AdapterView: ...
 
     def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult: ...
 
@@ -530,8 +534,10 @@ class LocalRegistry:
         tag: str | None = None,
         after: str | AdapterName | None = None,
         limit: int | None = None,
+        compat: CompatFilter | None = None,
     ) -> list[AdapterView]:
-        """Adapters matching every filter, in name order; with `limit`, one page (names after `after`)."""
+        """Adapters matching every filter, in name order; with `limit`, one page (names after `after`).
+        `compat` filters on the compatibility facts of each adapter's latest version."""
         self._ready()
         if isinstance(after, str):
             after = AdapterName.parse(after)
@@ -544,6 +550,7 @@ class LocalRegistry:
                 tag=tag,
                 after=after,
                 limit=limit,
+                compat=compat,
             )
             return [adapter_view(summary) for summary in found]
 

@@ -126,6 +126,8 @@ class Version(Base):
     codec_params: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     fidelity: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     peft_config: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    # What serving engines need to know (compat.py), computed at push; NULL for older versions.
+    compat: Mapped[dict[str, Any] | None] = mapped_column(JSONType)
     error: Mapped[str | None] = mapped_column(sa.Text)
     yanked_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     yank_reason: Mapped[str | None] = mapped_column(sa.Text)

@@ -23,6 +23,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from . import limits
+from .engines import CompatFilter
 from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
@@ -454,14 +455,25 @@ class RemoteRegistry:
         task: str | None = None,
         base_model: str | None = None,
         tag: str | None = None,
+        compat: CompatFilter | None = None,
     ) -> list[AdapterView]:
         for value in (namespace, task, tag):
             if value is not None and not NAME.fullmatch(value):
                 return []  # breaks the naming rule: nothing can match (as in the embedded registry)
         if base_model is not None and limits.base_model_problem(base_model) is not None:
             return []  # no adapter can have it
-        params = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
+        params: dict[str, Any] = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
+        if compat is not None:
+            params |= {
+                "max_rank": compat.max_rank,
+                "no_dora": compat.no_dora or None,
+                "no_modules_to_save": compat.no_modules_to_save or None,
+                "engine": compat.engine,
+            }
         return [AdapterView.model_validate(a) for a in self._pages("/v1/adapters", "adapters", params)]
+
+    def adapter(self, name: str | AdapterName) -> AdapterView:
+        return AdapterView.model_validate(self._json("GET", self._adapter_path(_as_name(name))))
 
     def versions(self, name: str | AdapterName) -> list[VersionView]:
         path = f"{self._adapter_path(_as_name(name))}/versions"

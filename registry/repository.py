@@ -10,9 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, aliased
 
 from .db import utcnow
+from .engines import CompatFilter
 from .models import (
     Adapter,
     AdapterTag,
@@ -119,8 +120,11 @@ class AdapterRepository:
         name: AdapterName | None = None,
         after: AdapterName | None,
         limit: int | None,
+        compat: CompatFilter | None = None,
     ) -> sa.Select[Any]:
         query = query.order_by(Adapter.namespace, Adapter.name)
+        if compat is not None and compat.active:
+            query = query.where(_latest_matches(compat))
         if name is not None:
             query = query.where(Adapter.namespace == name.namespace, Adapter.name == name.name)
         if namespace is not None:
@@ -146,6 +150,7 @@ class AdapterRepository:
         tag: str | None = None,
         after: AdapterName | None = None,
         limit: int | None = None,
+        compat: CompatFilter | None = None,
     ) -> Sequence[Adapter]:
         """Adapters matching every given filter in name order: the first `limit` after `after`."""
         query = self._filtered(
@@ -156,6 +161,7 @@ class AdapterRepository:
             tag=tag,
             after=after,
             limit=limit,
+            compat=compat,
         )
         return self.session.scalars(query).all()
 
@@ -169,6 +175,7 @@ class AdapterRepository:
         name: AdapterName | None = None,
         after: AdapterName | None = None,
         limit: int | None = None,
+        compat: CompatFilter | None = None,
     ) -> list[dict[str, Any]]:
         """What a listing shows, as plain rows (no ORM objects: listings are the hot path): the
         adapters matching every filter in name order, each with the number of its latest version
@@ -218,11 +225,31 @@ class AdapterRepository:
             name=name,
             after=after,
             limit=limit,
+            compat=compat,
         )
         return [
             dict(row) | {"tags": sorted(_json(row["tags"]) or []), "aliases": _json(row["aliases"]) or {}}
             for row in self.session.execute(query).mappings()
         ]
+
+
+def _latest_matches(compat: CompatFilter) -> sa.Exists:
+    """The adapter's latest version (newest ready, not yanked) has facts that pass the filter."""
+    candidate = aliased(Version)
+    newer = aliased(Version)
+    is_latest = ~sa.exists().where(
+        newer.adapter_id == candidate.adapter_id,
+        newer.status == VersionStatus.READY.value,
+        newer.yanked_at.is_(None),
+        newer.number > candidate.number,
+    )
+    return sa.exists().where(
+        candidate.adapter_id == Adapter.id,
+        candidate.status == VersionStatus.READY.value,
+        candidate.yanked_at.is_(None),
+        is_latest,
+        *compat.conditions(candidate.compat),
+    )
 
 
 def _json(value: Any) -> Any:

@@ -86,6 +86,8 @@ class VersionView(View):
     yanked_at: dt.datetime | None
     aliases: list[str]
     peft_config: dict[str, Any]
+    # Compatibility facts (registry/compat.py); None for versions pushed before they were recorded.
+    compat: dict[str, Any] | None = None
     created_at: dt.datetime
     created_by: str | None
     processed_at: dt.datetime | None
@@ -129,6 +131,7 @@ class VersionView(View):
             yanked_at=version.yanked_at,
             aliases=sorted(aliases or []),
             peft_config=version.peft_config,
+            compat=version.compat,
             created_at=version.created_at,
             created_by=version.created_by,
             processed_at=version.processed_at,

@@ -27,7 +27,9 @@ from sqlalchemy.orm import Session
 from . import limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
+from .compat import facts_of
 from .db import Database, utcnow
+from .engines import CompatFilter
 from .errors import (
     AdapterConflict,
     AdapterNotFound,
@@ -226,6 +228,7 @@ def push(
                 source_size=len(data),
                 requested=request.requested,
                 peft_config=checkpoint.config,
+                compat=facts_of(checkpoint),
                 created_by=request.created_by,
                 # The model `run_codec` will look for: the adapter's, which the config's fills in.
                 wants_base_model=adapter.base_model if wants_model else None,
@@ -569,13 +572,21 @@ def search(
     tag: str | None = None,
     after: AdapterName | None = None,
     limit: int | None = None,
+    compat: CompatFilter | None = None,
 ) -> list[dict[str, Any]]:
     """Adapters matching every given filter, in name order (the first `limit` after `after`), as
-    listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`)."""
+    listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`).
+    `compat` filters on the facts of each adapter's latest version."""
     if base_model is not None and limits.base_model_problem(base_model) is not None:
         return []  # no adapter can have it (and PostgreSQL cannot even compare a string with NUL)
     return AdapterRepository(session).summaries(
-        namespace=namespace, task=task, base_model=base_model, tag=tag, after=after, limit=limit
+        namespace=namespace,
+        task=task,
+        base_model=base_model,
+        tag=tag,
+        after=after,
+        limit=limit,
+        compat=compat,
     )
 
 

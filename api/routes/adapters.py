@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from adapters.registry import limits
+from adapters.registry.engines import CompatFilter
 from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import AdapterView, VersionView
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1", tags=["adapters"])
 @router.get(
     "/adapters",
     response_model=AdapterPage,
-    summary="List adapters, filtered by task, base model, tag or namespace",
+    summary="List adapters, filtered by task, base model, tag, namespace or compatibility",
     responses=problems.responses(400, 401, 403, 422, 503),
 )
 def list_adapters(
@@ -36,6 +37,17 @@ def list_adapters(
     ] = None,
     tag: Annotated[str | None, Query(pattern=NAME, max_length=64, description="Only with this tag.")] = None,
     namespace: Annotated[str | None, Query(pattern=NAME, max_length=64, description="Only here.")] = None,
+    max_rank: Annotated[
+        int | None, Query(ge=1, le=1_000_000, description="Only latest versions of at most this rank.")
+    ] = None,
+    no_dora: Annotated[bool, Query(description="Only latest versions without DoRA.")] = False,
+    no_modules_to_save: Annotated[
+        bool, Query(description="Only latest versions without modules_to_save.")
+    ] = False,
+    engine: Annotated[
+        Literal["vllm", "sglang", "lorax"] | None,
+        Query(description="Only latest versions this engine loads (max_rank: its rank limit)."),
+    ] = None,
     limit: Limit = 50,
     after: Annotated[
         str | None, Query(max_length=129, description="Start after this adapter (ns/name): `next` of a page.")
@@ -52,6 +64,9 @@ def list_adapters(
         tag=tag,
         after=AdapterName.parse(after) if after else None,
         limit=limit + 1,
+        compat=CompatFilter(
+            max_rank=max_rank, no_dora=no_dora, no_modules_to_save=no_modules_to_save, engine=engine
+        ),
     )
     page = found[:limit]
     body = AdapterPage(adapters=page, next=page[-1].name if len(found) > limit else None)
