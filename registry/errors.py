@@ -39,6 +39,12 @@ class AliasNotFound(NotFound):
     code = "alias-not-found"
 
 
+class FileNotFound(NotFound):
+    """A version has no file of that name (it holds adapter_config.json and adapter_model.safetensors)."""
+
+    code = "file-not-found"
+
+
 class BlobNotFound(NotFound):
     code = "blob-not-found"
 
