@@ -45,6 +45,12 @@ class FileNotFound(NotFound):
     code = "file-not-found"
 
 
+class NotCached(NotFound):
+    """An offline pull of a ref that no earlier online pull brought into the download cache."""
+
+    code = "not-cached"
+
+
 class BlobNotFound(NotFound):
     code = "blob-not-found"
 

@@ -4,7 +4,9 @@ same views, so every CLI command works against either with the same output.
 Errors come back as problem details whose `code` names a domain error; they are raised again here as
 that error, with the server's message. Whatever can be checked without the server (names, refs, the
 files of a directory, the output folder) is checked first, with the embedded registry's messages.
-Downloads are checked against the sha256 the server sends before anything is written.
+Downloads are checked against the sha256 the server sends before anything is written. A download
+keeps what it received in a `.part` file and continues from there with a `Range` request after a
+cut, and goes through the client's download cache (registry/client_cache.py) when there is one.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from . import limits
+from .client_cache import ClientCache
 from .errors import (
     BlobCorrupted,
     InvalidAdapterUpload,
@@ -131,10 +134,13 @@ class RemoteRegistry:
         backoff: float = 1.0,
         sweep_after: float | None = None,
         user_agent: str = "",
+        cache: ClientCache | None = None,
     ) -> None:
         """`retries`: how many more times an idempotent call is tried after a 502/503/504 or a
-        dropped connection, waiting the server's Retry-After or `backoff` * 2**(n-1) seconds."""
+        dropped connection, waiting the server's Retry-After or `backoff` * 2**(n-1) seconds.
+        `cache`: the download cache pulls read from and add to (none: every pull downloads)."""
         self.url = url.rstrip("/")
+        self.cache = cache
         self.retries = retries
         self.backoff = backoff
         self.sweep_after = sweep_after  # staging folders of killed pulls older than this are removed
@@ -157,6 +163,9 @@ class RemoteRegistry:
             retries=settings.client_retries,
             backoff=settings.client_backoff_seconds,
             sweep_after=settings.sweep_after_seconds,
+            cache=ClientCache(settings.client_cache_dir, settings.client_cache_max_bytes)
+            if settings.client_cache_max_bytes > 0 and settings.client_cache_dir is not None
+            else None,
         )
 
     def close(self) -> None:
@@ -350,25 +359,36 @@ class RemoteRegistry:
         parsed = _as_ref(ref)
         return VersionView.model_validate(self._json("GET", "/v1/resolve", params={"ref": str(parsed)}))
 
-    def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
-        """Download `url` to `dest` (see `_stream_once`), again from the start after a 502/503/504 or a
-        dropped connection (downloads are idempotent). OSErrors of writing `dest` propagate."""
+    def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        """Download `url` to `dest` (see `_stream_once`) and return its sha256. After a 502/503/504 or
+        a dropped connection it is tried again (downloads are idempotent), continuing from the bytes
+        `dest` holds already. OSErrors of writing `dest` propagate."""
         tries = 0
         while True:
             tries += 1
             try:
-                self._stream_once(url, dest, reporter, label)
-                return
+                return self._stream_once(url, dest, reporter, label)
             except _TryAgain as failed:
                 if self._pause(True, tries, failed.response):
                     continue
                 raise self._gave_up(failed.error, tries) from None
 
-    def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
-        """Download `url` to `dest`, checking the body against the sha256 the server sent. Hashing and
-        writing run in a second thread, overlapped with receiving (hashlib and file writes release the
-        GIL), so checking costs little time on a machine with a core to spare."""
+    def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        """Download `url` into `dest`, continuing after the bytes `dest` holds (a `Range` request with
+        `If-Range`: a server whose file changed sends it whole), and check the whole against the
+        sha256 the server sent; a mismatch removes `dest`. Hashing and writing run in a second
+        thread, overlapped with receiving (hashlib and file writes release the GIL)."""
         digest = hashlib.sha256()
+        held = dest.stat().st_size if dest.exists() else 0
+        headers = {}
+        if held:
+            with dest.open("rb") as fh:  # the bytes kept from the cut transfer count towards the digest
+                while chunk := fh.read(CHUNK):
+                    digest.update(chunk)
+            headers["Range"] = f"bytes={held}-"
+            etag = _etag_of(dest)
+            if etag:
+                headers["If-Range"] = etag
         chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
         failed: list[OSError] = []
 
@@ -383,17 +403,24 @@ class RemoteRegistry:
                     pass
 
         try:
-            with self.http.stream("GET", url) as response:
+            with self.http.stream("GET", url, headers=headers) as response:
+                if response.status_code == 416 and held:  # `dest` holds more than the file: start over
+                    response.read()
+                    dest.unlink()
+                    raise _TryAgain(ServiceUnavailable(f"{label}: the kept part is too long"), None)
                 if response.is_error:
                     response.read()
                     if response.status_code in RETRY_STATUSES:
                         raise _TryAgain(self._error(response), response)
                     raise self._error(response)
                 expected = response.headers.get("x-content-sha256")
+                if response.status_code != 206:
+                    digest, held = hashlib.sha256(), 0  # the whole file: what was kept is dropped
+                _remember_etag(dest, response.headers.get("etag"))
                 size = int(response.headers.get("content-length", "0")) or None
                 with (
                     reporter.task(f"downloading {label}", total=size, unit="bytes") as advance,
-                    dest.open("wb") as out,
+                    dest.open("ab" if held else "wb") as out,
                 ):
                     writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
                     writer.start()
@@ -410,29 +437,56 @@ class RemoteRegistry:
             error = ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}")
             raise _TryAgain(error, None) from None
         if expected is None or digest.hexdigest() != expected:
+            dest.unlink(missing_ok=True)
+            _remember_etag(dest, None)
             raise BlobCorrupted(
                 f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"
             )
+        _remember_etag(dest, None)
+        return expected
+
+    def _fetch(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        """Put the file at `url` at `dest` and return its sha256: from the download cache when it holds
+        it (a HEAD says which digest), else downloaded into the cache's `.part` for that digest
+        (continued if an earlier pull was cut) and then copied out."""
+        if self.cache is None:
+            return self._stream_to(url, dest, reporter, label)
+        expected = self._request("HEAD", url).headers.get("x-content-sha256", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            return self._stream_to(url, dest, reporter, label)
+        if self.cache.copy_out(expected, dest):
+            return expected
+        part = self.cache.partial(expected)
+        digest = self._stream_to(url, part, reporter, label)
+        self.cache.add(part, digest)
+        if not self.cache.copy_out(digest, dest):  # evicted at once: the cache is smaller than the file
+            raise BlobCorrupted(f"{label}: the download cache {self.cache.root} cannot hold it")
+        return digest
 
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
         """Download a version's reconstructed PEFT files into `out_dir` (verified, then moved in)."""
         reporter = reporter or SilentReporter()
-        version = self.resolve(ref)
+        parsed = _as_ref(ref)
+        version = self.resolve(parsed)
         if version.status != "ready":
             reason = f": {version.error}" if version.error else ""
             raise VersionNotReady(f"{version.ref} is {version.status}{reason}")
         out = Path(out_dir)
         prepare_output(out, force)
         base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
+        digests = {}
         with staging_for(out, sweep_after=self.sweep_after) as staging:
             try:
                 for filename in PULLED_FILES:
-                    self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+                    url, dest = f"{base}/{filename}", staging / filename
+                    digests[filename] = self._fetch(url, dest, reporter, filename)
             except OSError as exc:  # a full disk, a quota, a file size limit
                 raise write_error(out, exc) from None
             files = install(staging, out)
+        if self.cache is not None:
+            self.cache.record(parsed, version, digests)
         return PullResult(version=version, path=str(out_dir), files=files)
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
@@ -508,3 +562,22 @@ class RemoteRegistry:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):
             raise TokenNotFound(f"no token {token_id!r}")
         return TokenView.model_validate(self._json("DELETE", f"/v1/tokens/{token_id}", idempotent=True))
+
+
+def _etag_file(dest: Path) -> Path:
+    return dest.with_name(dest.name + ".etag")
+
+
+def _etag_of(dest: Path) -> str | None:
+    try:
+        return _etag_file(dest).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _remember_etag(dest: Path, etag: str | None) -> None:
+    """Keep the ETag of the file a `.part` holds the start of, for the `If-Range` of its resumption."""
+    if etag is None:
+        _etag_file(dest).unlink(missing_ok=True)
+    else:
+        _etag_file(dest).write_text(etag)
