@@ -425,7 +425,8 @@ class RemoteRegistry:
                     writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
                     writer.start()
                     try:
-                        for chunk in response.iter_bytes(CHUNK):
+                        # As received, not in 1 MB pieces: what came before a cut is kept.
+                        for chunk in response.iter_bytes():
                             chunks.put(chunk)
                             advance(len(chunk))
                     finally:

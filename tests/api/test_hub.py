@@ -3,12 +3,10 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import httpx
@@ -26,8 +24,8 @@ from huggingface_hub.file_download import http_get
 from peft import PeftModel
 
 from adapters.compress.peft_io import CONFIG_FILE, SAFETENSORS_FILE
-from tests.conftest import free_port
 from tests.factories import make_adapter, tiny_llama, token_batch
+from tests.proxy import CuttingProxy
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -176,62 +174,6 @@ def test_the_clients_resume_continues_a_partial_file_with_a_range(service, hub, 
             url, f, resume_size=half, headers={"authorization": f"Bearer {token}"}, expected_size=len(data)
         )
     assert partial.read_bytes() == b"\0" * half + data[half:]
-
-
-class CuttingProxy:
-    """A loopback forwarder that cuts its first connection once `cut_after` bytes came back through
-    it (in the middle of a download), and records what clients sent."""
-
-    def __init__(self, target_port: int, cut_after: int) -> None:
-        import socket
-
-        self.cut_after, self.sent, self.cuts = cut_after, [], 0
-        self.port = free_port()
-        self.server = socket.create_server(("127.0.0.1", self.port))
-        self.target = target_port
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        import socket
-
-        while True:
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.create_connection(("127.0.0.1", self.target))
-            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
-            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
-
-    def _up(self, client, upstream) -> None:
-        try:
-            while data := client.recv(65536):
-                self.sent.append(data)
-                upstream.sendall(data)
-        except OSError:
-            pass
-
-    def _down(self, upstream, client) -> None:
-        import socket
-
-        passed = 0
-        try:
-            while data := upstream.recv(4096):
-                if self.cuts == 0 and passed + len(data) > self.cut_after:
-                    self.cuts += 1
-                    client.sendall(data[: self.cut_after - passed])
-                    break
-                passed += len(data)
-                client.sendall(data)
-        except OSError:
-            pass
-        for sock in (client, upstream):
-            with contextlib.suppress(OSError):  # wakes the other direction's recv
-                sock.shutdown(socket.SHUT_RDWR)
-            sock.close()
-
-    def close(self) -> None:
-        self.server.close()
 
 
 def test_hf_hub_download_resumes_a_cut_transfer_with_a_range(service, tmp_path, monkeypatch):
