@@ -37,6 +37,9 @@ Authenticate with `Authorization: Bearer <token>` (tokens come from `adapters to
 `read` (list, show, resolve, download), `write` (also upload, aliases, yank), `admin` (also tokens);
 a token made for a namespace acts only there. Errors are RFC 9457 problem details
 (`application/problem+json`) whose `type` is `https://adapters.dev/problems/<code>`.
+
+The read side of the Hugging Face Hub's API (`/api/models/...`, `/{ns}/{name}/resolve/...`) serves the
+same files to `huggingface_hub` and the engines built on it, through `HF_ENDPOINT`.
 """
 
 THREADS = 64  # sync handlers and streamed downloads share anyio's thread pool
