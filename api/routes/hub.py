@@ -14,28 +14,34 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from adapters.registry.cache import CachedAdapter
-from adapters.registry.errors import FileNotFound
+from adapters.registry.errors import AdapterNotFound, FileNotFound, InvalidName
 from adapters.registry.refs import AdapterName
 from adapters.registry.schemas import VersionView
 
 from .. import hub, problems, ranges
 from ..auth import Reader
-from ..params import Name, Namespace
 from ..state import AppState, State
 
 router = APIRouter(tags=["hub"], route_class=hub.HubRoute)
 
-Revision = Annotated[str, "a version number, alias, main, sha256:<digest> or commit id"]
+# Any repo id the client sends: one outside the naming rule (say a base model's `Org/Model-7B`, when
+# HF_ENDPOINT sends every download here) is a repository that does not exist, not a malformed request.
+Namespace = Annotated[str, Path(description="Namespace, e.g. acme.")]
+Name = Annotated[str, Path(description="Adapter name, e.g. support-en.")]
+Revision = Annotated[str, Path(description="A version number, alias, main, sha256:<digest> or commit id.")]
 MEDIA_TYPES = {".json": "application/json"}
 ERRORS = problems.responses(401, 403, 404, 409, 422, 503)
 
 
 def _version(state: AppState, namespace: str, name: str, revision: str) -> VersionView:
-    adapter = AdapterName(namespace, name)
+    try:
+        adapter = AdapterName(namespace, name)
+    except InvalidName:
+        raise AdapterNotFound(f"no adapter {namespace}/{name}") from None
     return state.registry.ready_version(hub.revision_ref(state.registry, adapter, revision))
 
 

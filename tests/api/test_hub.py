@@ -100,6 +100,10 @@ def test_missing_repositories_revisions_and_files_raise_the_clients_errors(servi
         api.model_info("hub/nothing")
     with pytest.raises(RepositoryNotFoundError):
         hf_hub_download("hub/nothing", CONFIG_FILE, endpoint=service.url, token=token, cache_dir=tmp_path)
+    with pytest.raises(RepositoryNotFoundError):  # a base model's id, outside the naming rule
+        hf_hub_download(
+            "Org/Model-7B", "config.json", endpoint=service.url, token=service.admin, cache_dir=tmp_path
+        )
     for revision in ("staging", "99", "0" * 40, "sha256:" + "0" * 64):
         with pytest.raises(RevisionNotFoundError):
             api.model_info("hub/raw", revision=revision)
