@@ -4,7 +4,8 @@ pulled ref named, so a pull of content already here costs no transfer and `--off
 server at all.
 
     <root>/sha256/<2 hex>/<digest>                     a verified file
-    <root>/partial/<digest>.part                       a transfer under way, or cut (resumed with Range)
+    <root>/partial/<digest>.part                       a transfer under way, or cut (resumed with Range;
+                                                       removed when no pull continued it for a week)
     <root>/refs/<ns>/<name>/<number>.json              a version's view and its files' digests
     <root>/refs/<ns>/<name>/@<alias> (and @latest)     the number the alias named at the last online pull
 
@@ -14,10 +15,12 @@ whenever they are read; when the files outgrow `max_bytes`, the least recently u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from .errors import NotCached
@@ -25,6 +28,8 @@ from .output import install, prepare_output, staging_for, write_error
 from .refs import Ref, check_digest
 from .schemas import PullResult, VersionView
 from .storage import sha256_file
+
+STALE_PART_SECONDS = 7 * 24 * 3600
 
 
 class ClientCache:
@@ -65,11 +70,16 @@ class ClientCache:
         path = self.blob(digest)
         path.parent.mkdir(parents=True, exist_ok=True)
         part.replace(path)
-        self.shrink()
         return path
 
     def shrink(self) -> None:
-        """Remove the least recently used files until the cache fits its bound."""
+        """Remove the least recently used files until the cache fits its bound, and transfers cut
+        more than a week ago that no pull continued."""
+        stale = time.time() - STALE_PART_SECONDS
+        for part in (self.root / "partial").glob("*.part*"):
+            with contextlib.suppress(FileNotFoundError):
+                if part.stat().st_mtime < stale:
+                    part.unlink()
         files = []
         for path in (self.root / "sha256").glob("*/*"):
             try:

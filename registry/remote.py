@@ -12,11 +12,8 @@ cut, and goes through the client's download cache (registry/client_cache.py) whe
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +21,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from . import limits
+from . import limits, transfer
 from .client_cache import ClientCache
 from .errors import (
     BlobCorrupted,
@@ -53,25 +50,14 @@ from .schemas import (
 )
 from .settings import Settings
 from .storage import sha256_file
+from .transfer import RETRY_STATUSES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PULLED_FILES = ("adapter_config.json", "adapter_model.safetensors")
-CHUNK = 1024 * 1024
 PAGE = 500
 NAME = re.compile(NAME_PATTERN)
-# Answers that say "not now": worth another try of a call that may be repeated.
-RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_WAIT = 30.0
-
-
-class _TryAgain(Exception):
-    """A try of a download that another try may cure: the error to raise if none is left."""
-
-    def __init__(self, error: RegistryError, response: httpx.Response | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.response = response
 
 
 class _Counting:
@@ -368,83 +354,13 @@ class RemoteRegistry:
             tries += 1
             try:
                 return self._stream_once(url, dest, reporter, label)
-            except _TryAgain as failed:
+            except transfer.TryAgain as failed:
                 if self._pause(True, tries, failed.response):
                     continue
                 raise self._gave_up(failed.error, tries) from None
 
     def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
-        """Download `url` into `dest`, continuing after the bytes `dest` holds (a `Range` request with
-        `If-Range`: a server whose file changed sends it whole), and check the whole against the
-        sha256 the server sent; a mismatch removes `dest`. Hashing and writing run in a second
-        thread, overlapped with receiving (hashlib and file writes release the GIL)."""
-        digest = hashlib.sha256()
-        held = dest.stat().st_size if dest.exists() else 0
-        headers = {}
-        if held:
-            with dest.open("rb") as fh:  # the bytes kept from the cut transfer count towards the digest
-                while chunk := fh.read(CHUNK):
-                    digest.update(chunk)
-            headers["Range"] = f"bytes={held}-"
-            etag = _etag_of(dest)
-            if etag:
-                headers["If-Range"] = etag
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        failed: list[OSError] = []
-
-        def consume(out: BinaryIO) -> None:
-            try:
-                while (chunk := chunks.get()) is not None:
-                    digest.update(chunk)
-                    out.write(chunk)
-            except OSError as exc:  # handed to the receiving thread, which raises it
-                failed.append(exc)
-                while chunks.get() is not None:  # drain, so the receiver never blocks on a full queue
-                    pass
-
-        try:
-            with self.http.stream("GET", url, headers=headers) as response:
-                if response.status_code == 416 and held:  # `dest` holds more than the file: start over
-                    response.read()
-                    dest.unlink()
-                    raise _TryAgain(ServiceUnavailable(f"{label}: the kept part is too long"), None)
-                if response.is_error:
-                    response.read()
-                    if response.status_code in RETRY_STATUSES:
-                        raise _TryAgain(self._error(response), response)
-                    raise self._error(response)
-                expected = response.headers.get("x-content-sha256")
-                if response.status_code != 206:
-                    digest, held = hashlib.sha256(), 0  # the whole file: what was kept is dropped
-                _remember_etag(dest, response.headers.get("etag"))
-                size = int(response.headers.get("content-length", "0")) or None
-                with (
-                    reporter.task(f"downloading {label}", total=size, unit="bytes") as advance,
-                    dest.open("ab" if held else "wb") as out,
-                ):
-                    writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
-                    writer.start()
-                    try:
-                        # As received, not in 1 MB pieces: what came before a cut is kept.
-                        for chunk in response.iter_bytes():
-                            chunks.put(chunk)
-                            advance(len(chunk))
-                    finally:
-                        chunks.put(None)
-                        writer.join()
-                    if failed:
-                        raise failed[0]
-        except httpx.TransportError as exc:
-            error = ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}")
-            raise _TryAgain(error, None) from None
-        if expected is None or digest.hexdigest() != expected:
-            dest.unlink(missing_ok=True)
-            _remember_etag(dest, None)
-            raise BlobCorrupted(
-                f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"
-            )
-        _remember_etag(dest, None)
-        return expected
+        return transfer.download(self.http, url, dest, reporter, label, self._error, self.url)
 
     def _fetch(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
         """Put the file at `url` at `dest` and return its sha256: from the download cache when it holds
@@ -460,8 +376,9 @@ class RemoteRegistry:
         part = self.cache.partial(expected)
         digest = self._stream_to(url, part, reporter, label)
         self.cache.add(part, digest)
-        if not self.cache.copy_out(digest, dest):  # evicted at once: the cache is smaller than the file
-            raise BlobCorrupted(f"{label}: the download cache {self.cache.root} cannot hold it")
+        if not self.cache.copy_out(digest, dest):
+            raise BlobCorrupted(f"{label}: the copy in the download cache {self.cache.root} changed")
+        self.cache.shrink()  # after the copy: a file larger than the bound still reaches `dest`
         return digest
 
     def pull(
@@ -563,22 +480,3 @@ class RemoteRegistry:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):
             raise TokenNotFound(f"no token {token_id!r}")
         return TokenView.model_validate(self._json("DELETE", f"/v1/tokens/{token_id}", idempotent=True))
-
-
-def _etag_file(dest: Path) -> Path:
-    return dest.with_name(dest.name + ".etag")
-
-
-def _etag_of(dest: Path) -> str | None:
-    try:
-        return _etag_file(dest).read_text().strip() or None
-    except FileNotFoundError:
-        return None
-
-
-def _remember_etag(dest: Path, etag: str | None) -> None:
-    """Keep the ETag of the file a `.part` holds the start of, for the `If-Range` of its resumption."""
-    if etag is None:
-        _etag_file(dest).unlink(missing_ok=True)
-    else:
-        _etag_file(dest).write_text(etag)

@@ -132,6 +132,17 @@ def test_content_in_the_cache_is_not_downloaded_again(service, big, tmp_path):
     assert _digests(tmp_path / "third") == digests
 
 
+def test_the_cache_keeps_to_its_bound(service, big, tmp_path):
+    digests, size = big
+    cache = ClientCache(tmp_path / "cache", max_bytes=size // 2)  # smaller than the weights
+    with _client(service, service.url, cache) as client:
+        client.pull("pull/big:1", tmp_path / "out")
+    assert _digests(tmp_path / "out") == digests  # the pull is whole all the same
+    kept = list((tmp_path / "cache" / "sha256").glob("*/*"))
+    assert sum(p.stat().st_size for p in kept) <= size // 2
+    assert digests[SAFETENSORS_FILE] not in {p.name for p in kept}  # it did not fit
+
+
 def _cli(monkeypatch, url: str, token: str, *args, code: int = 0):
     monkeypatch.setenv("ADAPTERS_URL", url)
     monkeypatch.setenv("ADAPTERS_TOKEN", token)
