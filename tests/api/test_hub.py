@@ -39,6 +39,13 @@ def hub(service, adapter_dir, other_adapter_dir):
     return first.version, second.version, token
 
 
+def _sha256(service, ref: str) -> str:
+    """The sha256 of the weights file the registry serves for `ref`."""
+    _, files = service.registry.open_files(ref)
+    files.close()
+    return files.files[SAFETENSORS_FILE].sha256
+
+
 def _outputs(folder: str | Path) -> torch.Tensor:
     model = PeftModel.from_pretrained(tiny_llama(0), str(folder)).eval()
     with torch.no_grad():
@@ -87,10 +94,10 @@ def test_a_revision_is_a_number_an_alias_main_a_digest_or_the_commit(service, hu
             "hub/raw", SAFETENSORS_FILE, revision=revision, endpoint=service.url, token=token,
             cache_dir=tmp_path / "hf",
         )  # fmt: skip
-        assert (
-            hashlib.sha256(Path(path).read_bytes()).hexdigest()
-            == service.registry.open_files("hub/raw:2")[1].files[SAFETENSORS_FILE].sha256
-        )
+        assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == _sha256(service, "hub/raw:2")
+    listed = {e.path: e for e in api.list_repo_tree("hub/raw", revision="prod", expand=True)}
+    weights = listed[SAFETENSORS_FILE]
+    assert weights.lfs.sha256 == _sha256(service, "hub/raw:1") and weights.last_commit.oid == one
 
 
 def test_missing_repositories_revisions_and_files_raise_the_clients_errors(service, hub, tmp_path):
@@ -200,9 +207,7 @@ def test_hf_hub_download_resumes_a_cut_transfer_with_a_range(service, tmp_path, 
     assert proxy.cuts == 1
     sent = b"".join(proxy.sent).lower()
     assert b"range: bytes=" in sent  # the retry asked for the rest only
-    _, files = service.registry.open_files("hub/big:1")
-    files.close()
-    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == files.files[SAFETENSORS_FILE].sha256
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == _sha256(service, "hub/big:1")
 
 
 def test_a_nola_version_serves_its_reconstruction_as_pull_writes_it(service, adapter_dir, tmp_path):
