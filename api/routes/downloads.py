@@ -170,21 +170,20 @@ def download_archive(
 def download_artifact(
     request: Request, namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
 ) -> Response:
-    ref = Ref(AdapterName(namespace, name), number=number)
-    if request.method == "HEAD":  # the headers only: the blob is not opened
-        version = state.registry.ready_version(ref)
-    else:
-        version, chunks = state.registry.artifact(ref)
-    assert version.artifact_digest is not None and version.artifact_size is not None
+    version = state.registry.ready_version(Ref(AdapterName(namespace, name), number=number))
+    digest, size = version.artifact_digest, version.artifact_size
+    assert digest is not None and size is not None
     filename = f"{name}-{number}.{version.codec or 'raw'}.safetensors"
-    headers = _headers(filename, version.artifact_size, version.artifact_digest)
+    headers = _headers(filename, size, digest)
+    storage = state.registry.storage
     return ranges.send(
         request,
-        size=version.artifact_size,
+        size=size,
         etag=headers["ETag"],
         media_type="application/octet-stream",
         headers=headers,
-        whole=lambda: chunks,
-        # The stored blob is read whole either way: its sha256 is checked at its end.
-        part=lambda wanted: ranges.slice_stream(chunks, wanted),
+        # Opened only for a body (not for HEAD or a 416); read whole either way, as the blob's
+        # sha256 is checked at its end.
+        whole=lambda: storage.iter_chunks(digest),
+        part=lambda wanted: ranges.slice_stream(storage.iter_chunks(digest), wanted),
     )
