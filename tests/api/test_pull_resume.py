@@ -157,10 +157,12 @@ def test_pull_offline_serves_from_the_cache_only(service, big, tmp_path, monkeyp
     digests, _ = big
     monkeypatch.setenv("ADAPTERS_HOME", str(tmp_path / "home"))
     _cli(monkeypatch, service.url, service.admin, "pull", "pull/big@prod", "-o", tmp_path / "online")
+    _cli(monkeypatch, service.url, service.admin, "pull", "pull/big", "-o", tmp_path / "latest")
     assert (own_download_cache / "refs" / "pull" / "big" / "@prod").read_text() == "1"
+    assert (own_download_cache / "refs" / "pull" / "big" / "@latest").read_text() == "1"
     gone = f"http://127.0.0.1:{free_port()}"  # no server there
     version = service.registry.resolve("pull/big:1")
-    for ref in ("pull/big@prod", "pull/big:1", f"pull/big@sha256:{version.source_digest}"):
+    for ref in ("pull/big@prod", "pull/big", "pull/big:1", f"pull/big@sha256:{version.source_digest}"):
         out = tmp_path / "offline" / ref.replace("/", "_").replace(":", "_").replace("@", "_")
         result = _cli(monkeypatch, gone, service.admin, "pull", ref, "-o", out, "--offline", "--json")
         assert json.loads(result.stdout)["version"]["number"] == 1
