@@ -25,7 +25,7 @@ from adapters.registry.sweep import log_sweep
 
 from . import problems
 from .observability import Observability
-from .routes import adapters, aliases, downloads, ops, tokens, versions, workers
+from .routes import adapters, aliases, downloads, hub, ops, tokens, versions, workers
 from .schemas import Problem, PushMetadata
 from .state import AppState
 
@@ -37,6 +37,9 @@ Authenticate with `Authorization: Bearer <token>` (tokens come from `adapters to
 `read` (list, show, resolve, download), `write` (also upload, aliases, yank), `admin` (also tokens);
 a token made for a namespace acts only there. Errors are RFC 9457 problem details
 (`application/problem+json`) whose `type` is `https://adapters.dev/problems/<code>`.
+
+The read side of the Hugging Face Hub's API (`/api/models/...`, `/{ns}/{name}/resolve/...`) serves the
+same files to `huggingface_hub` and the engines built on it, through `HF_ENDPOINT`.
 """
 
 THREADS = 64  # sync handlers and streamed downloads share anyio's thread pool
@@ -95,7 +98,8 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
     app.state.adapters = AppState(settings=settings, registry=registry, metrics=metrics)
     problems.install(app)
     app.add_middleware(Observability, metrics=metrics)
-    for module in (adapters, versions, aliases, downloads, tokens, workers, ops):
+    # The Hub's routes last: `/{ns}/{name}/resolve/...` must not shadow the registry's own paths.
+    for module in (adapters, versions, aliases, downloads, tokens, workers, ops, hub):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

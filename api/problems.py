@@ -64,6 +64,7 @@ HTTP_PROBLEMS: dict[int, tuple[str, str]] = {
     404: (errors.NotFound.code, "Not found"),
     405: ("method-not-allowed", "Method not allowed"),
     413: ("request-too-large", "Request too large"),
+    416: ("range-not-satisfiable", "Range not satisfiable"),
 }
 
 
@@ -118,6 +119,11 @@ def _registry_error(request: Request, exc: Exception) -> JSONResponse:
     if status >= 500:
         log.error("%s: %s", exc.code, exc)
     return problem(status, exc.code, title_for(type(exc)), str(exc), request, headers=headers)
+
+
+def registry_error(request: Request, exc: errors.RegistryError) -> JSONResponse:
+    """The problem response of a domain error (for routes that add headers of their own to it)."""
+    return _registry_error(request, exc)
 
 
 def _compress_error(request: Request, exc: Exception) -> JSONResponse:

@@ -588,6 +588,10 @@ class LocalRegistry:
         assert version.artifact_digest is not None
         return version, self.storage.iter_chunks(version.artifact_digest)
 
+    def ready_version(self, ref: str | Ref) -> VersionView:
+        """The ready version `ref` names, without its aliases (what a download's headers need)."""
+        return self._ready_version(ref)
+
     @retry_read
     def _ready_version(self, ref: str | Ref) -> VersionView:
         """The version behind a download: a plain read, without its aliases (downloads need none)."""

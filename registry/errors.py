@@ -39,6 +39,18 @@ class AliasNotFound(NotFound):
     code = "alias-not-found"
 
 
+class FileNotFound(NotFound):
+    """A version has no file of that name (it holds adapter_config.json and adapter_model.safetensors)."""
+
+    code = "file-not-found"
+
+
+class NotCached(NotFound):
+    """An offline pull of a ref that no earlier online pull brought into the download cache."""
+
+    code = "not-cached"
+
+
 class BlobNotFound(NotFound):
     code = "blob-not-found"
 

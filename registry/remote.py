@@ -4,17 +4,16 @@ same views, so every CLI command works against either with the same output.
 Errors come back as problem details whose `code` names a domain error; they are raised again here as
 that error, with the server's message. Whatever can be checked without the server (names, refs, the
 files of a directory, the output folder) is checked first, with the embedded registry's messages.
-Downloads are checked against the sha256 the server sends before anything is written.
+Downloads are checked against the sha256 the server sends before anything is written. A download
+keeps what it received in a `.part` file and continues from there with a `Range` request after a
+cut, and goes through the client's download cache (registry/client_cache.py) when there is one.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
-import queue
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -22,7 +21,8 @@ from typing import Any, BinaryIO
 
 import httpx
 
-from . import limits
+from . import limits, transfer
+from .client_cache import ClientCache
 from .engines import CompatFilter
 from .errors import (
     BlobCorrupted,
@@ -51,25 +51,14 @@ from .schemas import (
 )
 from .settings import Settings
 from .storage import sha256_file
+from .transfer import RETRY_STATUSES
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 PULLED_FILES = ("adapter_config.json", "adapter_model.safetensors")
-CHUNK = 1024 * 1024
 PAGE = 500
 NAME = re.compile(NAME_PATTERN)
-# Answers that say "not now": worth another try of a call that may be repeated.
-RETRY_STATUSES = frozenset({502, 503, 504})
 MAX_RETRY_WAIT = 30.0
-
-
-class _TryAgain(Exception):
-    """A try of a download that another try may cure: the error to raise if none is left."""
-
-    def __init__(self, error: RegistryError, response: httpx.Response | None) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.response = response
 
 
 class _Counting:
@@ -132,10 +121,13 @@ class RemoteRegistry:
         backoff: float = 1.0,
         sweep_after: float | None = None,
         user_agent: str = "",
+        cache: ClientCache | None = None,
     ) -> None:
         """`retries`: how many more times an idempotent call is tried after a 502/503/504 or a
-        dropped connection, waiting the server's Retry-After or `backoff` * 2**(n-1) seconds."""
+        dropped connection, waiting the server's Retry-After or `backoff` * 2**(n-1) seconds.
+        `cache`: the download cache pulls read from and add to (none: every pull downloads)."""
         self.url = url.rstrip("/")
+        self.cache = cache
         self.retries = retries
         self.backoff = backoff
         self.sweep_after = sweep_after  # staging folders of killed pulls older than this are removed
@@ -158,6 +150,9 @@ class RemoteRegistry:
             retries=settings.client_retries,
             backoff=settings.client_backoff_seconds,
             sweep_after=settings.sweep_after_seconds,
+            cache=ClientCache(settings.client_cache_dir, settings.client_cache_max_bytes)
+            if settings.client_cache_max_bytes > 0 and settings.client_cache_dir is not None
+            else None,
         )
 
     def close(self) -> None:
@@ -351,89 +346,66 @@ class RemoteRegistry:
         parsed = _as_ref(ref)
         return VersionView.model_validate(self._json("GET", "/v1/resolve", params={"ref": str(parsed)}))
 
-    def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
-        """Download `url` to `dest` (see `_stream_once`), again from the start after a 502/503/504 or a
-        dropped connection (downloads are idempotent). OSErrors of writing `dest` propagate."""
+    def _stream_to(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        """Download `url` to `dest` (see `_stream_once`) and return its sha256. After a 502/503/504 or
+        a dropped connection it is tried again (downloads are idempotent), continuing from the bytes
+        `dest` holds already. OSErrors of writing `dest` propagate."""
         tries = 0
         while True:
             tries += 1
             try:
-                self._stream_once(url, dest, reporter, label)
-                return
-            except _TryAgain as failed:
+                return self._stream_once(url, dest, reporter, label)
+            except transfer.TryAgain as failed:
                 if self._pause(True, tries, failed.response):
                     continue
                 raise self._gave_up(failed.error, tries) from None
 
-    def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> None:
-        """Download `url` to `dest`, checking the body against the sha256 the server sent. Hashing and
-        writing run in a second thread, overlapped with receiving (hashlib and file writes release the
-        GIL), so checking costs little time on a machine with a core to spare."""
-        digest = hashlib.sha256()
-        chunks: queue.Queue[bytes | None] = queue.Queue(maxsize=16)
-        failed: list[OSError] = []
+    def _stream_once(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        return transfer.download(self.http, url, dest, reporter, label, self._error, self.url)
 
-        def consume(out: BinaryIO) -> None:
-            try:
-                while (chunk := chunks.get()) is not None:
-                    digest.update(chunk)
-                    out.write(chunk)
-            except OSError as exc:  # handed to the receiving thread, which raises it
-                failed.append(exc)
-                while chunks.get() is not None:  # drain, so the receiver never blocks on a full queue
-                    pass
-
-        try:
-            with self.http.stream("GET", url) as response:
-                if response.is_error:
-                    response.read()
-                    if response.status_code in RETRY_STATUSES:
-                        raise _TryAgain(self._error(response), response)
-                    raise self._error(response)
-                expected = response.headers.get("x-content-sha256")
-                size = int(response.headers.get("content-length", "0")) or None
-                with (
-                    reporter.task(f"downloading {label}", total=size, unit="bytes") as advance,
-                    dest.open("wb") as out,
-                ):
-                    writer = threading.Thread(target=consume, args=(out,), name=f"write-{label}")
-                    writer.start()
-                    try:
-                        for chunk in response.iter_bytes(CHUNK):
-                            chunks.put(chunk)
-                            advance(len(chunk))
-                    finally:
-                        chunks.put(None)
-                        writer.join()
-                    if failed:
-                        raise failed[0]
-        except httpx.TransportError as exc:
-            error = ServiceUnavailable(f"download of {label} from {self.url} failed: {exc}")
-            raise _TryAgain(error, None) from None
-        if expected is None or digest.hexdigest() != expected:
-            raise BlobCorrupted(
-                f"{label} from {self.url} does not match its sha256 ({expected}); nothing written"
-            )
+    def _fetch(self, url: str, dest: Path, reporter: Reporter, label: str) -> str:
+        """Put the file at `url` at `dest` and return its sha256: from the download cache when it holds
+        it (a HEAD says which digest), else downloaded into the cache's `.part` for that digest
+        (continued if an earlier pull was cut) and then copied out."""
+        if self.cache is None:
+            return self._stream_to(url, dest, reporter, label)
+        expected = self._request("HEAD", url).headers.get("x-content-sha256", "")
+        if not re.fullmatch(r"[0-9a-f]{64}", expected):
+            return self._stream_to(url, dest, reporter, label)
+        if self.cache.copy_out(expected, dest):
+            return expected
+        part = self.cache.partial(expected)
+        digest = self._stream_to(url, part, reporter, label)
+        self.cache.add(part, digest)
+        if not self.cache.copy_out(digest, dest):
+            raise BlobCorrupted(f"{label}: the copy in the download cache {self.cache.root} changed")
+        self.cache.shrink()  # after the copy: a file larger than the bound still reaches `dest`
+        return digest
 
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
         """Download a version's reconstructed PEFT files into `out_dir` (verified, then moved in)."""
         reporter = reporter or SilentReporter()
-        version = self.resolve(ref)
+        parsed = _as_ref(ref)
+        version = self.resolve(parsed)
         if version.status != "ready":
             reason = f": {version.error}" if version.error else ""
             raise VersionNotReady(f"{version.ref} is {version.status}{reason}")
         out = Path(out_dir)
         prepare_output(out, force)
         base = f"{self._adapter_path(_as_name(version.adapter))}/versions/{version.number}/files"
+        digests = {}
         with staging_for(out, sweep_after=self.sweep_after) as staging:
             try:
                 for filename in PULLED_FILES:
-                    self._stream_to(f"{base}/{filename}", staging / filename, reporter, filename)
+                    url, dest = f"{base}/{filename}", staging / filename
+                    digests[filename] = self._fetch(url, dest, reporter, filename)
             except OSError as exc:  # a full disk, a quota, a file size limit
                 raise write_error(out, exc) from None
             files = install(staging, out)
+        if self.cache is not None:
+            self.cache.record(parsed, version, digests)
         return PullResult(version=version, path=str(out_dir), files=files)
 
     def _pages(self, path: str, key: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
@@ -122,6 +123,15 @@ class Settings(BaseSettings):
         description="Wait before retry n: this times 2**(n-1), or the server's Retry-After; at most 30 s.",
     )
 
+    client_cache_dir: Path | None = Field(
+        default=None,
+        description="The CLI's download cache: pulled files by sha256, cut transfers, what each ref named "
+        "(default $XDG_CACHE_HOME/adapters, else ~/.cache/adapters).",
+    )
+    client_cache_max_bytes: int = Field(
+        default=10 * 1024**3, ge=0, description="Size bound of the download cache; 0 turns it off."
+    )
+
     # Leftovers of interrupted work.
     tmp_dir: Path | None = Field(
         default=None,
@@ -165,6 +175,10 @@ class Settings(BaseSettings):
         if self.cache_dir is None:
             self.cache_dir = self.home / "cache" / "reconstructed"
         self.cache_dir = self.cache_dir.expanduser()
+        if self.client_cache_dir is None:
+            xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+            self.client_cache_dir = Path(xdg) / "adapters"
+        self.client_cache_dir = self.client_cache_dir.expanduser()
         if self.tmp_dir is None:
             self.tmp_dir = self.home / "tmp"
         self.tmp_dir = self.tmp_dir.expanduser()

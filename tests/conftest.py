@@ -40,6 +40,14 @@ def empty_hf_cache(tmp_path_factory) -> Iterator[Path]:
         os.environ["HF_HUB_CACHE"] = old
 
 
+@pytest.fixture(autouse=True)
+def own_download_cache(tmp_path_factory, monkeypatch) -> Path:
+    """The CLI's download cache ($XDG_CACHE_HOME/adapters) is each test's own, never this machine's."""
+    root = tmp_path_factory.mktemp("xdg-cache")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    return root / "adapters"
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

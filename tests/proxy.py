@@ -68,3 +68,60 @@ def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):  # not connected (any more)
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+class CuttingProxy:
+    """A loopback forwarder that cuts its first connection once `cut_after` bytes came back through
+    it (in the middle of a download: the client sees a body shorter than its Content-Length), and
+    records what clients sent (`sent_text()`). Every later connection passes untouched."""
+
+    def __init__(self, target_port: int, cut_after: int) -> None:
+        self.cut_after, self.sent, self.cuts = cut_after, [], 0
+        self.port = free_port()
+        self.server = socket.create_server(("127.0.0.1", self.port))
+        self.target = target_port
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def sent_text(self) -> bytes:
+        """Everything clients sent, lower-cased (header names are case-insensitive)."""
+        return b"".join(self.sent).lower()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            threading.Thread(target=self._up, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, client), daemon=True).start()
+
+    def _up(self, client: socket.socket, upstream: socket.socket) -> None:
+        try:
+            while data := client.recv(65536):
+                self.sent.append(data)
+                upstream.sendall(data)
+        except OSError:
+            pass
+
+    def _down(self, upstream: socket.socket, client: socket.socket) -> None:
+        passed = 0
+        try:
+            while data := upstream.recv(4096):
+                if self.cuts == 0 and passed + len(data) > self.cut_after:
+                    self.cuts += 1
+                    client.sendall(data[: self.cut_after - passed])
+                    break
+                passed += len(data)
+                client.sendall(data)
+        except OSError:
+            pass
+        for sock in (client, upstream):
+            _close(sock)  # a shutdown wakes the other direction's recv
+
+    def close(self) -> None:
+        _close(self.server)

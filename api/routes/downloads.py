@@ -1,7 +1,8 @@
 """Downloads of a version: its reconstructed PEFT files one by one, both as a tarball, or the stored
 (compressed) artifact. Reconstructions come from the cache when it has them. Every byte is checked
 against its sha256 as it streams (the digest is also sent, in `X-Content-SHA256` and the ETag); a
-mismatch aborts the response, so a client never receives a whole wrong file."""
+mismatch aborts the response, so a client never receives a whole wrong file. Every route answers
+`HEAD` and single `Range` requests (see api/ranges.py), so a cut download resumes."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ import tarfile
 from collections.abc import Iterator
 from typing import Any, Literal
 
-from fastapi import APIRouter
-from fastapi.responses import StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import Response, StreamingResponse
 
 from adapters.registry.cache import CachedFile
 from adapters.registry.refs import AdapterName, Ref
 
-from .. import problems
+from .. import problems, ranges
 from ..auth import Reader
 from ..params import Name, Namespace, Number
 from ..state import State
@@ -39,7 +40,8 @@ def _binary(description: str, *media_types: str) -> dict[int | str, dict[str, An
                 "X-Content-SHA256": {"description": "sha256 of the body", "schema": {"type": "string"}},
             },
         },
-        **problems.responses(401, 403, 404, 409, 422, 503),
+        206: {"description": "The part of the body the `Range` header asked for"},
+        **problems.responses(401, 403, 404, 409, 416, 422, 503),
     }
 
 
@@ -56,6 +58,12 @@ def _headers(filename: str, size: int, sha256: str | None) -> dict[str, str]:
     return headers
 
 
+@router.head(
+    "/files/{filename}",
+    operation_id="download_file_head",
+    summary="The headers of the GET (size, digest), without the body",
+    responses=problems.responses(401, 403, 404, 409, 422, 503),
+)
 @router.get(
     "/files/{filename}",
     response_class=StreamingResponse,
@@ -63,17 +71,29 @@ def _headers(filename: str, size: int, sha256: str | None) -> dict[str, str]:
     responses=_binary("The file", "application/json", "application/octet-stream"),
 )
 def download_file(
-    namespace: Namespace, name: Name, number: Number, filename: FileName, state: State, principal: Reader
-) -> StreamingResponse:
+    request: Request,
+    namespace: Namespace,
+    name: Name,
+    number: Number,
+    filename: FileName,
+    state: State,
+    principal: Reader,
+) -> Response:
     _, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
     for other in files.files.values():
         if other.name != filename:
             other.handle.close()
     cached = files.files[filename]
-    return StreamingResponse(
-        cached.chunks(),
+    headers = _headers(filename, cached.size, cached.sha256)
+    return ranges.send(
+        request,
+        size=cached.size,
+        etag=headers["ETag"],
         media_type=MEDIA_TYPES[filename],
-        headers=_headers(filename, cached.size, cached.sha256),
+        headers=headers,
+        whole=cached.chunks,
+        part=lambda wanted: cached.range_chunks(wanted.start, wanted.end),
+        close=cached.handle.close,
     )
 
 
@@ -97,6 +117,12 @@ def _tar(prefix: str, files: list[CachedFile]) -> tuple[int, Iterator[bytes]]:
     return size, chunks()
 
 
+@router.head(
+    "/archive",
+    operation_id="download_archive_head",
+    summary="The headers of the GET (size, digest), without the body",
+    responses=problems.responses(401, 403, 404, 409, 422, 503),
+)
 @router.get(
     "/archive",
     response_class=StreamingResponse,
@@ -106,16 +132,33 @@ def _tar(prefix: str, files: list[CachedFile]) -> tuple[int, Iterator[bytes]]:
     ),
 )
 def download_archive(
-    namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
-) -> StreamingResponse:
-    _, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
+    request: Request, namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
+) -> Response:
+    version, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
     prefix = f"{name}-{number}"
     size, body = _tar(prefix, [files.files[n] for n in sorted(files.files)])
-    return StreamingResponse(
-        body, media_type="application/x-tar", headers=_headers(f"{prefix}.tar", size, None)
+    headers = _headers(f"{prefix}.tar", size, None)
+    # The tar's bytes follow from the artifact's (reconstruction and the tar headers are deterministic).
+    etag = f'"tar-sha256:{version.artifact_digest}"'
+    headers["ETag"] = etag
+    return ranges.send(
+        request,
+        size=size,
+        etag=etag,
+        media_type="application/x-tar",
+        headers=headers,
+        whole=lambda: body,
+        part=lambda wanted: ranges.slice_stream(body, wanted),
+        close=files.close,
     )
 
 
+@router.head(
+    "/artifact",
+    operation_id="download_artifact_head",
+    summary="The headers of the GET (size, digest), without the body",
+    responses=problems.responses(401, 403, 404, 409, 422, 503),
+)
 @router.get(
     "/artifact",
     response_class=StreamingResponse,
@@ -125,13 +168,22 @@ def download_archive(
     ),
 )
 def download_artifact(
-    namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
-) -> StreamingResponse:
-    version, chunks = state.registry.artifact(Ref(AdapterName(namespace, name), number=number))
-    assert version.artifact_digest is not None and version.artifact_size is not None
+    request: Request, namespace: Namespace, name: Name, number: Number, state: State, principal: Reader
+) -> Response:
+    version = state.registry.ready_version(Ref(AdapterName(namespace, name), number=number))
+    digest, size = version.artifact_digest, version.artifact_size
+    assert digest is not None and size is not None
     filename = f"{name}-{number}.{version.codec or 'raw'}.safetensors"
-    return StreamingResponse(
-        chunks,
+    headers = _headers(filename, size, digest)
+    storage = state.registry.storage
+    return ranges.send(
+        request,
+        size=size,
+        etag=headers["ETag"],
         media_type="application/octet-stream",
-        headers=_headers(filename, version.artifact_size, version.artifact_digest),
+        headers=headers,
+        # Opened only for a body (not for HEAD or a 416); read whole either way, as the blob's
+        # sha256 is checked at its end.
+        whole=lambda: storage.iter_chunks(digest),
+        part=lambda wanted: ranges.slice_stream(storage.iter_chunks(digest), wanted),
     )

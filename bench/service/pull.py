@@ -12,6 +12,10 @@ One adapter (`--layers` x q/v LoRA at `--rank` on `--dim`: 64 MB by default) is 
   pull_cold       the same pull with the server's cache emptied first (fetch from S3, verify,
                   decode, write, stream)
   artifact_get    the compressed artifact through the API (streamed from S3, verified)
+  hub_snapshot    huggingface_hub's `snapshot_download` through the Hub-compatible API (model info,
+                  tree, HEAD and GET of each file) into an empty Hugging Face cache
+  range_half      a `Range` GET of the second half of adapter_model.safetensors (a resumed download)
+  pull_cached     a pull whose files the client's download cache holds (HEADs and local copies)
 
 Ratios are throughputs (bytes of what each moved per second) against both S3 baselines, measured in
 the same run. Target: pull >= 80% of the raw GET (to a file, as a pull ends in files).
@@ -31,6 +35,7 @@ from pathlib import Path
 
 import httpx
 
+from adapters.registry.client_cache import ClientCache
 from adapters.registry.remote import RemoteRegistry
 from bench.service.common import (
     OUT,
@@ -107,6 +112,30 @@ def main() -> None:
 
                 return get
 
+            def hub_snapshot() -> int:
+                from huggingface_hub import snapshot_download
+
+                folder = snapshot_download(
+                    "bench/big", endpoint=server.url, token=token, cache_dir=work / f"hf-{next(outputs)}"
+                )
+                return sum(p.stat().st_size for p in Path(folder).iterdir())
+
+            weights = f"{base}/files/adapter_model.safetensors"
+
+            def range_half() -> int:
+                size = int(httpx.head(f"{server.url}{weights}", headers=headers).headers["content-length"])
+                ranged = {**headers, "Range": f"bytes={size // 2}-"}
+                with httpx.stream("GET", f"{server.url}{weights}", headers=ranged, timeout=120) as response:
+                    assert response.status_code == 206
+                    return sum(len(chunk) for chunk in response.iter_raw(1024 * 1024))
+
+            cached_client = RemoteRegistry(server.url, token, cache=ClientCache(work / "client-cache"))
+
+            def pull_cached() -> int:
+                out = work / f"pulled-{next(outputs)}"
+                cached_client.pull("bench/big", out)
+                return sum(p.stat().st_size for p in out.iterdir())
+
             def cold_pull() -> int:
                 shutil.rmtree(cache, ignore_errors=True)
                 return pull()
@@ -118,8 +147,12 @@ def main() -> None:
                 "file_get_warm": http_get(f"{base}/files/adapter_model.safetensors"),
                 "pull_cold": cold_pull,
                 "artifact_get": http_get(f"{base}/artifact"),
+                "hub_snapshot": hub_snapshot,
+                "range_half": range_half,
+                "pull_cached": pull_cached,
             }
             pull()  # warm the cache and the connections
+            pull_cached()  # fill the client's download cache
             s3_get()
             for name, fn in cases.items():
                 runs = [_timed(fn) for _ in range(args.repeat)]
@@ -134,7 +167,11 @@ def main() -> None:
                     shutil.rmtree(path)
                 for path in work.glob("raw-*"):
                     path.unlink()
-    for name in ("pull_warm", "file_get_warm", "pull_cold", "artifact_get"):
+                for path in work.glob("hf-*"):
+                    shutil.rmtree(path)
+    for name in (
+        "pull_warm", "file_get_warm", "pull_cold", "artifact_get", "hub_snapshot", "range_half", "pull_cached"
+    ):  # fmt: skip
         for baseline in ("s3_get", "s3_get_to_file"):
             results[name][f"vs_{baseline}"] = round(
                 results[name]["MB_per_s"] / results[baseline]["MB_per_s"], 2

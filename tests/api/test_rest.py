@@ -297,7 +297,10 @@ def test_every_route_needs_a_token(service):
             )  # fmt: skip
             for method in item:
                 response = http.request(method.upper(), concrete, params={"ref": "acme/a0"})
-                _problem(response, 401, "unauthenticated")
+                if method == "head":  # the GET's problem without its body
+                    assert response.status_code == 401 and response.headers["content-type"] == PROBLEM
+                else:
+                    _problem(response, 401, "unauthenticated")
                 assert response.headers["www-authenticate"] == "Bearer"
 
 
