@@ -32,7 +32,10 @@ def upgrade() -> None:
 
     # The schema the installed library ships (its own `procrastinate schema --apply` runs the same
     # text); a later library version that changes it comes with a migration of ours.
-    bind.exec_driver_sql(SchemaManager.get_schema())
+    # On the driver's own cursor, in Alembic's transaction: without parameters psycopg leaves the
+    # text's `%` signs alone (SQLAlchemy would read them as placeholders).
+    with bind.connection.driver_connection.cursor() as cursor:
+        cursor.execute(SchemaManager.get_schema())
 
 
 def downgrade() -> None:
@@ -46,7 +49,7 @@ def downgrade() -> None:
         DO $$
         DECLARE f record;
         BEGIN
-            FOR f IN SELECT oid::regprocedure AS signature FROM pg_proc WHERE proname LIKE 'procrastinate\\_%'
+            FOR f IN SELECT oid::regprocedure AS signature FROM pg_proc WHERE starts_with(proname, 'procrastinate_')
             LOOP
                 EXECUTE 'DROP FUNCTION ' || f.signature || ' CASCADE';
             END LOOP;
