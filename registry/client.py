@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import queue, service, tokens, workers
+from . import jobs, queue, service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
@@ -382,6 +382,7 @@ class LocalRegistry:
         )
         self._ready()
         import_codec_modules(self.codec_modules)
+        compress = self.inline if process is None else process
         pushed = service.push(
             self.db,
             self.storage,
@@ -389,8 +390,9 @@ class LocalRegistry:
             max_bytes=self.max_upload_bytes,
             reporter=reporter,
             tmp_dir=self.temp_dir(),
+            # Left for workers: its job is deferred with the version (the queue is PostgreSQL's).
+            enqueue=jobs.defer_in if not compress and self.db.dialect == "postgresql" else None,
         )
-        compress = self.inline if process is None else process
         resumed = False
         if pushed.created and compress:
             self._process(pushed.version_id, reporter)

@@ -20,7 +20,12 @@ down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
-TABLES = ("procrastinate_events", "procrastinate_periodic_defers", "procrastinate_jobs", "procrastinate_workers")
+TABLES = (
+    "procrastinate_events",
+    "procrastinate_periodic_defers",
+    "procrastinate_jobs",
+    "procrastinate_workers",
+)
 TYPES = ("procrastinate_job_to_defer_v1", "procrastinate_job_event_type", "procrastinate_job_status")
 
 
@@ -49,7 +54,8 @@ def downgrade() -> None:
         DO $$
         DECLARE f record;
         BEGIN
-            FOR f IN SELECT oid::regprocedure AS signature FROM pg_proc WHERE starts_with(proname, 'procrastinate_')
+            FOR f IN SELECT oid::regprocedure AS signature FROM pg_proc
+                      WHERE starts_with(proname, 'procrastinate_')
             LOOP
                 EXECUTE 'DROP FUNCTION ' || f.signature || ' CASCADE';
             END LOOP;
