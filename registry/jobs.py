@@ -195,6 +195,27 @@ def move_waiting(db: Database, *, wait_seconds: float, live_seconds: float) -> l
     return moved
 
 
+async def retry_stalled(app: Any, *, seconds_since_heartbeat: float) -> list[int]:
+    """Put the compression jobs of workers that stopped heartbeating back in their queue (the
+    library's stalled-job recovery); the next run counts the attempt, or fails the version when its
+    attempts are spent. Returns the job ids."""
+    from procrastinate.exceptions import ConnectorException
+
+    retried = []
+    stalled = await app.job_manager.get_stalled_jobs(
+        task_name=COMPRESS_TASK, seconds_since_heartbeat=seconds_since_heartbeat
+    )
+    for job in stalled:
+        try:
+            await app.job_manager.retry_job(job)
+        except ConnectorException as exc:  # another worker retried it first
+            log.info("job %s not retried: %s", job.id, exc)
+            continue
+        log.warning("retrying the job of a stopped worker", extra={"job": job.id})
+        retried.append(job.id)
+    return retried
+
+
 # ------------------------------------------------------------------------------ operator's view
 
 

@@ -169,18 +169,8 @@ class Worker:
     async def _maintain(self, app: Any) -> None:
         settings = self.settings
         db = self.registry.db
-        from procrastinate.exceptions import ConnectorException
-
         try:
-            stalled = await app.job_manager.get_stalled_jobs(
-                task_name=jobs.COMPRESS_TASK, seconds_since_heartbeat=settings.worker_lease_seconds
-            )
-            for job in stalled:
-                try:
-                    await app.job_manager.retry_job(job)
-                    log.warning("retrying the job of a stopped worker", extra={"job": job.id})
-                except ConnectorException as exc:  # another worker retried it first
-                    log.info("job %s not retried: %s", job.id, exc)
+            await jobs.retry_stalled(app, seconds_since_heartbeat=settings.worker_lease_seconds)
             await asyncio.to_thread(
                 jobs.move_waiting,
                 db,
