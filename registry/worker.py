@@ -153,13 +153,23 @@ class Worker:
             )
             self._install_signals()
             await self._maintain(app)  # before the first fetch: stalled jobs, versions without one
-            maintenance = asyncio.create_task(self._maintenance_loop(app))
+            side = [asyncio.create_task(self._maintenance_loop(app)), asyncio.create_task(self._watch_stop())]
             try:
                 await self._procrastinate.run()
             finally:
-                maintenance.cancel()
+                for task in side:
+                    task.cancel()
 
     # ------------------------------------------------------------------------------ maintenance
+
+    async def _watch_stop(self) -> None:
+        """`stopping` set from another thread (a worker run in a thread, or `stop`) stops the queue."""
+        while not self.stopping.is_set():
+            await asyncio.sleep(0.1)
+        self._procrastinate.stop()
+
+    def stop(self) -> None:
+        self.stopping.set()
 
     async def _maintenance_loop(self, app: Any) -> None:
         while True:

@@ -8,7 +8,6 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-import sqlalchemy as sa
 
 from adapters.registry import models, queue, service
 from adapters.registry.client import LocalRegistry
@@ -37,13 +36,6 @@ def _version(registry: LocalRegistry, version_id: int) -> models.Version:
         assert version is not None
         return version
 
-
-def _expire_lease(registry: LocalRegistry, version_id: int) -> None:
-    with registry.db.transaction() as session:
-        past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=1)
-        session.execute(
-            sa.update(models.Version).where(models.Version.id == version_id).values(lease_expires_at=past)
-        )
 
 
 @pytest.fixture
