@@ -142,6 +142,12 @@ class Registry(Protocol):
 
     def workers(self) -> list[WorkerView]: ...
 
+    def list_jobs(self, *, queue: str | None = None, status: str | None = None) -> list[jobs.JobView]: ...
+
+    def retry_job(self, job_id: int) -> jobs.JobView: ...
+
+    def cancel_job(self, job_id: int) -> jobs.JobView: ...
+
     def close(self) -> None: ...
 
 
@@ -644,6 +650,40 @@ class LocalRegistry:
         self._ready()
         with self.db.reading() as session:
             return workers.live_workers(session, live_seconds=self.worker_live_seconds)
+
+    # --------------------------------------------------------------------------------- jobs (admin)
+
+    def _jobs_admin(self, principal: tokens.Principal | None) -> tokens.Principal:
+        self._ready()
+        jobs.require_queue(self.db)
+        who = principal or self.principal
+        who.require("admin")  # across namespaces: a namespace admin does not see the queue
+        return who
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        principal: tokens.Principal | None = None,
+    ) -> list[jobs.JobView]:
+        """The newest queue jobs first (PostgreSQL; admin)."""
+        self._jobs_admin(principal)
+        with self.db.reading() as session:
+            return jobs.list_jobs(session, queue=queue, status=status, limit=limit)
+
+    def retry_job(self, job_id: int, *, principal: tokens.Principal | None = None) -> jobs.JobView:
+        """Run a failed or cancelled compression job again, its version pending again (admin)."""
+        self._jobs_admin(principal)
+        with self.db.transaction() as session:
+            return jobs.retry(session, job_id)
+
+    def cancel_job(self, job_id: int, *, principal: tokens.Principal | None = None) -> jobs.JobView:
+        """Cancel a waiting compression job; its version fails with the reason (admin)."""
+        who = self._jobs_admin(principal)
+        with self.db.transaction() as session:
+            return jobs.cancel(session, job_id, by=who.name)
 
     # ------------------------------------------------------------------------------------- tokens
 

@@ -23,7 +23,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .errors import InvalidRequest, NotFound
+from .job_views import JobView
 from .models import Adapter, Version, VersionStatus
 from .repository import WorkerRepository
 from .workers import live_since
@@ -217,24 +218,6 @@ async def retry_stalled(app: Any, *, seconds_since_heartbeat: float) -> list[int
 
 
 # ------------------------------------------------------------------------------ operator's view
-
-
-@dataclass(frozen=True)
-class JobView:
-    id: int
-    queue: str
-    task: str
-    status: str
-    priority: int
-    attempts: int
-    version: str | None  # the ref of the version it compresses
-    version_status: str | None
-    scheduled_at: dt.datetime | None
-
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data["scheduled_at"] = self.scheduled_at.isoformat() if self.scheduled_at else None
-        return data
 
 
 _LIST = """
