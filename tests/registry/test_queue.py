@@ -37,7 +37,6 @@ def _version(registry: LocalRegistry, version_id: int) -> models.Version:
         return version
 
 
-
 @pytest.fixture
 def variants(adapter_dir, tmp_path):
     return adapter_variants(adapter_dir, tmp_path, 3)
