@@ -100,14 +100,22 @@ def claim_for_run(
     """Take the version a queue job names for a run by `worker`: a pending one, or one left
     `compressing` by a run that stopped (the queue hands a job out again only when its worker stopped
     heartbeating, or gave it back). None when there is nothing to run: the version is settled (a
-    run finished it and died before the queue heard), or it is gone. A version whose attempts are
-    spent is failed here, with the reason, instead of running again (`GaveUp` says so)."""
+    run finished it and died before the queue heard), a live inline run holds it, or it is gone. A
+    version whose attempts are spent is failed here, with the reason, instead of running again
+    (`GaveUp` says so)."""
     with db.transaction() as session:
         queue = QueueRepository(session)
         version = session.get(Version, version_id, with_for_update={"of": Version}, populate_existing=True)
         if version is None or version.status not in QUEUED:
             return None
         now = queue.now()
+        if (
+            version.status == VersionStatus.COMPRESSING.value
+            and str(version.leased_by).startswith("inline:")
+            and version.lease_expires_at is not None
+            and version.lease_expires_at > now
+        ):
+            return None  # an inline run (`process`) holds it and is alive: it records the outcome
         if version.status == VersionStatus.COMPRESSING.value and version.attempts >= max_attempts:
             log.warning("giving up on %s: its run stopped on attempt %d", version.ref, version.attempts)
             error = (
