@@ -42,6 +42,7 @@ COMPRESS_TASK = "compress"
 DATA_FREE_QUEUE = "compress"
 MODEL_QUEUE_PREFIX = "compress:"
 MIN_PRIORITY = -1000  # fairness priorities stop here: beyond that, oldest first
+KEEP_SUCCEEDED_HOURS = 24 * 7  # succeeded jobs older than this are deleted by workers
 JOB_STATES = ("todo", "doing", "succeeded", "failed", "cancelled", "aborting", "aborted")
 
 
@@ -129,7 +130,7 @@ _WITHOUT_JOB = sa.text(
        AND NOT EXISTS (
            SELECT 1 FROM procrastinate_jobs j
             WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
-              AND j.args->>'version_id' = v.id::text)
+              AND (j.args->>'version_id')::bigint = v.id)
      ORDER BY v.id LIMIT 500
     """
 )
@@ -163,7 +164,7 @@ def reconcile(db: Database, *, older_than: float) -> list[int]:
 _MOVABLE = sa.text(
     """
     SELECT j.id, v.wants_base_model FROM procrastinate_jobs j
-      JOIN versions v ON j.args->>'version_id' = v.id::text
+      JOIN versions v ON v.id = (j.args->>'version_id')::bigint
      WHERE j.task_name = :task AND j.status = 'todo' AND j.queue_name LIKE 'compress:%'
        AND v.created_at < :before
      FOR UPDATE OF j SKIP LOCKED
@@ -224,7 +225,7 @@ _LIST = """
     SELECT j.id, j.queue_name, j.task_name, j.status::text AS status, j.priority, j.attempts,
            j.scheduled_at, a.namespace || '/' || a.name || ':' || v.number AS ref, v.status AS version_status
       FROM procrastinate_jobs j
-      LEFT JOIN versions v ON j.args->>'version_id' = v.id::text
+      LEFT JOIN versions v ON v.id = (j.args->>'version_id')::bigint
       LEFT JOIN adapters a ON a.id = v.adapter_id
      WHERE (CAST(:queue AS text) IS NULL OR j.queue_name = :queue)
        AND (CAST(:status AS text) IS NULL OR j.status::text = :status)

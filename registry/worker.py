@@ -8,7 +8,7 @@ library leaves to its users, every half lease: jobs of workers that stopped hear
 (killed, frozen, their machine gone) are retried (`get_stalled_jobs`, `retry_job`), and the next
 run counts the attempt, or fails the version when its attempts are spent; jobs that waited long
 enough for a base model nobody holds move to the data-free queue; pending versions without a job get
-one; leftovers of interrupted work are swept.
+one; leftovers of interrupted work are swept, and succeeded jobs older than a week deleted.
 
 Shutdown: the first SIGTERM (or SIGINT) stops fetching jobs; the current job gets
 `worker_grace_seconds` to finish, after which (or at a second signal) it is interrupted and given
@@ -99,6 +99,7 @@ class Worker:
         self._procrastinate: Any = None
         self._presence: Presence | None = None
         self._device = "cpu"
+        self._next_sweep = 0.0
 
     # --------------------------------------------------------------------------------------- run
 
@@ -190,9 +191,13 @@ class Worker:
             await asyncio.to_thread(jobs.reconcile, db, older_than=settings.worker_lease_seconds)
         except Exception:  # the database may be down for a while; the next round tries again
             log.exception("queue maintenance failed")
-        if time.monotonic() >= getattr(self, "_next_sweep", 0.0):
+        if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + settings.maintenance_interval_seconds
             await asyncio.to_thread(self._sweep)
+            try:  # succeeded jobs are history the version rows keep; failed ones stay for operators
+                await app.job_manager.delete_old_jobs(nb_hours=jobs.KEEP_SUCCEEDED_HOURS)
+            except Exception:  # as above
+                log.exception("deleting old jobs failed")
 
     def _sweep(self) -> None:
         """Leftovers of interrupted work (temporary folders, partial blobs, incomplete uploads)."""
