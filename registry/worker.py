@@ -4,11 +4,12 @@
 The library does the queueing: it hands each job to one worker (LISTEN/NOTIFY wakes idle workers at
 once; they also poll every `worker_poll_seconds`), heartbeats every third of `worker_lease_seconds`,
 and schedules retries by the decisions of `RetryPolicy`. Each worker also runs the maintenance the
-library leaves to its users, every half lease: jobs of workers that stopped heartbeating for a lease
+library leaves to its users: every half lease, jobs of workers that stopped heartbeating for a lease
 (killed, frozen, their machine gone) are retried (`get_stalled_jobs`, `retry_job`), and the next
-run counts the attempt, or fails the version when its attempts are spent; jobs that waited long
-enough for a base model nobody holds move to the data-free queue; pending versions without a job get
-one; leftovers of interrupted work are swept, and succeeded jobs older than a week deleted.
+run counts the attempt, or fails the version when its attempts are spent, and pending versions
+without a job get one; at every poll, jobs that waited long enough for a base model nobody holds
+move to the data-free queue; every maintenance interval, leftovers of interrupted work are swept,
+and succeeded jobs older than a week deleted.
 
 Shutdown: the first SIGTERM (or SIGINT) stops fetching jobs; the current job gets
 `worker_grace_seconds` to finish, after which (or at a second signal) it is interrupted and given
@@ -99,7 +100,7 @@ class Worker:
         self._procrastinate: Any = None
         self._presence: Presence | None = None
         self._device = "cpu"
-        self._next_sweep = 0.0
+        self._next_sweep = self._next_recovery = 0.0
 
     # --------------------------------------------------------------------------------------- run
 
@@ -173,22 +174,27 @@ class Worker:
         self.stopping.set()
 
     async def _maintenance_loop(self, app: Any) -> None:
+        # Moving jobs off a model's queue is due the moment their wait ends: checked at every poll.
+        # Stalled jobs and versions without one are older news: every half lease.
+        tick = min(self.settings.worker_poll_seconds, self.settings.worker_lease_seconds / 2)
         while True:
-            await asyncio.sleep(self.settings.worker_lease_seconds / 2)
+            await asyncio.sleep(tick)
             await self._maintain(app)
 
     async def _maintain(self, app: Any) -> None:
         settings = self.settings
         db = self.registry.db
         try:
-            await jobs.retry_stalled(app, seconds_since_heartbeat=settings.worker_lease_seconds)
             await asyncio.to_thread(
                 jobs.move_waiting,
                 db,
                 wait_seconds=settings.worker_capability_wait_seconds,
                 live_seconds=settings.worker_live_seconds,
             )
-            await asyncio.to_thread(jobs.reconcile, db, older_than=settings.worker_lease_seconds)
+            if time.monotonic() >= self._next_recovery:
+                self._next_recovery = time.monotonic() + settings.worker_lease_seconds / 2
+                await jobs.retry_stalled(app, seconds_since_heartbeat=settings.worker_lease_seconds)
+                await asyncio.to_thread(jobs.reconcile, db, older_than=settings.worker_lease_seconds)
         except Exception:  # the database may be down for a while; the next round tries again
             log.exception("queue maintenance failed")
         if time.monotonic() >= self._next_sweep:
