@@ -14,7 +14,8 @@ The version row stays the domain state (status, lease holder, attempts, error); 
 - Exactly one job per version at a time: the job's `queueing_lock` and `lock` are the version's.
 - Enqueueing is transactional: `defer_in` runs the library's defer on the connection of the
   transaction that inserts the version. `reconcile` defers a job for any pending version that has
-  none (versions from before this queue, a job cancelled or deleted by hand).
+  none (versions from before this queue, a job deleted by hand) and for a version an inline run
+  left compressing when its process died.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from .db import Database
 from .errors import InvalidRequest, NotFound
 from .job_views import JobView
 from .models import Adapter, Version, VersionStatus
-from .repository import WorkerRepository
+from .repository import QUEUED, WorkerRepository
 from .workers import live_since
 
 log = logging.getLogger("adapters.jobs")
@@ -126,7 +127,9 @@ def defer_in(session: Session, version: Version) -> int:
 _WITHOUT_JOB = sa.text(
     """
     SELECT v.id FROM versions v
-     WHERE v.status = 'pending' AND v.created_at < :before
+     WHERE v.status IN ('pending', 'compressing')
+       AND (v.status = 'pending' AND v.created_at < :before
+            OR v.status = 'compressing' AND v.lease_expires_at < now())
        AND NOT EXISTS (
            SELECT 1 FROM procrastinate_jobs j
             WHERE j.task_name = :task AND j.status IN ('todo', 'doing')
@@ -137,8 +140,9 @@ _WITHOUT_JOB = sa.text(
 
 
 def reconcile(db: Database, *, older_than: float) -> list[int]:
-    """Defer a job for each pending version (pushed more than `older_than` seconds ago, so a push
-    whose process compresses inline is left alone) that has no job waiting or running."""
+    """Defer a job for each version that waits with no job waiting or running: pending (pushed more
+    than `older_than` seconds ago, so a push whose process compresses inline is left alone), or left
+    compressing by an inline run whose lease expired (its process died)."""
     from procrastinate.exceptions import AlreadyEnqueued
 
     deferred = []
@@ -147,7 +151,7 @@ def reconcile(db: Database, *, older_than: float) -> list[int]:
         before = now - dt.timedelta(seconds=older_than)
         for version_id in session.scalars(_WITHOUT_JOB, {"before": before, "task": COMPRESS_TASK}):
             version = session.get(Version, version_id, with_for_update={"skip_locked": True})
-            if version is None or version.status != VersionStatus.PENDING.value:
+            if version is None or version.status not in QUEUED:
                 continue
             with session.begin_nested():  # a job deferred meanwhile (its queueing lock) skips this one
                 try:

@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.registry import jobs, models, service
+from adapters.registry import jobs, models, queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.errors import InvalidRequest, NotFound
 from adapters.registry.metrics import RegistryCollector
@@ -102,6 +102,26 @@ def test_the_reconciler_defers_a_job_for_a_pending_version_that_has_none(registr
     assert jobs.reconcile(registry.db, older_than=0) == [version_id]
     assert jobs.reconcile(registry.db, older_than=0) == []  # it has one now
     assert [j.status for j in registry.list_jobs()] == ["todo"]
+
+
+@ON_POSTGRESQL
+def test_a_version_a_dead_inline_run_left_compressing_gets_a_job(registry, adapter_dir):
+    version_id = _push(registry, adapter_dir, "acme/i")
+    with registry.db.transaction() as session:
+        session.execute(sa.text("DELETE FROM procrastinate_jobs"))
+    job = queue.claim_version(registry.db, version_id, "inline:elsewhere:4242:abcdef", lease_seconds=60)
+    assert jobs.reconcile(registry.db, older_than=0) == []  # its run may be alive: the lease holds
+    with registry.db.transaction() as session:
+        session.execute(
+            sa.update(models.Version)
+            .where(models.Version.id == version_id)
+            .values(lease_expires_at=sa.func.now() - sa.text("interval '1 minute'"))
+        )
+    assert jobs.reconcile(registry.db, older_than=3600) == [version_id]
+    assert _worker(registry).run(once=True) == 1
+    done = _version(registry, version_id)
+    assert (done.status, done.attempts) == ("ready", 2) and done.leased_by is None
+    assert job.worker != done.fidelity["setup"]["worker"]
 
 
 @ON_POSTGRESQL
