@@ -1,0 +1,172 @@
+"""Blob garbage collection: a plain function a cron job, the CLI (`adapters gc`) or a job runner calls.
+
+A blob is garbage when no version references it (as its source or its artifact) and it has been so
+for the whole grace period:
+
+- a blob row no version references, released (by a deleted version, lifecycle.py) or created more
+  than `grace` seconds ago: its object is deleted, then its row, in one transaction that holds the
+  row's lock, so a push that re-uses the content waits and then writes the row again;
+- an object in the store with no row, written more than `grace` seconds ago: what a push or codec run
+  stored before it died (a live push writes its row within seconds of its upload, well inside any
+  sensible grace period);
+- incomplete S3 multipart uploads and partial files older than `grace`: the store's own sweep
+  (storage.sweep, the same one `adapters maintenance` runs).
+
+With `dry_run`, nothing is deleted and the report says what would be.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass, field
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from .db import Database
+from .errors import RegistryError
+from .models import Blob, Version
+from .repository import db_now
+from .storage import BlobStorage
+
+log = logging.getLogger("adapters.gc")
+DEFAULT_GRACE_SECONDS = 24 * 3600
+BATCH = 500
+
+
+@dataclass
+class GcReport:
+    blobs: list[str] = field(default_factory=list)  # digests deleted (or, dry, to delete)
+    bytes: int = 0  # their size, where the row knew it
+    orphans: list[str] = field(default_factory=list)  # stored objects that had no row
+    uploads: list[str] = field(default_factory=list)  # multipart uploads aborted, partial files removed
+    errors: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "blobs": self.blobs,
+            "bytes": self.bytes,
+            "orphans": self.orphans,
+            "uploads": self.uploads,
+            "errors": self.errors,
+            "dry_run": self.dry_run,
+        }
+
+
+def referenced(digest: sa.ColumnElement[str]) -> sa.Exists:
+    """Whether some row references the blob `digest`. Every column that points at a blob belongs
+    here."""
+    return sa.exists().where(sa.or_(Version.source_digest == digest, Version.artifact_digest == digest))
+
+
+def _unreferenced(session: Session, cutoff: dt.datetime, after: str) -> list[tuple[str, int]]:
+    released = sa.func.coalesce(Blob.released_at, Blob.created_at)
+    rows = session.execute(
+        sa.select(Blob.sha256, Blob.size)
+        .where(Blob.sha256 > after, released < cutoff, ~referenced(Blob.sha256))
+        .order_by(Blob.sha256)
+        .limit(BATCH)
+    )
+    return [(str(d), int(s)) for d, s in rows]
+
+
+def _collect_row(db: Database, storage: BlobStorage, digest: str, cutoff: dt.datetime) -> int | None:
+    """Delete one unreferenced blob (object, then row) under its row lock; returns its size, or None
+    when it was referenced or released again meanwhile, or another collector holds it."""
+    with db.transaction() as session:
+        blob = session.scalar(
+            sa.select(Blob)
+            .where(
+                Blob.sha256 == digest,
+                sa.func.coalesce(Blob.released_at, Blob.created_at) < cutoff,
+                ~referenced(Blob.sha256),
+            )
+            .with_for_update(skip_locked=True)
+        )
+        if blob is None:
+            return None
+        size = blob.size
+        storage.delete(digest)  # a failure rolls back: the row stays, the next run retries
+        session.delete(blob)
+        return size
+
+
+def collect_garbage(
+    db: Database,
+    storage: BlobStorage,
+    *,
+    grace_seconds: float = DEFAULT_GRACE_SECONDS,
+    dry_run: bool = False,
+) -> GcReport:
+    """Delete blobs no row has referenced for `grace_seconds`, stored objects without a row older
+    than that, and incomplete uploads older than that (see the module docstring)."""
+    if grace_seconds < 0:
+        raise ValueError("the grace period cannot be negative")
+    report = GcReport(dry_run=dry_run)
+    with db.reading() as session:
+        cutoff = db_now(session) - dt.timedelta(seconds=grace_seconds)
+    after = ""
+    while True:
+        with db.reading() as session:
+            batch = _unreferenced(session, cutoff, after)
+        if not batch:
+            break
+        after = batch[-1][0]
+        for digest, size in batch:
+            if dry_run:
+                report.blobs.append(digest)
+                report.bytes += size
+                continue
+            try:
+                collected = _collect_row(db, storage, digest, cutoff)
+            except RegistryError as exc:
+                report.errors.append(f"sha256:{digest}: {exc}")
+                continue
+            if collected is not None:
+                report.blobs.append(digest)
+                report.bytes += collected
+
+    _collect_orphans(db, storage, time.time() - grace_seconds, report)
+    if not dry_run:
+        swept = storage.sweep(grace_seconds)
+        report.uploads.extend(swept.removed)
+        report.errors.extend(swept.errors)
+    if report.blobs or report.orphans or report.uploads:
+        log.info(
+            "garbage collection %s %d blobs (%d bytes), %d orphans, %d uploads",
+            "found" if dry_run else "removed",
+            len(report.blobs),
+            report.bytes,
+            len(report.orphans),
+            len(report.uploads),
+        )
+    return report
+
+
+def _collect_orphans(db: Database, storage: BlobStorage, cutoff: float, report: GcReport) -> None:
+    """Stored objects older than `cutoff` (epoch seconds) that no blob row records."""
+    try:
+        old = [digest for digest, written in storage.list_blobs() if written < cutoff]
+    except RegistryError as exc:
+        report.errors.append(str(exc))
+        return
+    for start in range(0, len(old), BATCH):
+        chunk = old[start : start + BATCH]
+        with db.reading() as session:
+            known = set(session.scalars(sa.select(Blob.sha256).where(Blob.sha256.in_(chunk))))
+        for digest in chunk:
+            if digest in known:
+                continue
+            if not report.dry_run:
+                with db.reading() as session:  # recorded meanwhile by a push that re-used it?
+                    if session.get(Blob, digest) is not None:
+                        continue
+                try:
+                    storage.delete(digest)
+                except RegistryError as exc:
+                    report.errors.append(f"sha256:{digest}: {exc}")
+                    continue
+            report.orphans.append(digest)
