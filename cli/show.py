@@ -87,6 +87,10 @@ def show(app: AppContext, ref: str) -> None:
             )
             for label, line in facts_lines(v.compat):
                 click.echo(f"{label:<11} {line}")
+            if v.base_model_revision:
+                click.echo(f"base rev    {v.base_model_revision}")
+            if v.labels:
+                click.echo(f"labels      {', '.join(f'{k}={x}' for k, x in v.labels.items())}")
             click.echo(f"created     {v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by or '-'}")
         click.echo("")
         echo_table(
