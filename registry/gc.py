@@ -4,8 +4,10 @@ A blob is garbage when no version references it (as its source or its artifact) 
 for the whole grace period:
 
 - a blob row no version references, released (by a deleted version, lifecycle.py) or created more
-  than `grace` seconds ago: its object is deleted, then its row, in one transaction that holds the
-  row's lock, so a push that re-uses the content waits and then writes the row again;
+  than `grace` seconds ago: its row is deleted, then its object, in one transaction that holds the
+  row's lock. A push of the same content meanwhile either holds the row first (its new version's
+  foreign key locks it, and the collector skips it) or waits for the collector, writes the row again
+  and, finding the object gone, uploads it again (`restore`);
 - an object in the store with no row, written more than `grace` seconds ago: what a push or codec run
   stored before it died (a live push writes its row within seconds of its upload, well inside any
   sensible grace period);
@@ -19,8 +21,10 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -30,6 +34,7 @@ from .errors import RegistryError
 from .models import Blob, Version
 from .repository import db_now
 from .storage import BlobStorage
+from .sweep import temp_prefix
 
 log = logging.getLogger("adapters.gc")
 DEFAULT_GRACE_SECONDS = 24 * 3600
@@ -89,9 +94,26 @@ def _collect_row(db: Database, storage: BlobStorage, digest: str, cutoff: dt.dat
         if blob is None:
             return None
         size = blob.size
-        storage.delete(digest)  # a failure rolls back: the row stays, the next run retries
         session.delete(blob)
+        # The row's deletion is flushed first: on SQLite it fails here, before the object is touched,
+        # if a version referencing the blob was committed meanwhile. A failure below rolls back: the
+        # row stays, and the next run retries.
+        session.flush()
+        storage.delete(digest)
         return size
+
+
+def restore(storage: BlobStorage, digest: str, data: bytes, tmp_dir: Path | None = None) -> None:
+    """Upload a push's content again if a collector deleted its object between the push's upload
+    and its row. Called after the push's version row is written, whose foreign key locks the blob row
+    against collectors until the push commits."""
+    if storage.exists(digest):
+        return
+    log.warning("sha256:%s was collected while a push re-used it: storing it again", digest)
+    with tempfile.TemporaryDirectory(prefix=temp_prefix("push"), dir=tmp_dir) as tmp:
+        path = Path(tmp) / "blob"
+        path.write_bytes(data)
+        storage.put_file(digest, path)
 
 
 def collect_garbage(

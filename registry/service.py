@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import alias_audit, labels, limits, queue
+from . import alias_audit, gc, labels, limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .compat import facts_of
@@ -246,6 +246,7 @@ def push(
             )
         )
         labels.update(session, version, request.labels)
+        gc.restore(storage, digest, data, tmp_dir)  # collected meanwhile? (see gc.py)
         return Pushed(version.id, created=True)
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.registry import gc
 from adapters.registry.client import LocalRegistry
 from adapters.registry.errors import (
     AliasProtected,
@@ -19,6 +20,7 @@ from adapters.registry.errors import (
     VersionAliased,
     VersionNotFound,
 )
+from adapters.registry.models import Adapter, Version
 from adapters.registry.refs import AdapterName
 from adapters.registry.storage import S3BlobStorage
 from tests.factories import make_adapter
@@ -243,3 +245,37 @@ def test_bad_labels_and_revisions_write_nothing(registry, dirs):
         push(registry, dirs[0], base_model_revision="a b")
     assert registry.list() == []
     assert blob_digests(registry) == set()
+
+
+def test_a_push_that_reuses_a_released_blob_keeps_it_from_the_collector(registry, dirs, backend, tmp_path):
+    push(registry, dirs[0])
+    digest = sources(registry)[1]
+    registry.delete("acme/x")  # released: collectable at once with no grace period
+    if backend.kind == "postgresql":
+        # A push's version row, not yet committed, locks the blob row: the collector skips it.
+        with registry.db.transaction() as session:
+            adapter = Adapter(namespace="acme", name="y", task="chat")
+            session.add(adapter)
+            session.flush()
+            session.add(
+                Version(
+                    adapter_id=adapter.id,
+                    number=1,
+                    source_digest=digest,
+                    source_size=1,
+                    requested={},
+                    peft_config={},
+                )
+            )
+            session.flush()
+            assert registry.collect_garbage(grace_seconds=0).blobs == []
+        assert digest in blob_digests(registry)
+        assert registry.collect_garbage(grace_seconds=0).blobs == []  # referenced now
+        registry.delete("acme/y")
+    # Collected between a push's upload and its row: the push stores it again.
+    blob = tmp_path / "blob"
+    registry.storage.get_file(digest, blob)
+    assert registry.collect_garbage(grace_seconds=0).blobs == [digest]
+    assert digest not in blob_digests(registry)
+    gc.restore(registry.storage, digest, blob.read_bytes())
+    assert digest in blob_digests(registry)
