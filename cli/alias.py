@@ -1,4 +1,4 @@
-"""adapters alias set|rm: movable names for versions."""
+"""adapters alias set|rm|history|protect|unprotect: movable names, their history, their protection."""
 
 from __future__ import annotations
 

@@ -138,3 +138,33 @@ def test_what_the_api_deleted_is_collected_after_the_grace_period(fresh_service,
     assert fresh_service.stored_keys() == before
     assert len(fresh_service.registry.collect_garbage(grace_seconds=0).blobs) == 2
     assert fresh_service.stored_keys() == []
+
+
+def test_the_lifecycle_commands_through_the_api(fresh_service, dirs, tmp_path, monkeypatch):
+    import json
+
+    from tests.api.test_cli_remote import _runner
+
+    env = {"ADAPTERS_URL": fresh_service.url, "ADAPTERS_TOKEN": fresh_service.admin}
+    run = _runner(monkeypatch, tmp_path / "home", env)
+    for path in dirs[:3]:
+        run("push", path, "-n", "cli/x", "-t", "t", "--label", "dataset=d1", "--base-model-revision", "r1")
+    assert "labels      dataset=d1" in run("show", "cli/x:1").stdout
+    assert [
+        a["name"] for a in json.loads(run("ls", "--label", "dataset=d1", "--json").stdout)["adapters"]
+    ] == ["cli/x"]
+    run("label", "cli/x:1", "eval/acc=0.9", "--rm", "dataset")
+    assert json.loads(run("show", "cli/x:1", "--json").stdout)["version"]["labels"] == {"eval/acc": "0.9"}
+
+    run("alias", "set", "cli/x:1", "prod")
+    run("alias", "protect", "cli/x", "prod")
+    writer = _runner(monkeypatch, tmp_path / "home", env | {"ADAPTERS_TOKEN": fresh_service.token("write")})
+    assert "protected" in writer("alias", "set", "cli/x:2", "prod", code=1).stderr
+    assert "the operation needs admin" in writer("rm", "cli/x:2", code=1).stderr
+    history = json.loads(run("alias", "history", "cli/x", "prod", "--json").stdout)["events"]
+    assert [(e["from_version"], e["to_version"], e["actor"]) for e in history] == [(None, 1, "token:admin")]
+
+    assert "points to" in run("rm", "cli/x:1", code=1).stderr
+    assert json.loads(run("retain", "cli/x", "--keep", "1", "--json").stdout)["versions"] == [2]
+    assert json.loads(run("rm", "cli/x", "--force", "--json").stdout)["versions"] == [1, 3]
+    assert "works on the database directly" in run("gc", code=1).stderr
