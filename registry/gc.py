@@ -10,7 +10,7 @@ for the whole grace period:
   and, finding the object gone, uploads it again (`restore`);
 - an object in the store with no row, written more than `grace` seconds ago: what a push or codec run
   stored before it died (a live push writes its row within seconds of its upload, well inside any
-  sensible grace period);
+  sensible grace period, and stores the object again if it finds it gone);
 - incomplete S3 multipart uploads and partial files older than `grace`: the store's own sweep
   (storage.sweep, the same one `adapters maintenance` runs).
 
@@ -23,6 +23,8 @@ import datetime as dt
 import logging
 import tempfile
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,6 +41,7 @@ from .sweep import temp_prefix
 log = logging.getLogger("adapters.gc")
 DEFAULT_GRACE_SECONDS = 24 * 3600
 BATCH = 500
+PARALLEL = 16  # object deletions in flight (S3 has no cheaper way that every store offers)
 
 
 @dataclass
@@ -78,29 +81,45 @@ def _unreferenced(session: Session, cutoff: dt.datetime, after: str) -> list[tup
     return [(str(d), int(s)) for d, s in rows]
 
 
-def _collect_row(db: Database, storage: BlobStorage, digest: str, cutoff: dt.datetime) -> int | None:
-    """Delete one unreferenced blob (object, then row) under its row lock; returns its size, or None
-    when it was referenced or released again meanwhile, or another collector holds it."""
-    with db.transaction() as session:
-        blob = session.scalar(
-            sa.select(Blob)
-            .where(
-                Blob.sha256 == digest,
-                sa.func.coalesce(Blob.released_at, Blob.created_at) < cutoff,
-                ~referenced(Blob.sha256),
-            )
-            .with_for_update(skip_locked=True)
-        )
-        if blob is None:
-            return None
-        size = blob.size
-        session.delete(blob)
-        # The row's deletion is flushed first: on SQLite it fails here, before the object is touched,
-        # if a version referencing the blob was committed meanwhile. A failure below rolls back: the
-        # row stays, and the next run retries.
-        session.flush()
-        storage.delete(digest)
-        return size
+def _collect_batch(
+    db: Database, storage: BlobStorage, digests: list[str], cutoff: dt.datetime, report: GcReport
+) -> None:
+    """Delete unreferenced blobs (rows, then objects) under their row locks, in one transaction.
+    Rows referenced or released again meanwhile, or held by another transaction (a push's new
+    version locks the blob row it references), are left alone."""
+    try:
+        with db.transaction() as session:
+            blobs = session.scalars(
+                sa.select(Blob)
+                .where(
+                    Blob.sha256.in_(digests),
+                    sa.func.coalesce(Blob.released_at, Blob.created_at) < cutoff,
+                    ~referenced(Blob.sha256),
+                )
+                .with_for_update(skip_locked=True)
+            ).all()
+            found = [(blob.sha256, blob.size) for blob in blobs]
+            for blob in blobs:
+                session.delete(blob)
+            # The rows' deletion is flushed first: on SQLite it fails here, before any object is
+            # touched, if a version referencing one was committed meanwhile. A failure below rolls
+            # back: the rows stay, and the next run retries.
+            session.flush()
+            _delete_objects(storage, [digest for digest, _ in found])
+    except RegistryError as exc:
+        report.errors.append(f"{len(digests)} blobs from sha256:{digests[0]}: {exc}")
+        return
+    report.blobs.extend(digest for digest, _ in found)
+    report.bytes += sum(size for _, size in found)
+
+
+def _delete_objects(storage: BlobStorage, digests: list[str]) -> None:
+    """Delete objects a few at a time (one request each on S3); the first failure propagates."""
+    if not digests:
+        return
+    with ThreadPoolExecutor(min(PARALLEL, len(digests))) as pool:
+        for _ in pool.map(storage.delete, digests):
+            pass
 
 
 def restore(storage: BlobStorage, digest: str, data: bytes, tmp_dir: Path | None = None) -> None:
@@ -137,19 +156,11 @@ def collect_garbage(
         if not batch:
             break
         after = batch[-1][0]
-        for digest, size in batch:
-            if dry_run:
-                report.blobs.append(digest)
-                report.bytes += size
-                continue
-            try:
-                collected = _collect_row(db, storage, digest, cutoff)
-            except RegistryError as exc:
-                report.errors.append(f"sha256:{digest}: {exc}")
-                continue
-            if collected is not None:
-                report.blobs.append(digest)
-                report.bytes += collected
+        if dry_run:
+            report.blobs.extend(digest for digest, _ in batch)
+            report.bytes += sum(size for _, size in batch)
+        else:
+            _collect_batch(db, storage, [digest for digest, _ in batch], cutoff, report)
 
     _collect_orphans(db, storage, time.time() - grace_seconds, report)
     if not dry_run:
@@ -179,16 +190,25 @@ def _collect_orphans(db: Database, storage: BlobStorage, cutoff: float, report: 
         chunk = old[start : start + BATCH]
         with db.reading() as session:
             known = set(session.scalars(sa.select(Blob.sha256).where(Blob.sha256.in_(chunk))))
-        for digest in chunk:
-            if digest in known:
-                continue
-            if not report.dry_run:
-                with db.reading() as session:  # recorded meanwhile by a push that re-used it?
-                    if session.get(Blob, digest) is not None:
-                        continue
-                try:
-                    storage.delete(digest)
-                except RegistryError as exc:
-                    report.errors.append(f"sha256:{digest}: {exc}")
-                    continue
-            report.orphans.append(digest)
+        unknown = [digest for digest in chunk if digest not in known]
+        if report.dry_run:
+            report.orphans.extend(unknown)
+            continue
+        # A push that re-uses one of these meanwhile finds it gone and stores it again (`restore`).
+        with ThreadPoolExecutor(PARALLEL) as pool:
+            for digest, error in zip(unknown, pool.map(_try_delete(storage), unknown), strict=True):
+                if error is None:
+                    report.orphans.append(digest)
+                else:
+                    report.errors.append(f"sha256:{digest}: {error}")
+
+
+def _try_delete(storage: BlobStorage) -> Callable[[str], str | None]:
+    def delete(digest: str) -> str | None:
+        try:
+            storage.delete(digest)
+        except RegistryError as exc:
+            return str(exc)
+        return None
+
+    return delete
