@@ -64,6 +64,8 @@ def show(app: AppContext, ref: str) -> None:
             click.echo(f"description {a.description}")
         click.echo(f"tags        {', '.join(a.tags) or '-'}")
         click.echo(f"aliases     {', '.join(f'{k} -> {n}' for k, n in a.aliases.items()) or '-'}")
+        if a.keep_versions is not None:
+            click.echo(f"retention   the newest {a.keep_versions} versions, and aliased ones, after pushes")
         if v is not None:
             click.echo("")
             yanked = f" (yanked: {v.yank_reason or 'no reason given'})" if v.yanked else ""

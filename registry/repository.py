@@ -215,6 +215,7 @@ class AdapterRepository:
             Adapter.base_model,
             Adapter.description,
             Adapter.last_version,
+            Adapter.keep_versions,
             Adapter.created_at,
             Adapter.updated_at,
             latest.label("latest"),

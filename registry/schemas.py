@@ -158,6 +158,8 @@ class AdapterView(View):
     versions: int
     latest: int | None
     aliases: dict[str, int]
+    # Retention (lifecycle.py): versions kept after each push; None keeps every one.
+    keep_versions: int | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -175,6 +177,7 @@ class AdapterView(View):
             versions=versions,
             latest=latest,
             aliases=dict(sorted(aliases.items())),
+            keep_versions=adapter.keep_versions,
             created_at=adapter.created_at,
             updated_at=adapter.updated_at,
         )
@@ -192,6 +195,7 @@ def adapter_view(summary: dict[str, Any]) -> AdapterView:
         versions=summary["versions"],
         latest=summary["latest"],
         aliases=dict(sorted(summary["aliases"].items())),
+        keep_versions=summary["keep_versions"],
         created_at=summary["created_at"],
         updated_at=summary["updated_at"],
     )

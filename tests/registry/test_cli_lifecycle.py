@@ -71,6 +71,10 @@ def test_rm_retain_gc_and_alias_history(cli, dirs):
     retained = as_json(cli("retain", "acme/x", "--keep", "1", "--json"))
     assert retained["versions"] == []  # 2 is aliased, 3 is the newest
     assert [v["number"] for v in as_json(cli("show", "acme/x", "--json"))["versions"]] == [2, 3]
+    cli("retain", "acme/x", "--keep", "2", "--save")
+    assert "retention   the newest 2 versions, and aliased" in cli("show", "acme/x").stdout
+    assert as_json(cli("retain", "acme/x", "--off", "--json"))["keep"] is None
+    assert "retention" not in cli("show", "acme/x").stdout
 
     history = as_json(cli("alias", "history", "acme/x", "prod", "--json"))["events"]
     assert [(e["from_version"], e["to_version"]) for e in history] == [(None, 1), (1, 2)]

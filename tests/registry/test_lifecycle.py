@@ -157,10 +157,12 @@ def test_retention_keeps_the_newest_versions_and_every_aliased_one(registry, dir
 
     # Saved as the adapter's setting, it runs after each push.
     registry.retain("acme/x", 1, save=True)
+    assert registry.adapter("acme/x").keep_versions == 1
     assert [v.number for v in registry.versions("acme/x")] == [1, 4]
     push(registry, dirs[1])  # new content: version 5
     assert [v.number for v in registry.versions("acme/x")] == [1, 5]
     registry.clear_retention("acme/x")
+    assert registry.adapter("acme/x").keep_versions is None
     push(registry, dirs[2])
     assert [v.number for v in registry.versions("acme/x")] == [1, 5, 6]
     with pytest.raises(InvalidRequest, match="at least 1"):
