@@ -63,6 +63,22 @@ class YankRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=limits.MAX_YANK_REASON_LENGTH)
 
 
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep: int = Field(ge=1, le=1_000_000, description="How many of the newest versions to keep.")
+    save: bool = Field(
+        default=False, description="Also make it the adapter's setting, applied after each push."
+    )
+
+
+class LabelsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[str, str] = Field(default_factory=dict, max_length=limits.MAX_LABELS)
+    remove: list[str] = Field(default_factory=list, max_length=limits.MAX_LABELS)
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +114,8 @@ class PushMetadata(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     on_gate_fail: Literal["raw", "reject"] = "raw"
+    labels: dict[str, str] = Field(default_factory=dict, max_length=limits.MAX_LABELS)
+    base_model_revision: str | None = Field(default=None, max_length=limits.MAX_REVISION_LENGTH)
     config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")
     weights_sha256: str = Field(pattern=DIGEST, description="sha256 of the `weights` part.")
     source: str | None = Field(

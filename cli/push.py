@@ -53,6 +53,11 @@ def _params(values: tuple[str, ...]) -> dict[str, object]:
     show_default=True,
     help="When compression misses its fidelity gate: keep the lossless source, or reject the version.",
 )
+@click.option("--label", "labels", multiple=True, help="A key=value label on the version (repeatable).")
+@click.option(
+    "--base-model-revision",
+    help="The base model's revision it was trained on (default: `revision` from the config, if any).",
+)
 @click.option("--wait", is_flag=True, help="Follow the version until it is ready, rejected or failed.")
 @click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
 @json_option
@@ -69,6 +74,8 @@ def push(
     codec: str | None,
     params: tuple[str, ...],
     on_gate_fail: str,
+    labels: tuple[str, ...],
+    base_model_revision: str | None,
     wait: bool,
     timeout: float | None,
 ) -> None:
@@ -84,7 +91,10 @@ def push(
     \b
     Example:
       adapters push ./my-lora --name acme/support-en --task support --alias prod --wait
+      adapters push ./my-lora -n acme/support-en --label dataset=tickets-v3 --label run=2026-12-01
     """
+    from adapters.registry.labels import parse_pairs
+
     result = app.registry.push(
         directory,
         name,
@@ -98,6 +108,8 @@ def push(
         on_gate_fail=on_gate_fail,  # type: ignore[arg-type]
         created_by=app.user,
         reporter=app.reporter(),
+        labels=parse_pairs(labels),
+        base_model_revision=base_model_revision,
     )
     version = result.version
     if wait and version.status in ("pending", "compressing"):

@@ -27,6 +27,7 @@ from .codecs import CodecEnvironment
 from .db import Database
 from .engines import CompatFilter
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
+from .lifecycle_client import LifecycleMethods
 from .metrics import JobMetrics
 from .models import Version
 from .progress import Reporter
@@ -176,7 +177,7 @@ def import_codec_modules(modules: list[str]) -> None:
         importlib.import_module(module)
 
 
-class LocalRegistry:
+class LocalRegistry(LifecycleMethods):
     def __init__(
         self,
         database: Database,
@@ -362,6 +363,8 @@ class LocalRegistry:
         process: bool | None = None,
         reporter: Reporter | None = None,
         label: str | None = None,
+        labels: dict[str, str] | None = None,
+        base_model_revision: str | None = None,
     ) -> PushResult:
         """Push a PEFT directory stored with `codec` (default: the registry's, nola unless configured
         otherwise); with `process` (default: the registry's inline setting) compress it right away,
@@ -379,6 +382,8 @@ class LocalRegistry:
             on_gate_fail=on_gate_fail,
             created_by=created_by,
             label=label,
+            labels=dict(labels or {}),
+            base_model_revision=base_model_revision,
         )
         self._ready()
         import_codec_modules(self.codec_modules)
@@ -390,6 +395,8 @@ class LocalRegistry:
             reporter=reporter,
             tmp_dir=self.temp_dir(),
         )
+        if pushed.created:
+            self._retain_after_push(request.name)
         compress = self.inline if process is None else process
         resumed = False
         if pushed.created and compress:
@@ -460,18 +467,22 @@ class LocalRegistry:
             version = service.resolve(session, ref)
             return version.id if version.status in QUEUED else None
 
-    def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
+    def set_alias(
+        self, target: str | Ref, alias: str, *, by: str | None = None, admin: bool = True
+    ) -> AliasResult:
         self._ready()
         with self.db.transaction() as session:
-            version, previous = service.set_alias(session, target, alias, by=by)
+            version, previous = service.set_alias(session, target, alias, by=by, admin=admin)
             return AliasResult(
                 adapter=version.adapter.full_name, alias=alias, version=version.number, previous=previous
             )
 
-    def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult:
+    def remove_alias(
+        self, name: str | AdapterName, alias: str, *, by: str | None = None, admin: bool = True
+    ) -> AliasResult:
         self._ready()
         with self.db.transaction() as session:
-            previous = service.remove_alias(session, name, alias)
+            previous = service.remove_alias(session, name, alias, by=by or self.principal.name, admin=admin)
             return AliasResult(adapter=str(name), alias=alias, version=None, previous=previous)
 
     def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView:
@@ -535,9 +546,11 @@ class LocalRegistry:
         after: str | AdapterName | None = None,
         limit: int | None = None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[AdapterView]:
         """Adapters matching every filter, in name order; with `limit`, one page (names after `after`).
-        `compat` filters on the compatibility facts of each adapter's latest version."""
+        `compat` filters on the compatibility facts of each adapter's latest version, `labels` keeps
+        adapters with a version that carries all of them."""
         self._ready()
         if isinstance(after, str):
             after = AdapterName.parse(after)
@@ -551,6 +564,7 @@ class LocalRegistry:
                 after=after,
                 limit=limit,
                 compat=compat,
+                labels=labels,
             )
             return [adapter_view(summary) for summary in found]
 

@@ -159,6 +159,18 @@ class PermissionDenied(RegistryError):
     code = "forbidden"
 
 
+class AliasProtected(PermissionDenied):
+    """A protected alias, which only an admin may move or remove."""
+
+    code = "alias-protected"
+
+
+class VersionAliased(RegistryError):
+    """A version an alias points to, which is not deleted unless forced (the aliases go with it)."""
+
+    code = "version-aliased"
+
+
 class DigestMismatch(RegistryError):
     """Uploaded bytes whose sha256 is not the one the client announced: nothing is stored."""
 

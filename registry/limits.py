@@ -20,6 +20,13 @@ MAX_YANK_REASON_LENGTH = 1000
 MAX_TAGS = 64
 MAX_ALIASES = 64
 MAX_CODEC_NAME_LENGTH = 32
+# Version labels (labels.py): keys like `dataset`, `train.run-id`, `eval/accuracy`.
+MAX_LABELS = 64
+MAX_LABEL_KEY_LENGTH = 64
+MAX_LABEL_VALUE_LENGTH = 512
+LABEL_KEY_PATTERN = r"[a-z0-9][a-z0-9._/-]{0,63}"
+LABEL_KEY_REGEX = rf"\A{LABEL_KEY_PATTERN}\Z"
+MAX_REVISION_LENGTH = 128  # a git commit (40 hex), a tag or a branch of the base model's repository
 MAX_SOURCE_LABEL_LENGTH = 1024  # how an upload names its directory in messages (remote client)
 
 # Line breaks and tabs are text; every other control character (NUL above all, which PostgreSQL

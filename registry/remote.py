@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 
 import httpx
 
+from . import labels as version_labels
 from . import limits, transfer
 from .client_cache import ClientCache
 from .engines import CompatFilter
@@ -38,6 +39,7 @@ from .errors import (
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
+from .remote_lifecycle import RemoteLifecycleMethods
 from .schemas import (
     AdapterView,
     AliasResult,
@@ -110,7 +112,7 @@ def _as_name(name: str | AdapterName) -> AdapterName:
     return name if isinstance(name, AdapterName) else AdapterName.parse(name)
 
 
-class RemoteRegistry:
+class RemoteRegistry(RemoteLifecycleMethods):
     def __init__(
         self,
         url: str,
@@ -245,6 +247,8 @@ class RemoteRegistry:
         on_gate_fail: str = "raw",
         created_by: str | None = None,  # the server records the token's name
         reporter: Reporter | None = None,
+        labels: dict[str, str] | None = None,
+        base_model_revision: str | None = None,
     ) -> PushResult:
         """Upload a PEFT directory as the next version of `name` (streamed, with each file's sha256)."""
         reporter = reporter or SilentReporter()
@@ -261,6 +265,8 @@ class RemoteRegistry:
             limits.check_base_model(base_model)
         if description is not None:
             limits.check_text(description, "description", limits.MAX_DESCRIPTION_LENGTH)
+        version_labels.check_labels(labels or {})
+        version_labels.check_revision(base_model_revision)
         folder = Path(path)
         if not folder.is_dir():
             raise InvalidAdapterUpload(f"{path}: not a directory")
@@ -280,6 +286,8 @@ class RemoteRegistry:
             **({"codec": codec} if codec else {}),
             "params": dict(params or {}),
             "on_gate_fail": on_gate_fail,
+            "labels": dict(labels or {}),
+            "base_model_revision": base_model_revision,
             "config_sha256": sha256_file(config)[0],
             "weights_sha256": sha256_file(weights)[0],
             "source": str(path),
@@ -428,6 +436,7 @@ class RemoteRegistry:
         base_model: str | None = None,
         tag: str | None = None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[AdapterView]:
         for value in (namespace, task, tag):
             if value is not None and not NAME.fullmatch(value):
@@ -435,6 +444,8 @@ class RemoteRegistry:
         if base_model is not None and limits.base_model_problem(base_model) is not None:
             return []  # no adapter can have it
         params: dict[str, Any] = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
+        if labels:
+            params["label"] = [f"{key}:{value}" for key, value in version_labels.check_labels(labels).items()]
         if compat is not None:
             params |= {
                 "max_rank": compat.max_rank,

@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .models import Adapter, Token, Version, VersionStatus, WorkerRecord
 
@@ -88,6 +88,9 @@ class VersionView(View):
     peft_config: dict[str, Any]
     # Compatibility facts (registry/compat.py); None for versions pushed before they were recorded.
     compat: dict[str, Any] | None = None
+    # Lineage (labels.py): free-form key/value labels, and the base model's revision.
+    labels: dict[str, str] = Field(default_factory=dict)
+    base_model_revision: str | None = None
     created_at: dt.datetime
     created_by: str | None
     processed_at: dt.datetime | None
@@ -132,6 +135,8 @@ class VersionView(View):
             aliases=sorted(aliases or []),
             peft_config=version.peft_config,
             compat=version.compat,
+            labels=version.labels,
+            base_model_revision=version.base_model_revision,
             created_at=version.created_at,
             created_by=version.created_by,
             processed_at=version.processed_at,
@@ -153,6 +158,8 @@ class AdapterView(View):
     versions: int
     latest: int | None
     aliases: dict[str, int]
+    # Retention (lifecycle.py): versions kept after each push; None keeps every one.
+    keep_versions: int | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -170,6 +177,7 @@ class AdapterView(View):
             versions=versions,
             latest=latest,
             aliases=dict(sorted(aliases.items())),
+            keep_versions=adapter.keep_versions,
             created_at=adapter.created_at,
             updated_at=adapter.updated_at,
         )
@@ -184,9 +192,10 @@ def adapter_view(summary: dict[str, Any]) -> AdapterView:
         base_model=summary["base_model"],
         description=summary["description"],
         tags=summary["tags"],
-        versions=summary["last_version"],
+        versions=summary["versions"],
         latest=summary["latest"],
         aliases=dict(sorted(summary["aliases"].items())),
+        keep_versions=summary["keep_versions"],
         created_at=summary["created_at"],
         updated_at=summary["updated_at"],
     )

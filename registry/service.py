@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import limits, queue
+from . import alias_audit, gc, labels, limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .compat import facts_of
@@ -78,6 +78,10 @@ class PushRequest:
     # How messages name the directory (the API validates uploads in a temporary folder and names
     # them as the client's own path).
     label: str | None = None
+    # Lineage (labels.py): key/value labels for the version, and the base model's revision (else the
+    # adapter config's `revision`).
+    labels: dict[str, str] = field(default_factory=dict)
+    base_model_revision: str | None = None
 
     def __post_init__(self) -> None:
         if self.task is not None:
@@ -98,6 +102,8 @@ class PushRequest:
             )
         if self.on_gate_fail not in ("raw", "reject"):
             raise InvalidCodec(f"on_gate_fail must be 'raw' or 'reject', got {self.on_gate_fail!r}")
+        labels.check_labels(self.labels)
+        labels.check_revision(self.base_model_revision)
 
     @property
     def requested(self) -> dict[str, Any]:
@@ -174,6 +180,10 @@ def push(
         problem = limits.base_model_problem(config_base_model)
         if problem is not None:
             raise InvalidAdapterUpload(f"{where}/{CONFIG_FILE}: base_model_name_or_path {problem}")
+    try:
+        revision = labels.revision_of(checkpoint.config, request.base_model_revision)
+    except InvalidRequest as exc:
+        raise InvalidAdapterUpload(f"{where}/{CONFIG_FILE}: {exc}") from None
 
     # Before uploading: refuse what can be refused now, and return known content as it is.
     # (The checks run again under the adapter's lock below, for pushes that race.)
@@ -232,8 +242,11 @@ def push(
                 created_by=request.created_by,
                 # The model `run_codec` will look for: the adapter's, which the config's fills in.
                 wants_base_model=adapter.base_model if wants_model else None,
+                base_model_revision=revision,
             )
         )
+        labels.update(session, version, request.labels)
+        gc.restore(storage, digest, data, tmp_dir)  # collected meanwhile? (see gc.py)
         return Pushed(version.id, created=True)
 
 
@@ -573,6 +586,7 @@ def search(
     after: AdapterName | None = None,
     limit: int | None = None,
     compat: CompatFilter | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Adapters matching every given filter, in name order (the first `limit` after `after`), as
     listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`).
@@ -587,6 +601,7 @@ def search(
         after=after,
         limit=limit,
         compat=compat,
+        labels=labels,
     )
 
 
@@ -615,7 +630,7 @@ def list_versions(
 
 
 def _point_alias(
-    session: Session, version: Version, alias: str, *, by: str | None
+    session: Session, version: Version, alias: str, *, by: str | None, admin: bool = True
 ) -> tuple[Alias, int | None]:
     check_alias(alias)
     if version.status != VersionStatus.READY.value:
@@ -627,29 +642,39 @@ def _point_alias(
         raise VersionNotReady(f"cannot point alias {alias!r} at {version.ref}: it is yanked")
     aliases = AliasRepository(session)
     previous = aliases.get(version.adapter, alias)
+    alias_audit.check_may_change(previous, admin=admin)
     previous_number = previous.version.number if previous is not None else None
+    alias_audit.record(
+        session, version.adapter, alias, from_number=previous_number, to_number=version.number, actor=by
+    )
     return aliases.set(version.adapter, alias, version, by=by), previous_number
 
 
 def set_alias(
-    session: Session, target: str | Ref, alias: str, *, by: str | None = None
+    session: Session, target: str | Ref, alias: str, *, by: str | None = None, admin: bool = True
 ) -> tuple[Version, int | None]:
-    """Create or move `alias` to the version `target` names (which must be ready and not yanked)."""
+    """Create or move `alias` to the version `target` names (which must be ready and not yanked).
+    A protected alias moves only for an `admin`."""
     check_alias(alias)
     version = resolve(session, target)
-    _, previous = _point_alias(session, version, alias, by=by)
+    _, previous = _point_alias(session, version, alias, by=by, admin=admin)
     return version, previous
 
 
-def remove_alias(session: Session, name: AdapterName | str, alias: str) -> int:
-    """Delete an alias; returns the number of the version it pointed to."""
+def remove_alias(
+    session: Session, name: AdapterName | str, alias: str, *, by: str | None = None, admin: bool = True
+) -> int:
+    """Delete an alias (a protected one only for an `admin`); returns the number of the version it
+    pointed to."""
     check_alias(alias)
     adapter = get_adapter(session, name)
     aliases = AliasRepository(session)
     found = aliases.get(adapter, alias)
     if found is None:
         raise AliasNotFound(f"{adapter.full_name} has no alias {alias!r}")
+    alias_audit.check_may_change(found, admin=admin)
     number = found.version.number
+    alias_audit.record(session, adapter, alias, from_number=number, to_number=None, actor=by)
     aliases.delete(found)
     return number
 
