@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import philox, stfile
+from . import philox, stfile, transform
 from .bases import FAMILIES, basis_key, make_basis
 from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
@@ -36,7 +36,9 @@ from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
-FORMAT_VERSION = 1
+# Version 2 added the transform layout (transform.py); version 1 files (rows layout) still read.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 HEADER_KEY = "nola.header"
 CHECKSUM_KEY = "nola.checksum"
 CODES_KEY = "nola.codes"
@@ -159,20 +161,14 @@ def decode_tensors(
     header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
+    seed = _check_generator(header, device)
+    if header.get("layout") == transform.LAYOUT:
+        return _decode_transform(header, tensors, seed, device)
     try:
-        generator = header["generator"]
         family, layout, group_size = header["basis"], header["layout"], int(header["group_size"])
         records = header["modules"]
-        seed = int(generator["seed"])
     except (KeyError, TypeError, ValueError):
         raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
-    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
-        raise InvalidArtifact(
-            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
-            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
-        )
-    if generator.get("fingerprint") != philox.fingerprint(seed, device):
-        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
     if layout != LAYOUT or family not in FAMILIES:
         raise InvalidArtifact(f"unsupported basis {family!r} / layout {layout!r}")
     codes, scales = tensors.get(CODES_KEY), tensors.get(SCALES_KEY)
@@ -195,6 +191,76 @@ def decode_tensors(
                     out[record.get("b_key", key_b)] = b.T.to(_DTYPES[record["dtype_b"]]).contiguous().cpu()
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArtifact(f"corrupt module record: {exc}") from None
+    return out
+
+
+def _check_generator(header: dict[str, Any], device: torch.device) -> int:
+    """The seed, once the generator named in the header is this build's and gives the same numbers here."""
+    try:
+        generator = header["generator"]
+        seed = int(generator["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
+    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
+        raise InvalidArtifact(
+            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
+            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
+        )
+    if generator.get("fingerprint") != philox.fingerprint(seed, device):
+        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
+    return seed
+
+
+def transform_records(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> list[list[Any]]:
+    """The transform layout's module list: [module, rank, in, out, dtype A, dtype B, scale] (+ keys
+    when they are not PEFT's default ones)."""
+    records = []
+    for p in pairs:
+        record = [
+            p.module,
+            p.rank,
+            p.in_features,
+            p.out_features,
+            _DTYPE_NAMES[checkpoint.tensors[p.a_key].dtype],
+            _DTYPE_NAMES[checkpoint.tensors[p.b_key].dtype],
+            p.scale,
+        ]
+        if (p.a_key, p.b_key) != default_keys(p.module):
+            record += [p.a_key, p.b_key]
+        records.append(record)
+    return records
+
+
+def _decode_transform(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    try:
+        code = header["code"]
+        step, bound = float(code["step"]), int(code["bound"])
+        pairs, dtypes = [], []
+        for record in header["modules"]:
+            module, rank, n_in, n_out, dtype_a, dtype_b, scale = record[:7]
+            key_a, key_b = record[7:9] if len(record) > 7 else default_keys(module)
+            pairs.append(
+                LoraPair(module, key_a, key_b, "linear", int(rank), int(n_in), int(n_out), float(scale))
+            )
+            dtypes.append((_DTYPES[dtype_a], _DTYPES[dtype_b]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArtifact(f"corrupt: the transform header is unreadable ({exc})") from None
+    codes = tensors.get(CODES_KEY)
+    if codes is None or codes.dtype != torch.uint8 or SCALES_KEY in tensors:
+        raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
+    try:
+        factors, digest = transform.decode(
+            pairs, [p.scale for p in pairs], step, bound, codes.numpy().tobytes(), seed, device
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidArtifact(f"corrupt: {exc}") from None
+    if digest != header.get("digest"):
+        raise InvalidArtifact("basis digest mismatch (generator or module list differ)")
+    out = {k: v for k, v in tensors.items() if k != CODES_KEY}
+    for pair, (a, b), (dtype_a, dtype_b) in zip(pairs, factors, dtypes):
+        out[pair.a_key], out[pair.b_key] = a.to(dtype_a), b.to(dtype_b)
     return out
 
 
