@@ -250,6 +250,8 @@ def _decode_transform(
     codes = tensors.get(CODES_KEY)
     if codes is None or codes.dtype != torch.uint8 or SCALES_KEY in tensors:
         raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
+    if codes.numel() != code.get("bytes"):
+        raise InvalidArtifact("corrupt: the coefficient stream is not the length the header records")
     try:
         factors, digest = transform.decode(
             pairs, [p.scale for p in pairs], step, bound, codes.numpy().tobytes(), seed, device

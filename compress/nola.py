@@ -573,7 +573,12 @@ def _encode_transform(
         "generator": _generator(cfg.seed, device),
         "basis": "fast",
         "layout": transform.LAYOUT,
-        "code": {"step": code.step, "bound": code.bound, "model": "quantized-gaussian"},
+        "code": {
+            "step": code.step,
+            "bound": code.bound,
+            "bytes": code.nbytes,
+            "model": "quantized-gaussian",
+        },
         "source_digest": hashlib.sha256(source).hexdigest(),
         "params": asdict(cfg),
         "fit": fitted.method,

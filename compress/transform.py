@@ -183,9 +183,7 @@ def quantize(modules: Sequence[ModuleCoefficients], step: float, rounding: float
     return np.array(spread_bytes, dtype=np.uint8), flat, std, bound
 
 
-def encode(
-    modules: Sequence[ModuleCoefficients], step: float, rounding: float = 0.5
-) -> TransformCode | None:
+def encode(modules: Sequence[ModuleCoefficients], step: float, rounding: float = 0.5) -> TransformCode | None:
     """The code at `step`, or None when the step is too fine for the coder (see MAX_BOUND)."""
     spreads, symbols, stds, bound = quantize(modules, step, rounding)
     if bound > MAX_BOUND:
