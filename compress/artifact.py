@@ -163,7 +163,38 @@ def decode_tensors(
     """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
     seed = _check_generator(header, device)
     if header.get("layout") == transform.LAYOUT:
-        return _decode_transform(header, tensors, seed, device)
+        out = _decode_transform(header, tensors, seed, device)
+    else:
+        out = _decode_rows(header, tensors, seed, device)
+    widened = header.get("fp16_extras", [])
+    if not isinstance(widened, list) or any(not isinstance(k, str) or k not in out for k in widened):
+        raise InvalidArtifact("corrupt: the fp16 tensors the header lists are not in the artifact")
+    for key in widened:
+        if out[key].dtype != torch.float16:
+            raise InvalidArtifact(f"corrupt: {key} is listed as fp16 but is stored as {out[key].dtype}")
+        out[key] = out[key].float()
+    return out
+
+
+def store_extras(
+    extras: dict[str, torch.Tensor], precision: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors NOLA does not model, as stored: exact, or fp32 ones as fp16 with `precision` fp16
+    (where fp16 holds their range); returns them and the keys a reader widens back to fp32."""
+    if precision == "exact":
+        return dict(extras), []
+    stored, widened = {}, []
+    for key, value in extras.items():
+        fits = value.dtype == torch.float32 and bool(value.abs().max() < 60000) if value.numel() else False
+        stored[key] = value.half() if fits else value
+        if fits:
+            widened.append(key)
+    return stored, sorted(widened)
+
+
+def _decode_rows(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     try:
         family, layout, group_size = header["basis"], header["layout"], int(header["group_size"])
         records = header["modules"]

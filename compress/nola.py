@@ -82,6 +82,13 @@ class NolaConfig:
         default=0.5,
         metadata={"help": "transform code: rounding offset (0.5 nearest; less widens the zero bin)"},
     )
+    extras: str = field(
+        default="exact",
+        metadata={
+            "help": "tensors NOLA does not model (modules_to_save heads, biases): exact, or fp16 "
+            "(fp32 ones stored at half precision)"
+        },
+    )
     k_fraction: float | None = field(
         default=None,
         metadata={"help": "fixed k = k_fraction * n for every factor (with fixed bits), no search"},
@@ -108,6 +115,8 @@ class NolaConfig:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
         if self.code not in CODES:
             raise ValueError(f"code must be one of {', '.join(CODES)}, got {self.code!r}")
+        if self.extras not in ("exact", "fp16"):
+            raise ValueError(f"extras must be exact or fp16, got {self.extras!r}")
         if not 0 < self.rounding <= 0.5:
             raise ValueError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
         if self.code == "transform" and (
@@ -517,7 +526,11 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         "modules": records,
     }
     pairs = [m.pair for m in fitted.modules]
-    extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
+    extras, widened = artifact.store_extras(
+        {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}, cfg.extras
+    )
+    if widened:
+        header["fp16_extras"] = widened
     tensors = {artifact.CODES_KEY: codes, artifact.SCALES_KEY: scales, **extras}
     decoded = artifact.decode_tensors(header, tensors, device)
     fidelity = measure(checkpoint, decoded, pairs, fitted.stats)
@@ -584,7 +597,11 @@ def _encode_transform(
         "fit": fitted.method,
         "modules": artifact.transform_records(checkpoint, pairs),
     }
-    extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
+    extras, widened = artifact.store_extras(
+        {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}, cfg.extras
+    )
+    if widened:
+        header["fp16_extras"] = widened
     codes = (
         torch.frombuffer(bytearray(code.codes), dtype=torch.uint8)
         if code.codes

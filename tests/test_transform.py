@@ -231,3 +231,20 @@ def test_bad_transform_artifacts_are_rejected(compressed, tmp_path, case):
     bad = _rewrite(path, tmp_path / "bad.nola", **edits)
     with pytest.raises(InvalidArtifact, match=message):
         reconstruct(bad)
+
+
+@pytest.mark.parametrize("code", ["transform", "rows"])
+def test_extras_at_fp16_halve_the_head_and_read_back_as_fp32(adapter, compressed, tmp_path, code):
+    _path, _exact = compressed
+    head = "base_model.model.lm_head.weight"
+    out = tmp_path / "half.nola"
+    NolaCodec(NolaConfig(ratio=1.6, code=code, extras="fp16")).compress(adapter, out)
+    tensors, metadata = stfile.load(out)
+    assert tensors[head].dtype == torch.float16
+    assert decode_header(metadata[HEADER_KEY])["fp16_extras"] == [head]
+    back = reconstruct(out)
+    assert back.tensors[head].dtype == torch.float32
+    assert torch.equal(back.tensors[head], adapter.tensors[head].half().float())
+    assert not torch.equal(back.tensors[head], adapter.tensors[head])
+    with pytest.raises(ValueError, match="extras"):
+        NolaConfig(extras="int4")

@@ -35,14 +35,14 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import ADAPTER, BASE, DATA, OUT, machine, write_json  # noqa: E402
-from peers import RECORD_BYTES, transform_peer  # noqa: E402
+from common import ADAPTER, BASE, DATA, OUT, machine, write_json
+from peers import RECORD_BYTES, transform_peer
 
-from adapters.compress.codec import reconstruct  # noqa: E402
-from adapters.compress.corpus import generated_texts  # noqa: E402
-from adapters.compress.fidelity import measure  # noqa: E402
-from adapters.compress.nola import NolaCodec, NolaConfig, lora_pairs  # noqa: E402
-from adapters.compress.peft_io import config_json, read_adapter  # noqa: E402
+from adapters.compress.codec import reconstruct
+from adapters.compress.corpus import generated_texts
+from adapters.compress.fidelity import measure
+from adapters.compress.nola import NolaCodec, NolaConfig, lora_pairs
+from adapters.compress.peft_io import config_json, read_adapter
 
 LM_DIR = OUT / "codec-lm"
 WINDOW = 128
@@ -243,7 +243,8 @@ def run_case(name: str, scorer, source_file: Path, ratios, workdir: Path) -> lis
 
 def _line(r: dict[str, Any]) -> str:
     return (
-        f"{r['case']:7s} {r['ratio']:>5g}x {r['method']:15s} {r['file_bytes']:>8d} B  werr {r['weight_error']:.4f}  "
+        f"{r['case']:7s} {r['ratio']:>5g}x {r['method']:15s} {r['file_bytes']:>8d} B  "
+        f"werr {r['weight_error']:.4f}  "
         f"agree {r['agreement']:.4f} ± {r['agreement_se']:.4f}  KL {r['kl']:.5f}  {r['seconds']:6.2f} s"
     )
 
