@@ -58,6 +58,7 @@ def test_compress_inspect_reconstruct(run, workdir, tmp_path):
     shown = run("inspect", artifact)
     assert shown.exit_code == 0
     assert "philox4x32-10" in shown.output and "model.layers.0.mlp.down_proj" in shown.output
+    assert "transform code" in shown.output  # the weight fit's default code
     info = json.loads(run("inspect", artifact, "--json").output)
     assert len(info["nola"]["modules"]) == 6 and info["peft_config"]["r"] == 8
 
