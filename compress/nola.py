@@ -460,7 +460,8 @@ def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None
     """Choose (k, format) per factor within `budget` coefficient bytes and fit every module."""
     cfg, device = prepared.config, prepared.device
     if prepared.transform is not None:
-        code = transform.fit_step(prepared.transform, max(0, int(budget)), cfg.rounding)
+        gamma = transform.GAMMAS[cfg.weighting]
+        code = transform.fit_step(prepared.transform, max(0, int(budget)), cfg.rounding, gamma)
         if progress:
             progress(1, 1)
         return NolaFit(cfg, [], "weight", {}, prepared.lora_bytes, transform=code)

@@ -8,18 +8,21 @@ the NOLA model's (factor = basis x coefficients); only how they are chosen and c
 row code (`layout: rows`).
 
 Quantization: one step `step` for the whole adapter, so every coefficient buys the same error drop per
-bit (equal slope; weak components round to zero and drop out, strong ones get more bits):
-- column j of B'' takes integers round(c / step); its weight in delta-W is ||v_j|| = 1;
-- row j of A'' (unit norm, weight ||b_j|| = s_j) takes the step step / s^_j, where s^_j = step *
-  sqrt(sum q_j^2) is the norm of the *decoded* column, which a reader computes exactly from the integers.
+bit (equal slope; weak components round to zero and drop out, strong ones get more bits), in units
+where module m's squared error counts 1 / mu_m^2 (mu_m = ||delta-W_m||^gamma, one byte per module:
+gamma 0 weighs absolute error, 1 relative error, 0.5 between; see `module_weights`):
+- column j of B'' takes integers round(c / (step mu_m)); its weight in delta-W is ||v_j|| = 1;
+- row j of A'' (unit norm, weight ||b_j|| = s_j) takes the step step mu_m / s^_j = 1 / sqrt(sum q_j^2),
+  with s^_j = step mu_m sqrt(sum q_j^2) the norm of the *decoded* column: a reader computes it exactly
+  from the integers.
 A component whose B column rounds to zero is dropped (its A row is not stored).
 
 Entropy coding: the integers are coded with an ANS coder (`constriction`) under a quantized Gaussian
 model whose spread is known per column: for B a stored log-scale byte per column (0: dropped), for A
-sqrt(sum q_j^2 / n_in) from the decoded column. The stream is `codes` bytes: one byte per rank
-component, then the ANS words. The step is found by bisection for the smallest stream within a budget.
-The reader rebuilds B = B^'' / (scale g), A = g A^'' with g_j = sqrt(s^_j / scale), so the factors keep
-PEFT's shapes and rank and are balanced.
+sqrt(sum q_j^2 / n_in) from the decoded column. The stream is `codes` bytes: one weight byte per
+module, one spread byte per rank component, then the ANS words. The step is found by bisection for
+the smallest stream within a budget. The reader rebuilds B = B^'' / (scale g), A = g A^'' with
+g_j = sqrt(s^_j / scale), so the factors keep PEFT's shapes and rank and are balanced.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ STD_ZERO, STD_STEPS = 64, 16
 # The largest |integer| coded: finer steps than this allows are never needed (16 bits per coefficient
 # is more than the fp16 / bf16 a source stores) and the coder's model needs a bounded support.
 MAX_BOUND = 1 << 15
+# How module errors add up (NolaConfig.weighting) -> the exponent gamma of the module weights.
+GAMMAS = {"absolute": 0.0, "balanced": 0.5, "relative": 1.0}
+# Per module, a step multiplier 2 ** ((code - WEIGHT_ZERO) / WEIGHT_STEPS), code 0..255.
+WEIGHT_ZERO, WEIGHT_STEPS = 128, 8
 # Rotated coefficients held at once (per same-size group) are bounded near this many numbers.
 BATCH_ELEMENTS = 1 << 24
 
@@ -67,7 +74,7 @@ class TransformCode:
 
     step: float
     bound: int  # the largest |integer|, the range of the coder's model
-    codes: bytes  # one spread byte per rank component, then the ANS words
+    codes: bytes  # a weight byte per module, a spread byte per rank component, then the ANS words
     components: int  # rank components kept (B column not all zero)
 
     @property
@@ -160,11 +167,35 @@ def _a_steps(sums: np.ndarray) -> np.ndarray:
     return 1.0 / np.sqrt(sums.astype(np.float64))
 
 
-def quantize(modules: Sequence[ModuleCoefficients], step: float, rounding: float = 0.5):
+def module_weights(modules: Sequence[ModuleCoefficients], gamma: float) -> np.ndarray:
+    """Per module, the byte of its step multiplier ||delta-W||^gamma (relative to their geometric
+    mean): gamma 0 spends bits where the absolute error drops most, 1 evens the modules' relative
+    errors, 0.5 lies between."""
+    norms = [float(np.sqrt((m.b * m.b).sum())) for m in modules]
+    logs = [math.log2(v) for v in norms if v > 0]
+    centre = sum(logs) / len(logs) if logs else 0.0
+    codes = [
+        min(255, max(0, round(WEIGHT_STEPS * gamma * (math.log2(v) - centre)) + WEIGHT_ZERO)) if v > 0 else 0
+        for v in norms
+    ]
+    return np.array(codes, dtype=np.uint8)
+
+
+def _multiplier(code: int) -> float:
+    return 2.0 ** ((int(code) - WEIGHT_ZERO) / WEIGHT_STEPS)
+
+
+def quantize(
+    modules: Sequence[ModuleCoefficients],
+    step: float,
+    rounding: float = 0.5,
+    weights: np.ndarray | None = None,
+):
     """Integers and model spreads at `step`: (spread bytes, symbols, stds, bound)."""
     spread_bytes, symbols, stds = [], [], []
-    for m in modules:
-        qb = _round(m.b / step, rounding)  # [r, out]
+    weights = weights if weights is not None else np.full(len(modules), WEIGHT_ZERO, dtype=np.uint8)
+    for m, w in zip(modules, weights):
+        qb = _round(m.b / (step * _multiplier(w)), rounding)  # [r, out]
         codes = [_spread_code(row) for row in qb]
         spread_bytes += codes
         kept = [j for j, c in enumerate(codes) if c]
@@ -183,9 +214,15 @@ def quantize(modules: Sequence[ModuleCoefficients], step: float, rounding: float
     return np.array(spread_bytes, dtype=np.uint8), flat, std, bound
 
 
-def encode(modules: Sequence[ModuleCoefficients], step: float, rounding: float = 0.5) -> TransformCode | None:
+def encode(
+    modules: Sequence[ModuleCoefficients],
+    step: float,
+    rounding: float = 0.5,
+    weights: np.ndarray | None = None,
+) -> TransformCode | None:
     """The code at `step`, or None when the step is too fine for the coder (see MAX_BOUND)."""
-    spreads, symbols, stds, bound = quantize(modules, step, rounding)
+    weights = weights if weights is not None else np.full(len(modules), WEIGHT_ZERO, dtype=np.uint8)
+    spreads, symbols, stds, bound = quantize(modules, step, rounding, weights)
     if bound > MAX_BOUND:
         return None
     words = b""
@@ -195,15 +232,22 @@ def encode(modules: Sequence[ModuleCoefficients], step: float, rounding: float =
         coder = cs.stream.stack.AnsCoder()
         coder.encode_reverse(symbols.astype(np.int32), model, np.zeros_like(stds), stds)
         words = coder.get_compressed().astype("<u4").tobytes()
-    return TransformCode(step, bound, spreads.tobytes() + words, int((spreads > 0).sum()))
+    return TransformCode(step, bound, weights.tobytes() + spreads.tobytes() + words, int((spreads > 0).sum()))
 
 
 def fit_step(
-    modules: Sequence[ModuleCoefficients], budget: int, rounding: float = 0.5, iterations: int = 40
+    modules: Sequence[ModuleCoefficients],
+    budget: int,
+    rounding: float = 0.5,
+    gamma: float = 0.5,
+    iterations: int = 40,
 ) -> TransformCode:
     """The code with the smallest step whose bytes fit `budget` (everything dropped if none does)."""
-    peak = max((float(np.abs(m.b).max()) for m in modules if m.b.size), default=0.0)
-    coarse = encode(modules, max(peak, 1e-30) * 4, rounding)  # every column rounds to zero
+    weights = module_weights(modules, gamma)
+    peak = max(
+        (float(np.abs(m.b).max()) / _multiplier(w) for m, w in zip(modules, weights) if m.b.size), default=0.0
+    )
+    coarse = encode(modules, max(peak, 1e-30) * 4, rounding, weights)  # every column rounds to zero
     assert coarse is not None
     if coarse.nbytes > budget or peak == 0:
         return coarse
@@ -211,7 +255,7 @@ def fit_step(
     best = coarse
     for _ in range(iterations):
         mid = (lo + hi) / 2
-        code = encode(modules, 2.0**mid, rounding)
+        code = encode(modules, 2.0**mid, rounding, weights)
         if code is not None and code.nbytes <= budget:
             best, hi = code, mid
         else:
@@ -223,7 +267,7 @@ def fit_step(
 
 def kept_coefficients(pairs: Sequence[LoraPair], code: TransformCode) -> int:
     """Coefficients the stream stores: in + out for every kept rank component."""
-    total, at = 0, 0
+    total, at = 0, len(pairs)
     for p in pairs:
         total += sum(1 for c in code.codes[at : at + p.rank] if c) * (p.in_features + p.out_features)
         at += p.rank
@@ -241,18 +285,19 @@ def decode(
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """Every module's (A [r, in], B [out, r]) in float64, and the digest of all the bases used.
     ValueError when the stream does not match the modules."""
-    components = sum(p.rank for p in pairs)
-    if len(codes) < components or (len(codes) - components) % 4 or not step > 0:
+    head = len(pairs) + sum(p.rank for p in pairs)
+    if len(codes) < head or (len(codes) - head) % 4 or not step > 0:
         raise ValueError("the coefficient stream does not match the module list")
     if not 1 <= bound <= MAX_BOUND:
         raise ValueError("the coefficient stream does not match the module list")
-    spreads = np.frombuffer(codes[:components], dtype=np.uint8)
-    words = np.frombuffer(codes[components:], dtype="<u4").astype(np.uint32)
+    weights = np.frombuffer(codes[: len(pairs)], dtype=np.uint8)
+    spreads = np.frombuffer(codes[len(pairs) : head], dtype=np.uint8)
+    words = np.frombuffer(codes[head:], dtype="<u4").astype(np.uint32)
     cs = _ans()
     model = cs.stream.model.QuantizedGaussian(-bound, bound)
     coder = cs.stream.stack.AnsCoder(words) if words.size else None
     b_rows, a_rows, at = [], [], 0
-    for p in pairs:
+    for p, w in zip(pairs, weights):
         codes_p = spreads[at : at + p.rank].tolist()
         at += p.rank
         kept = [j for j, c in enumerate(codes_p) if c]
@@ -269,7 +314,7 @@ def decode(
                 raise ValueError("a kept component decodes to zero")
             std_a = np.repeat(np.sqrt(sums / p.in_features), p.in_features)
             ints_a = coder.decode(model, np.zeros_like(std_a), std_a).astype(np.int64)
-            qb[kept] = ints_b * step
+            qb[kept] = ints_b * (step * _multiplier(w))
             qa[kept] = ints_a.reshape(len(kept), p.in_features) * _a_steps(sums)[:, None]
         b_rows.append(torch.from_numpy(qb))
         a_rows.append(torch.from_numpy(qa))
