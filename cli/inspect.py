@@ -12,7 +12,7 @@ from .fidelity import fidelity_lines
 
 
 def _summary(path: Path) -> dict:
-    from adapters.compress.artifact import HEADER_KEY, decode_header
+    from adapters.compress.artifact import CONFIG_FIELD, HEADER_KEY, decode_header
     from adapters.compress.codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
     from adapters.compress.errors import InvalidArtifact
     from adapters.compress.stfile import read_metadata
@@ -29,6 +29,8 @@ def _summary(path: Path) -> dict:
     }
     if HEADER_KEY in metadata:
         out["nola"] = decode_header(metadata[HEADER_KEY])
+        if CONFIG_KEY not in metadata:  # the transform layout keeps it in its header
+            out["peft_config"] = json.loads(out["nola"].pop(CONFIG_FIELD, "{}"))
     return out
 
 

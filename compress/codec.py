@@ -169,8 +169,9 @@ def decode_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
             f"(this build reads {', '.join(str(v) for v in readable)})"
         )
     try:
-        config = strict_json.loads(metadata[CONFIG_KEY])
-    except (KeyError, strict_json.JSONRefused):
+        text = metadata[CONFIG_KEY] if CONFIG_KEY in metadata else cls.config_text(metadata)
+        config = strict_json.loads(text)
+    except (KeyError, AttributeError, strict_json.JSONRefused):
         raise InvalidArtifact("corrupt: the artifact carries no readable PEFT config") from None
     peft_tensors = cls().decode(tensors, metadata, config)
     try:

@@ -368,6 +368,11 @@ class NolaCodec:
     ) -> dict[str, torch.Tensor]:
         return artifact.decode(tensors, metadata, resolve_device("auto"))
 
+    @staticmethod
+    def config_text(metadata: dict[str, str]) -> str:
+        """The PEFT config's JSON text, where the artifact has it (see artifact.serialize)."""
+        return artifact.config_text(metadata)
+
 
 @dataclass
 class ModuleFit:

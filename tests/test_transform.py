@@ -66,6 +66,8 @@ def test_the_weight_fit_uses_the_transform_code_by_default(compressed):
 def test_round_trip_keeps_keys_dtypes_rank_and_extras(adapter, compressed):
     path, report = compressed
     back = reconstruct(path)
+    assert back.config == adapter.config  # rank_pattern and alpha_pattern included, in their order
+    assert "adapters.peft_config" not in stfile.read_metadata(path)  # it travels in the header
     assert back.tensors.keys() == adapter.tensors.keys()
     for key, tensor in adapter.tensors.items():
         assert back.tensors[key].dtype == tensor.dtype and back.tensors[key].shape == tensor.shape
@@ -220,6 +222,7 @@ BAD = {
     "module missing": ({"edit_header": _drop_module}, "corrupt|digest"),
     "other digest": ({"edit_header": lambda h: h.update(digest="0" * 16)}, "basis digest mismatch"),
     "other seed": ({"edit_header": lambda h: h["generator"].update(fingerprint="0" * 16)}, "fingerprint"),
+    "no config": ({"edit_header": lambda h: h.pop("peft_config")}, "no PEFT config"),
     "no step": ({"edit_header": lambda h: h["code"].pop("step")}, "corrupt"),
 }
 
