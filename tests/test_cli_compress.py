@@ -173,3 +173,19 @@ def test_errors_are_one_line(run, workdir, tmp_path):
     )
     assert texts.exit_code == 2 and "--base-model" in texts.output
     assert not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
+
+
+def test_code_and_extras_options(run, workdir, tmp_path):
+    artifact = tmp_path / "rows.nola"
+    args = ("--ratio", "1.5", "--no-gate", "--code", "rows", "--extras", "fp16", "--json")
+    result = run("compress", workdir / "adapter", "-o", artifact, *args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["params"]["layout"] == "rows" and report["params"]["extras"] == "fp16"
+    info = json.loads(run("inspect", artifact, "--json").output)
+    assert info["nola"]["fp16_extras"] == ["base_model.model.lm_head.weight"]
+    assert run("inspect", artifact).exit_code == 0
+    bad = run(
+        "compress", workdir / "adapter", "-o", tmp_path / "x.nola", "--code", "transform", "--bits", "int4"
+    )
+    assert bad.exit_code != 0 and "code=transform" in bad.output and not (tmp_path / "x.nola").exists()
