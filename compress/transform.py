@@ -49,6 +49,8 @@ MAX_BOUND = 1 << 15
 GAMMAS = {"absolute": 0.0, "balanced": 0.5, "relative": 1.0}
 # Per module, a step multiplier 2 ** ((code - WEIGHT_ZERO) / WEIGHT_STEPS), code 0..255.
 WEIGHT_ZERO, WEIGHT_STEPS = 128, 8
+# The step search stops once the stream fills this close to its budget (each try codes everything).
+CLOSE_ENOUGH = 0.002
 # Rotated coefficients held at once (per same-size group) are bounded near this many numbers.
 BATCH_ELEMENTS = 1 << 24
 
@@ -260,7 +262,7 @@ def fit_step(
             best, hi = code, mid
         else:
             lo = mid
-        if hi - lo < 1e-3:
+        if hi - lo < 1e-3 or best.nbytes >= budget * (1 - CLOSE_ENOUGH):
             break
     return best
 
