@@ -18,9 +18,10 @@ gamma 0 weighs absolute error, 1 relative error, 0.5 between; see `module_weight
 A component whose B column rounds to zero is dropped (its A row is not stored).
 
 Entropy coding: the integers are coded with an ANS coder (`constriction`) under a quantized Gaussian
-model whose spread is known per column: for B a stored log-scale byte per column (0: dropped), for A
-sqrt(sum q_j^2 / n_in) from the decoded column. The stream is `codes` bytes: one weight byte per
-module, one spread byte per rank component, then the ANS words. The step is found by bisection for
+model whose spread is known per column: for B a log-scale code per column (0: dropped), for A
+sqrt(sum q_j^2 / n_in) from the decoded column. The stream is `codes` bytes: ANS words holding first
+the side information (each module's weight code and its columns' spread codes, as residuals from
+their predictions under a Laplace model), then the integers. The step is found by bisection for
 the smallest stream within a budget. The reader rebuilds B = B^'' / (scale g), A = g A^'' with
 g_j = sqrt(s^_j / scale), so the factors keep PEFT's shapes and rank and are balanced.
 """
@@ -47,6 +48,8 @@ STD_ZERO, STD_STEPS = 64, 16
 MAX_BOUND = 1 << 15
 # How module errors add up (NolaConfig.weighting) -> the exponent gamma of the module weights.
 GAMMAS = {"absolute": 0.0, "balanced": 0.5, "relative": 1.0}
+# Scale of the Laplace model of the side information's residuals (in code units).
+SIDE_SCALE = 4.0
 # Per module, a step multiplier 2 ** ((code - WEIGHT_ZERO) / WEIGHT_STEPS), code 0..255.
 WEIGHT_ZERO, WEIGHT_STEPS = 128, 8
 # The step search stops once the stream fills this close to its budget (each try codes everything).
@@ -76,8 +79,9 @@ class TransformCode:
 
     step: float
     bound: int  # the largest |integer|, the range of the coder's model
-    codes: bytes  # a weight byte per module, a spread byte per rank component, then the ANS words
+    codes: bytes  # the ANS words: side information (weights, spreads), then the coefficients
     components: int  # rank components kept (B column not all zero)
+    spreads: np.ndarray  # per rank component, its B column's spread code (0: dropped)
 
     @property
     def nbytes(self) -> int:
@@ -227,14 +231,60 @@ def encode(
     spreads, symbols, stds, bound = quantize(modules, step, rounding, weights)
     if bound > MAX_BOUND:
         return None
-    words = b""
-    if symbols.size:
-        cs = _ans()
+    cs = _ans()
+    coder = cs.stream.stack.AnsCoder()
+    if symbols.size:  # a stack: coded last, read first, so the side information goes in after
         model = cs.stream.model.QuantizedGaussian(-bound, bound)
-        coder = cs.stream.stack.AnsCoder()
         coder.encode_reverse(symbols.astype(np.int32), model, np.zeros_like(stds), stds)
-        words = coder.get_compressed().astype("<u4").tobytes()
-    return TransformCode(step, bound, weights.tobytes() + spreads.tobytes() + words, int((spreads > 0).sum()))
+    side = _side_residuals(weights, spreads, [m.pair.rank for m in modules])
+    coder.encode_reverse(side.astype(np.int32), _side_model())
+    words = coder.get_compressed().astype("<u4").tobytes()
+    return TransformCode(step, bound, words, int((spreads > 0).sum()), spreads)
+
+
+def _side_model():
+    """The model of the side information's residuals (see `_side_residuals`)."""
+    return _ans().stream.model.QuantizedLaplace(-255, 255, 0.0, SIDE_SCALE)
+
+
+def _side_residuals(weights: np.ndarray, spreads: np.ndarray, ranks: Sequence[int]) -> np.ndarray:
+    """Weight and spread bytes as differences from their predictions: a module's weight from the one
+    before, a column's spread from the column before in its module (the first from the first of the
+    module before), since singular values, and so spreads, fall smoothly within a module."""
+    out, at = [], 0
+    last_weight, last_first = WEIGHT_ZERO, STD_ZERO
+    for w, rank in zip(weights.tolist(), ranks):
+        out.append(w - last_weight)
+        last_weight = w
+        prev = last_first
+        for j in range(rank):
+            c = int(spreads[at + j])
+            out.append(c - prev)
+            prev = c
+            if j == 0:
+                last_first = c
+        at += rank
+    return np.array(out, dtype=np.int64)
+
+
+def _side_values(residuals: np.ndarray, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The inverse of `_side_residuals`: (weights, spreads); ValueError outside 0..255."""
+    weights, spreads, at = [], [], 0
+    last_weight, last_first = WEIGHT_ZERO, STD_ZERO
+    values = residuals.tolist()
+    for rank in ranks:
+        last_weight += values[at]
+        weights.append(last_weight)
+        prev = last_first
+        for j in range(rank):
+            prev += values[at + 1 + j]
+            spreads.append(prev)
+            if j == 0:
+                last_first = prev
+        at += 1 + rank
+    if any(not 0 <= v <= 255 for v in weights + spreads):
+        raise ValueError("the side information decodes out of range")
+    return np.array(weights, dtype=np.uint8), np.array(spreads, dtype=np.uint8)
 
 
 def fit_step(
@@ -269,9 +319,9 @@ def fit_step(
 
 def kept_coefficients(pairs: Sequence[LoraPair], code: TransformCode) -> int:
     """Coefficients the stream stores: in + out for every kept rank component."""
-    total, at = 0, len(pairs)
+    total, at = 0, 0
     for p in pairs:
-        total += sum(1 for c in code.codes[at : at + p.rank] if c) * (p.in_features + p.out_features)
+        total += int((code.spreads[at : at + p.rank] > 0).sum()) * (p.in_features + p.out_features)
         at += p.rank
     return total
 
@@ -287,17 +337,15 @@ def decode(
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """Every module's (A [r, in], B [out, r]) in float64, and the digest of all the bases used.
     ValueError when the stream does not match the modules."""
-    head = len(pairs) + sum(p.rank for p in pairs)
-    if len(codes) < head or (len(codes) - head) % 4 or not step > 0:
+    if not codes or len(codes) % 4 or not step > 0 or not 1 <= bound <= MAX_BOUND:
         raise ValueError("the coefficient stream does not match the module list")
-    if not 1 <= bound <= MAX_BOUND:
-        raise ValueError("the coefficient stream does not match the module list")
-    weights = np.frombuffer(codes[: len(pairs)], dtype=np.uint8)
-    spreads = np.frombuffer(codes[len(pairs) : head], dtype=np.uint8)
-    words = np.frombuffer(codes[head:], dtype="<u4").astype(np.uint32)
+    words = np.frombuffer(codes, dtype="<u4").astype(np.uint32)
     cs = _ans()
     model = cs.stream.model.QuantizedGaussian(-bound, bound)
-    coder = cs.stream.stack.AnsCoder(words) if words.size else None
+    coder = cs.stream.stack.AnsCoder(words)
+    ranks = [p.rank for p in pairs]
+    side = coder.decode(_side_model(), len(pairs) + sum(ranks)).astype(np.int64)
+    weights, spreads = _side_values(side, ranks)
     b_rows, a_rows, at = [], [], 0
     for p, w in zip(pairs, weights):
         codes_p = spreads[at : at + p.rank].tolist()
@@ -306,8 +354,6 @@ def decode(
         qb = np.zeros((p.rank, p.out_features))
         qa = np.zeros((p.rank, p.in_features))
         if kept:
-            if coder is None:
-                raise ValueError("the coefficient stream is empty but components are kept")
             std_b = np.repeat([_spread(codes_p[j]) for j in kept], p.out_features)
             ints_b = coder.decode(model, np.zeros_like(std_b), std_b).astype(np.int64)
             ints_b = ints_b.reshape(len(kept), p.out_features)
@@ -320,7 +366,7 @@ def decode(
             qa[kept] = ints_a.reshape(len(kept), p.in_features) * _a_steps(sums)[:, None]
         b_rows.append(torch.from_numpy(qb))
         a_rows.append(torch.from_numpy(qa))
-    if coder is not None and not coder.is_empty():
+    if not coder.is_empty():
         raise ValueError("the coefficient stream is longer than its modules need")
     digests: list[str] = []
     b_full = _expand(b_rows, pairs, "B", seed, device, digests)

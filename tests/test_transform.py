@@ -251,3 +251,17 @@ def test_extras_at_fp16_halve_the_head_and_read_back_as_fp32(adapter, compressed
     assert not torch.equal(back.tensors[head], adapter.tensors[head])
     with pytest.raises(ValueError, match="extras"):
         NolaConfig(extras="int4")
+
+
+def test_side_information_is_coded_as_residuals_and_read_back():
+    import numpy as np
+
+    weights = np.array([128, 131, 120], dtype=np.uint8)
+    spreads = np.array([90, 85, 80, 0, 70, 0, 0, 0, 1, 255, 254, 253], dtype=np.uint8)
+    ranks = [4, 4, 4]
+    residuals = transform._side_residuals(weights, spreads, ranks)
+    assert np.abs(residuals).max() <= 255 and len(residuals) == 3 + 12
+    back_weights, back_spreads = transform._side_values(residuals, ranks)
+    assert np.array_equal(back_weights, weights) and np.array_equal(back_spreads, spreads)
+    with pytest.raises(ValueError, match="out of range"):
+        transform._side_values(residuals + 300, ranks)
