@@ -186,7 +186,8 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float
 
 
 def nola_row(ckpt, source_file: Path, ratio: float, code: str, workdir: Path, **options) -> dict[str, Any]:
-    out = workdir / f"{code}-{ratio:g}.nola"
+    suffix = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
+    out = workdir / f"{code}{suffix}-{ratio:g}.nola"
     cfg = NolaConfig(ratio=ratio, code=code, fit="weight", **options)
     t = time.perf_counter()
     report = NolaCodec(cfg).compress(ckpt, out, source_bytes=source_file.stat().st_size)
@@ -218,7 +219,12 @@ def peer_row(ckpt, target: int, container: int | None = None) -> dict[str, Any]:
     }
 
 
-def run_case(name: str, scorer, source_file: Path, ratios, workdir: Path) -> list[dict[str, Any]]:
+METHODS = ("nola rows", "nola transform", "nola transform, fp16 extras", "transform peer", "peer, same box")
+
+
+def run_case(
+    name: str, scorer, source_file: Path, ratios, workdir: Path, methods=METHODS
+) -> list[dict[str, Any]]:
     ckpt = scorer.ckpt
     size = source_file.stat().st_size
     rows = []
@@ -228,12 +234,17 @@ def run_case(name: str, scorer, source_file: Path, ratios, workdir: Path) -> lis
         made = {
             "nola rows": lambda r=ratio: nola_row(ckpt, source_file, r, "rows", workdir),
             "nola transform": lambda r=ratio: nola_row(ckpt, source_file, r, "transform", workdir),
+            "nola transform, fp16 extras": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "transform", workdir, extras="fp16"
+            ),
             "transform peer": lambda t=target: peer_row(ckpt, t),
             # The same peer in the transform artifact's container (its header, config and lossless
             # tensors): the same coefficient bytes, so only the codes differ.
             "peer, same box": lambda t=target, c=container: peer_row(ckpt, t, c[0] if c else None),
         }
         for method, make in made.items():
+            if method not in methods:
+                continue
             try:
                 row = make()
             except Exception as exc:  # noqa: BLE001 - a size out of reach is a row, not a crash
@@ -251,7 +262,7 @@ def run_case(name: str, scorer, source_file: Path, ratios, workdir: Path) -> lis
 
 def _line(r: dict[str, Any]) -> str:
     return (
-        f"{r['case']:7s} {r['ratio']:>5g}x {r['method']:15s} {r['file_bytes']:>8d} B  "
+        f"{r['case']:7s} {r['ratio']:>5g}x {r['method']:27s} {r['file_bytes']:>8d} B  "
         f"werr {r['weight_error']:.4f}  "
         f"agree {r['agreement']:.4f} ± {r['agreement_se']:.4f}  KL {r['kl']:.5f}  {r['seconds']:6.2f} s"
     )
@@ -263,6 +274,7 @@ def main() -> None:
     )
     parser.add_argument("--ratios", type=float, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument("--cases", nargs="+", default=["lm", "minilm"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--curve", action="store_true", help="transform code: weight error vs agreement (lm)")
     parser.add_argument("--base-seconds", type=float, default=60)
     parser.add_argument("--lora-seconds", type=float, default=120)
@@ -282,7 +294,7 @@ def main() -> None:
         print(f"lm: base model without the adapter agrees {base['agreement']:.4f} (KL {base['kl']:.4f})")
         result["lm_without_adapter"] = base
         source = Path(info["adapter"]) / "adapter_model.safetensors"
-        result["rows"] += run_case("lm", scorer, source, args.ratios, workdir)
+        result["rows"] += run_case("lm", scorer, source, args.ratios, workdir, args.methods)
         if args.curve:
             for ratio in (3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24, 28, 34, 40):
                 row = nola_row(scorer.ckpt, source, ratio, "transform", workdir)
@@ -297,7 +309,7 @@ def main() -> None:
         source = args.minilm_adapter / "adapter_model.safetensors"
         if source.is_file() and (args.data / "test.jsonl").is_file():
             scorer = MiniLmScorer(args.minilm_adapter, args.minilm_base, args.data)
-            result["rows"] += run_case("minilm", scorer, source, args.ratios, workdir)
+            result["rows"] += run_case("minilm", scorer, source, args.ratios, workdir, args.methods)
         else:
             print(f"minilm: skipped ({source} or {args.data / 'test.jsonl'} missing)")
     write_json(args.out, result)
