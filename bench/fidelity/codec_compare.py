@@ -275,6 +275,7 @@ def main() -> None:
     parser.add_argument("--ratios", type=float, nargs="+", default=[5, 10, 20, 40])
     parser.add_argument("--cases", nargs="+", default=["lm", "minilm"])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--extras-only", action="store_true", help="minilm: score the head at fp16 alone")
     parser.add_argument("--curve", action="store_true", help="transform code: weight error vs agreement (lm)")
     parser.add_argument("--base-seconds", type=float, default=60)
     parser.add_argument("--lora-seconds", type=float, default=120)
@@ -309,6 +310,16 @@ def main() -> None:
         source = args.minilm_adapter / "adapter_model.safetensors"
         if source.is_file() and (args.data / "test.jsonl").is_file():
             scorer = MiniLmScorer(args.minilm_adapter, args.minilm_base, args.data)
+            if args.extras_only:  # what fp16 extras alone cost: exact factors, the head at fp16
+                pairs = {k for p in scorer.ckpt.pairs for k in (p.a_key, p.b_key)}
+                half = {
+                    k: v if k in pairs or v.dtype != torch.float32 else v.half().float()
+                    for k, v in scorer.ckpt.tensors.items()
+                }
+                result["minilm_fp16_extras_only"] = scorer.score(half)
+                print(
+                    f"minilm: exact factors, extras at fp16: {result['minilm_fp16_extras_only']}", flush=True
+                )
             result["rows"] += run_case("minilm", scorer, source, args.ratios, workdir, args.methods)
         else:
             print(f"minilm: skipped ({source} or {args.data / 'test.jsonl'} missing)")
