@@ -99,9 +99,9 @@ def describe(report) -> str:
 @click.option(
     "--extras",
     type=click.Choice(["exact", "fp16"]),
-    default="exact",
+    default="fp16",
     show_default=True,
-    help="Tensors NOLA does not model (modules_to_save heads): exact, or fp32 ones at fp16.",
+    help="Tensors NOLA does not model (modules_to_save heads): fp32 ones at fp16, or exact.",
 )
 @click.option(
     "--fit",
@@ -203,7 +203,7 @@ def compress(
       adapters compress ./my-lora -o my-lora.nola
       adapters compress ./my-lora -o my-lora.nola --base-model ./llama --calibration texts.txt
       adapters compress ./my-lora -o my-lora.nola --ratio 20 --no-gate     # exactly 20x, unjudged
-      adapters compress ./my-lora -o my-lora.nola --extras fp16            # the head at fp16
+      adapters compress ./my-lora -o my-lora.nola --extras exact           # the head exactly
     """
     from adapters.compress.distill import DistillConfig
     from adapters.compress.gate import Gate
