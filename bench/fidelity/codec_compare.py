@@ -232,8 +232,11 @@ def run_case(
         target = int(size / ratio)
         container: list[int] = []
         made = {
-            "nola rows": lambda r=ratio: nola_row(ckpt, source_file, r, "rows", workdir),
-            "nola transform": lambda r=ratio: nola_row(ckpt, source_file, r, "transform", workdir),
+            # The row code as it was (heads exact), the transform code with heads exact and at fp16.
+            "nola rows": lambda r=ratio: nola_row(ckpt, source_file, r, "rows", workdir, extras="exact"),
+            "nola transform": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "transform", workdir, extras="exact"
+            ),
             "nola transform, fp16 extras": lambda r=ratio: nola_row(
                 ckpt, source_file, r, "transform", workdir, extras="fp16"
             ),
@@ -299,8 +302,7 @@ def main() -> None:
         if args.curve:
             for ratio in (3, 4, 5, 6, 7, 8, 10, 12, 14, 17, 20, 24, 28, 34, 40):
                 row = nola_row(scorer.ckpt, source, ratio, "transform", workdir)
-                row.pop("tensors")
-                row.update(scorer.score(reconstruct(workdir / f"transform-{ratio:g}.nola").tensors))
+                row.update(scorer.score(row.pop("tensors")))
                 result["curve"].append({"ratio": ratio, **row})
                 print(
                     f"curve {ratio:>3}x werr {row['weight_error']:.4f} agree {row['agreement']:.4f}",
