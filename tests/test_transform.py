@@ -267,3 +267,41 @@ def test_side_information_is_coded_as_residuals_and_read_back():
     assert np.array_equal(back_weights, weights) and np.array_equal(back_spreads, spreads)
     with pytest.raises(ValueError, match="out of range"):
         transform._side_values(residuals + 300, ranks)
+
+
+def test_at_coarse_steps_no_component_adds_error(adapter):
+    """A component whose coded term lies farther from its own than zero does is dropped, so no
+    module ends up worse than with nothing stored."""
+    pairs = lora_pairs(adapter)
+    coefficients = transform.coefficients(adapter, pairs, 0, torch.device("cpu"))
+    for budget in (400, 1000, 2500):
+        code = transform.fit_step(coefficients, budget)
+        args = (pairs, [p.scale for p in pairs], code.step, code.bound, code.codes, 0, torch.device("cpu"))
+        factors, _ = transform.decode(*args)
+        tensors = dict(adapter.tensors)
+        for p, (a, b) in zip(pairs, factors):
+            tensors[p.a_key], tensors[p.b_key] = a.float(), b.float()
+        errors = [m["weight"] for m in measure(adapter, tensors, pairs)["modules"]]
+        assert max(errors) <= 1.0 + 1e-6
+
+
+def test_a_component_coded_away_from_its_own_is_dropped():
+    import numpy as np
+
+    gen = np.random.default_rng(0)
+    a = gen.standard_normal((2, 64))
+    a /= np.linalg.norm(a, axis=1, keepdims=True)
+    b = gen.standard_normal((2, 48)) * np.array([[30.0], [1.0]])
+    module = transform.ModuleCoefficients(lora_pairs_stub(), b, a)
+    step = float(np.abs(b[1]).max()) * 1.5  # column 1: at most one integer survives
+    qb = transform._round(b / step, 0.5)
+    kept = [j for j in range(2) if qb[j].any()]
+    assert kept == [0, 1]
+    # Column 0 is coded finely; column 1 is a lone spike whose A row then rounds to nothing.
+    assert transform._helpful(module, qb, kept, step, 0.5) == [0]
+
+
+def lora_pairs_stub():
+    from adapters.compress.peft_io import LoraPair
+
+    return LoraPair("m", "a", "b", "linear", 2, 64, 48, 1.0)
