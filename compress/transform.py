@@ -191,28 +191,11 @@ def _multiplier(code: int) -> float:
     return 2.0 ** ((int(code) - WEIGHT_ZERO) / WEIGHT_STEPS)
 
 
-def _helpful(
-    m: ModuleCoefficients, qb: np.ndarray, kept: list[int], step_b: float, rounding: float
-) -> list[int]:
-    """The kept components whose coded rank-1 term b^ a^T lies closer to b a^T than zero does: at
-    coarse steps a column of a few integers can point away from its own, and adds error instead of
-    removing it. Inner products are taken in the rotated domain (the rotation is orthonormal)."""
-    sums = (qb[kept] * qb[kept]).sum(1)
-    steps_a = _a_steps(sums)[:, None]
-    b_hat = qb[kept] * step_b
-    a_hat = _round(m.a[kept] / steps_a, rounding) * steps_a
-    b, a = m.b[kept], m.a[kept]
-    cross = (b_hat * b).sum(1) * (a_hat * a).sum(1)
-    own = (b_hat * b_hat).sum(1) * (a_hat * a_hat).sum(1)
-    return [j for j, c, o in zip(kept, cross, own) if 2 * c > o]
-
-
 def quantize(
     modules: Sequence[ModuleCoefficients],
     step: float,
     rounding: float = 0.5,
     weights: np.ndarray | None = None,
-    prune: bool = True,
 ):
     """Integers and model spreads at `step`: (spread bytes, symbols, stds, bound)."""
     spread_bytes, symbols, stds = [], [], []
@@ -220,11 +203,8 @@ def quantize(
     for m, w in zip(modules, weights):
         qb = _round(m.b / (step * _multiplier(w)), rounding)  # [r, out]
         codes = [_spread_code(row) for row in qb]
-        kept = [j for j, c in enumerate(codes) if c]
-        if kept and prune:
-            kept = _helpful(m, qb, kept, step * _multiplier(w), rounding)
-            codes = [c if j in kept else 0 for j, c in enumerate(codes)]
         spread_bytes += codes
+        kept = [j for j, c in enumerate(codes) if c]
         if not kept:
             continue
         n_out, n_in = qb.shape[1], m.a.shape[1]
