@@ -114,6 +114,14 @@ class Version(Base):
     # The canonical raw serialization of the adapter as pushed (compress.codec.canonical_bytes).
     source_digest: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"))
     source_size: Mapped[int] = mapped_column(sa.BigInteger)
+    # What makes a version's identity: the source's digest when the version holds no other files, else
+    # the sha256 of the source's digest and the other files' names and digests (folder_files.py).
+    content_digest: Mapped[str] = mapped_column(
+        sa.String(64), default=lambda context: context.get_current_parameters()["source_digest"]
+    )
+    # The files beside the LoRA weights (README, tokenizer, new embeddings), stored losslessly as
+    # blobs: [{"name": ..., "sha256": ..., "size": ...}] by name; NULL when there are none.
+    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     # What the push asked for:
     # {"codec": ..., "params": {...}, "on_gate_fail": "raw" | "reject", "aliases": [...]}
     requested: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -152,14 +160,15 @@ class Version(Base):
         sa.UniqueConstraint("adapter_id", "id"),
         # Idempotent pushes: one live (not failed) version per content per adapter.
         sa.Index(
-            "uq_versions_adapter_id_source_digest_live",
+            "uq_versions_adapter_id_content_digest_live",
             "adapter_id",
-            "source_digest",
+            "content_digest",
             unique=True,
             postgresql_where=sa.text("status <> 'failed'"),
             sqlite_where=sa.text("status <> 'failed'"),
         ),
         sa.CheckConstraint("number >= 1", name="number_positive"),
+        sa.CheckConstraint(_matches("content_digest", DIGEST_REGEX), name="content_digest_format"),
         sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status_known"),
         sa.CheckConstraint(
             "source_size >= 0 AND (artifact_size IS NULL OR artifact_size >= 0)", name="sizes"

@@ -194,7 +194,7 @@ def resolve(
         return response
     for other in files.files.values():
         if other.name != filename:
-            other.handle.close()
+            other.close()
     cached = files.files[filename]
     etag = f'"{cached.sha256}"'
     headers = {
@@ -218,5 +218,5 @@ def resolve(
         headers=headers,
         whole=cached.chunks,
         part=lambda wanted: cached.range_chunks(wanted.start, wanted.end),
-        close=cached.handle.close,
+        close=cached.close,
     )
