@@ -138,12 +138,14 @@ def _check_content(path: Path, kind: str, where: str) -> None:
         except UnicodeDecodeError:
             raise InvalidAdapterUpload(f"{label}: not UTF-8 text") from None
     elif kind == "json":
-        from adapters.compress import strict_json
-
+        # Plain JSON, not the registry's strict kind: the bytes are stored, never parsed into the
+        # database, and tokenizer configs carry integers like 1e30 written out (model_max_length).
         try:
-            strict_json.loads(path.read_bytes())
-        except ValueError as exc:
-            raise InvalidAdapterUpload(f"{label}: {exc}") from None
+            json.loads(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError:
+            raise InvalidAdapterUpload(f"{label}: not UTF-8 text") from None
+        except (ValueError, RecursionError) as exc:
+            raise InvalidAdapterUpload(f"{label}: not valid JSON ({exc})") from None
     elif kind == "safetensors":
         from adapters.compress import stfile
         from adapters.compress.errors import CompressError

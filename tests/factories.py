@@ -89,6 +89,7 @@ def save_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     tiny_llama(seed).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -123,6 +124,7 @@ def save_headless_bert(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     BertModel(BertConfig(**TINY_BERT)).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -134,6 +136,7 @@ def save_tiny_t5(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     T5ForConditionalGeneration(T5Config(**TINY_T5)).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -210,3 +213,30 @@ def adapter_variants(adapter_dir: str | Path, out_root: str | Path, n: int) -> l
         )
         for i in range(n)
     ]
+
+
+FOLDER_EXTRAS = (
+    "README.md",
+    "chat_template.jinja",
+    "new_embeddings.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def make_adapter_folder(out_dir: str | Path, seed: int = 0, readme: str = "# A tiny adapter\n") -> Path:
+    """A PEFT adapter folder as training leaves it: the adapter, its model card, the tokenizer it was
+    trained with, a `new_embeddings.safetensors`, and a pickled `training_args.bin` (never stored)."""
+    from safetensors.torch import save_file
+
+    out = make_adapter(out_dir, seed=seed)
+    (out / "README.md").write_text(readme)  # PEFT wrote its own card: this one says which push it is
+    char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    gen = torch.Generator().manual_seed(seed)
+    save_file(
+        {"embed_tokens": torch.randn(2, TINY_LLAMA["hidden_size"], generator=gen)},
+        str(out / "new_embeddings.safetensors"),
+    )
+    torch.save({"learning_rate": 1e-4}, out / "training_args.bin")
+    return out
