@@ -58,7 +58,14 @@ def synthesize_adapter(model, out_dir: str | Path, seed: int = 0, scale: float =
     with warnings.catch_warnings():  # PEFT says it saves resized embeddings whole: it is meant to
         warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
         peft_model.save_pretrained(str(out_dir))
+    _drop_card(out_dir)
     return peft_model.eval()
+
+
+def _drop_card(out_dir: str | Path) -> None:
+    """PEFT writes a model card beside the adapter; the adapters made here are its two files alone (a
+    version stores a card too: `make_adapter_folder` makes folders with one and the rest)."""
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)
 
 
 def token_batch(n: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
@@ -198,6 +205,7 @@ def train_adapter(
         loss.backward()
         optimizer.step()
     peft_model.save_pretrained(str(out_dir))
+    _drop_card(out_dir)
     return Path(out_dir)
 
 
@@ -230,7 +238,7 @@ def make_adapter_folder(out_dir: str | Path, seed: int = 0, readme: str = "# A t
     from safetensors.torch import save_file
 
     out = make_adapter(out_dir, seed=seed)
-    (out / "README.md").write_text(readme)  # PEFT wrote its own card: this one says which push it is
+    (out / "README.md").write_text(readme)
     char_tokenizer().save_pretrained(out)
     (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     gen = torch.Generator().manual_seed(seed)
