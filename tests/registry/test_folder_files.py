@@ -141,6 +141,7 @@ def test_push_says_what_it_skips(cli, folder, tmp_path):
     assert any("runs: a folder" in w for w in warnings)
     shown = json.loads(cli("show", "acme/skips", "--json").stdout)
     assert [f["name"] for f in shown["version"]["files"]] == list(FOLDER_EXTRAS)
+    assert f"files       {', '.join(FOLDER_EXTRAS)}" in cli("show", "acme/skips").stdout
 
 
 def _two_adapters(path: Path):
