@@ -6,8 +6,10 @@ several named adapters pushes each of them."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
+import boto3
 import pytest
 import torch
 
@@ -224,3 +226,21 @@ def test_sync_writes_the_whole_folder_and_follows_its_files(registry, folder, tm
     assert sync(registry, SyncRequest(target)).written == ["acme/synced:2"]
     assert (target / "acme" / "synced" / "README.md").read_text() == "# v2: only the card changed\n"
     assert sync(registry, SyncRequest(target)).unchanged == ["acme/synced:2"]
+
+
+def test_export_writes_the_whole_folder(registry, folder, s3_endpoint, tmp_path):
+    from adapters.registry.export import export
+
+    registry.push(folder, "acme/exported", task="chat", codec="raw")
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    bucket = f"exports-{uuid.uuid4().hex}"
+    client.create_bucket(Bucket=bucket)
+    written = export(registry, "acme/exported", f"s3://{bucket}/loras/x", endpoint_url=s3_endpoint)
+    keys = [f["key"] for f in written["files"]]
+    assert sorted(keys) == sorted(
+        f"loras/x/{n}" for n in ["adapter_config.json", "adapter_model.safetensors", *FOLDER_EXTRAS]
+    )
+    assert keys[-1] == "loras/x/adapter_config.json"  # the config last: a reader that finds it finds the rest
+    for name in FOLDER_EXTRAS:
+        body = client.get_object(Bucket=bucket, Key=f"loras/x/{name}")["Body"].read()
+        assert body == (folder / name).read_bytes(), name
