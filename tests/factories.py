@@ -248,3 +248,24 @@ def make_adapter_folder(out_dir: str | Path, seed: int = 0, readme: str = "# A t
     )
     torch.save({"learning_rate": 1e-4}, out / "training_args.bin")
     return out
+
+
+def save_two_adapters(path: Path) -> dict[str, torch.Tensor]:
+    """Save a PEFT model with adapters `default` (r=4 on q_proj) and `other` (r=2 on v_proj) as PEFT
+    does (`default` at the root, `other/` beside it); returns each adapter's logits on token_batch()."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(0), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    model.add_adapter("other", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(str(path))
+    expected = {}
+    for adapter in ("default", "other"):
+        model.set_adapter(adapter)
+        with torch.no_grad():
+            expected[adapter] = model.eval()(token_batch()).logits
+    return expected

@@ -148,3 +148,30 @@ def test_the_remote_client_refuses_a_file_over_the_limits_before_sending(service
         service.client().push(folder, "folders/too-big", task="chat", codec="raw")
     with pytest.raises(AdapterNotFound):
         service.registry.adapter("folders/too-big")
+
+
+def test_the_remote_cli_pushes_each_named_adapter(service, tmp_path, monkeypatch):
+    import torch
+    from peft import PeftModel
+
+    from adapters.registry.settings import reset_settings
+    from tests.api.test_cli_remote import _runner
+    from tests.factories import save_two_adapters, tiny_llama, token_batch
+
+    expected = save_two_adapters(tmp_path / "multi")
+    cli = _runner(
+        monkeypatch, tmp_path / "cli-home", {"ADAPTERS_URL": service.url, "ADAPTERS_TOKEN": service.admin}
+    )
+    try:
+        pushed = json.loads(
+            cli("push", tmp_path / "multi", "--name", "folders/multi", "--task", "chat", "--json").stdout
+        )
+        assert [p["version"]["ref"] for p in pushed] == ["folders/multi:1", "folders/multi-other:1"]
+        for name, adapter in (("folders/multi", "default"), ("folders/multi-other", "other")):
+            out = tmp_path / adapter
+            cli("pull", name, "-o", out)
+            with torch.no_grad():
+                got = PeftModel.from_pretrained(tiny_llama(0), str(out)).eval()(token_batch()).logits
+            assert torch.allclose(got, expected[adapter], atol=1e-6), adapter
+    finally:
+        reset_settings()

@@ -17,7 +17,7 @@ from adapters.registry import limits
 from adapters.registry.errors import InvalidAdapterUpload
 from adapters.registry.storage import LocalBlobStorage, S3BlobStorage
 from adapters.registry.sync import SyncRequest, sync
-from tests.factories import FOLDER_EXTRAS, make_adapter_folder, tiny_llama, token_batch
+from tests.factories import FOLDER_EXTRAS, make_adapter_folder, save_two_adapters, tiny_llama, token_batch
 
 
 @pytest.fixture(scope="module")
@@ -146,27 +146,8 @@ def test_push_says_what_it_skips(cli, folder, tmp_path):
     assert f"files       {', '.join(FOLDER_EXTRAS)}" in cli("show", "acme/skips").stdout
 
 
-def _two_adapters(path: Path):
-    """A PEFT model with adapters `default` (r=4 on q_proj) and `other` (r=2 on v_proj), saved."""
-    from peft import LoraConfig, get_peft_model
-
-    model = get_peft_model(tiny_llama(0), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
-    model.add_adapter("other", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.add_(0.05 * torch.randn_like(param))
-    model.save_pretrained(str(path))
-    expected = {}
-    for adapter in ("default", "other"):
-        model.set_adapter(adapter)
-        expected[adapter] = _logits(model)
-    return expected
-
-
 def test_a_folder_of_named_adapters_pushes_each(cli, tmp_path):
-    expected = _two_adapters(tmp_path / "multi")
+    expected = save_two_adapters(tmp_path / "multi")
     assert (tmp_path / "multi" / "other" / "adapter_config.json").is_file()  # PEFT's layout
     pushed = json.loads(
         cli("push", tmp_path / "multi", "--name", "acme/multi", "--task", "chat", "--json").stdout
