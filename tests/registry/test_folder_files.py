@@ -225,3 +225,18 @@ def test_export_writes_the_whole_folder(registry, folder, s3_endpoint, tmp_path)
     for name in FOLDER_EXTRAS:
         body = client.get_object(Bucket=bucket, Key=f"loras/x/{name}")["Body"].read()
         assert body == (folder / name).read_bytes(), name
+
+
+def test_a_named_adapter_that_makes_no_valid_name_is_refused_with_the_list(tmp_path):
+    from adapters.registry.errors import InvalidRequest
+    from adapters.registry.folder_files import push_plan
+
+    for sub in ("", "Other Adapter"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+        (tmp_path / sub / "adapter_config.json").write_text("{}")
+    with pytest.raises(
+        InvalidRequest, match=r"holds several adapters \(default \(the root\), Other Adapter\)"
+    ):
+        push_plan(tmp_path, "acme/x")
+    assert push_plan(tmp_path, "acme/x", "Other Adapter") == [(tmp_path / "Other Adapter", "acme/x")]
+    assert push_plan(tmp_path, "acme/x", "default") == [(tmp_path, "acme/x")]
