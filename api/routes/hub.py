@@ -94,7 +94,7 @@ def _model_info(state: AppState, namespace: str, name: str, revision: str) -> di
             }
             for path, e in _entries(files)
         ],
-        "usedStorage": version.artifact_size,
+        "usedStorage": (version.artifact_size or 0) + sum(f["size"] for f in version.files),
         # Not the Hub's: where this version sits in the registry.
         "adapters": {"ref": f"{version.adapter}:{version.number}", "aliases": version.aliases},
     }
