@@ -119,9 +119,6 @@ class Version(Base):
     content_digest: Mapped[str] = mapped_column(
         sa.String(64), default=lambda context: context.get_current_parameters()["source_digest"]
     )
-    # The files beside the LoRA weights (README, tokenizer, new embeddings), stored losslessly as
-    # blobs: [{"name": ..., "sha256": ..., "size": ...}] by name; NULL when there are none.
-    files: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONType)
     # What the push asked for:
     # {"codec": ..., "params": {...}, "on_gate_fail": "raw" | "reject", "aliases": [...]}
     requested: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -153,6 +150,10 @@ class Version(Base):
     wants_base_model: Mapped[str | None] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES))
 
     adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
+    # The files beside the LoRA weights (README, tokenizer, new embeddings), by name.
+    files: Mapped[list[VersionFile]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="VersionFile.name", lazy="selectin"
+    )
 
     __table_args__ = (
         sa.UniqueConstraint("adapter_id", "number"),
@@ -200,6 +201,25 @@ class Version(Base):
     @property
     def ref(self) -> str:
         return f"{self.adapter.full_name}:{self.number}"
+
+
+class VersionFile(Base):
+    """A file a version holds beside its LoRA weights, stored losslessly as a blob (folder_files.py).
+    The foreign key keeps the blob's row (and so its object) as long as a version holds it."""
+
+    __tablename__ = "version_files"
+
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+    __table_args__ = (sa.CheckConstraint("size >= 0", name="size_not_negative"),)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "size": self.size}
 
 
 class Alias(Base):

@@ -127,7 +127,7 @@ class VersionView(View):
             source_digest=version.source_digest,
             source_size=version.source_size,
             content_digest=version.content_digest or version.source_digest,
-            files=list(version.files or []),
+            files=[f.record() for f in version.files],
             artifact_digest=version.artifact_digest,
             artifact_size=version.artifact_size,
             codec=version.codec,

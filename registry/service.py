@@ -43,7 +43,7 @@ from .errors import (
     VersionNotFound,
     VersionNotReady,
 )
-from .models import Adapter, Alias, Version, VersionStatus
+from .models import Adapter, Alias, Version, VersionFile, VersionStatus
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Reporter, SilentReporter
 from .queue import Job
@@ -233,7 +233,7 @@ def push(
                 source_digest=digest,
                 source_size=len(data),
                 content_digest=content,
-                files=[f.record() for f in extras] or None,
+                files=[VersionFile(**f.record()) for f in extras],
                 requested=request.requested,
                 peft_config=checkpoint.config,
                 compat=facts_of(checkpoint),
@@ -779,7 +779,7 @@ def pull(
         version_id, label = version.id, version.ref
         assert version.artifact_digest is not None and version.artifact_size is not None
         artifact = (version.artifact_digest, version.artifact_size)
-        stored = list(version.files or [])
+        stored = [f.record() for f in version.files]
     prepare_output(out_dir, force)
     with staging_for(out_dir, sweep_after=sweep_after) as staging:
         with materialize(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+import sqlalchemy as sa
 import torch
 
 from adapters.registry import limits
@@ -98,6 +99,9 @@ def test_the_content_digest_covers_the_other_files(registry, folder, adapter_dir
         (bare / part).write_bytes((adapter_dir / part).read_bytes())
     plain = registry.push(bare, "acme/plain", task="chat", codec="raw").version
     assert plain.files == [] and plain.content_digest == plain.source_digest
+    # The database keeps a blob a version holds: its row cannot go while the version is there.
+    with pytest.raises(sa.exc.IntegrityError), registry.db.transaction() as session:
+        session.execute(sa.text("DELETE FROM blobs WHERE sha256 = :d"), {"d": tokenizer[1]})
 
 
 @pytest.mark.parametrize(

@@ -270,9 +270,10 @@ def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_p
             {"a": adapter_id, "d": DIGEST},
         )
     db.upgrade()
-    read = sa.text("SELECT number, status, content_digest, files FROM versions ORDER BY number")
+    read = sa.text("SELECT number, status, content_digest FROM versions ORDER BY number")
     with db.engine.connect() as conn:
-        assert [tuple(r) for r in conn.execute(read)] == [(1, "pending", DIGEST, None)]
+        assert [tuple(r) for r in conn.execute(read)] == [(1, "pending", DIGEST)]
+        assert conn.execute(sa.text("SELECT count(*) FROM version_files")).scalar_one() == 0
     with db.engine.begin() as conn:  # the same source with another README: a version of its own
         conn.execute(version, {"a": adapter_id, "n": 2, "d": DIGEST, "c": OTHER})
     with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:  # the same content: refused
@@ -282,6 +283,7 @@ def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_p
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT number, status FROM versions ORDER BY number")).all()
     assert [tuple(r) for r in rows] == [(1, "failed"), (2, "pending")]
+    assert "version_files" not in sa.inspect(db.engine).get_table_names()
     db.upgrade()
     assert _drift(db.engine) == []
     db.dispose()
