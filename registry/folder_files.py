@@ -4,8 +4,8 @@ PEFT and the engines read more than the LoRA weights from an adapter's folder: t
 (`README.md`), the tokenizer of a fine-tune that added tokens or a chat template, and
 `new_embeddings.safetensors` (PEFT's trainable tokens). A push stores those losslessly, each as a
 content-addressed blob (so a tokenizer shared by many versions is stored once); the codec never sees
-them. The version records them (`versions.files`) and its content digest covers them, so two pushes
-that differ only in the README are two versions.
+them. The version records them (table `version_files`, whose foreign key keeps their blobs) and its
+content digest covers them, so two pushes that differ only in the README are two versions.
 
 What a folder may hold is an allow-list of names (`kind_of`). Pickles (`training_args.bin`,
 `optimizer.pt`, ...) are never stored: loading one runs whatever code it carries, and whoever pulls an
