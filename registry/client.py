@@ -27,6 +27,7 @@ from .codecs import CodecEnvironment
 from .db import Database
 from .engines import CompatFilter
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
+from .folder_files import StoredFile
 from .lifecycle_client import LifecycleMethods
 from .metrics import JobMetrics
 from .models import Version
@@ -584,8 +585,8 @@ class LocalRegistry(LifecycleMethods):
             return self._views(session, service.list_versions(session, name, after=after, limit=limit))
 
     def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
-        """A ready version and its reconstructed PEFT files, open (served from the cache when there).
-        Close the files when done."""
+        """A ready version and its files, open: the reconstructed PEFT files (served from the cache when
+        there) and the others it stores. Close the files when done."""
         version = self._ready_version(ref)
         assert version.artifact_digest is not None and version.artifact_size is not None
         files = service.materialize(
@@ -594,6 +595,8 @@ class LocalRegistry(LifecycleMethods):
             label=version.ref,
             cache=self.cache,
         )
+        for record in version.files:  # README, tokenizer, ...: straight from the blob store
+            files.files[record["name"]] = StoredFile(self.storage, record)  # type: ignore[assignment]
         return version, files
 
     def artifact(self, ref: str | Ref) -> tuple[VersionView, Iterator[bytes]]:

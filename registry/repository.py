@@ -299,23 +299,29 @@ class VersionRepository:
         )
 
     def by_digest(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version whose source or artifact has this digest (ready ones first, then the newest)."""
+        """The version whose content, source or artifact has this digest (ready ones first, then the
+        newest)."""
         return self.session.scalar(
             sa.select(Version)
             .where(
                 Version.adapter_id == adapter.id,
-                sa.or_(Version.source_digest == digest, Version.artifact_digest == digest),
+                sa.or_(
+                    Version.content_digest == digest,
+                    Version.source_digest == digest,
+                    Version.artifact_digest == digest,
+                ),
             )
             .order_by((Version.status == VersionStatus.READY.value).desc(), Version.number.desc())
             .limit(1)
         )
 
-    def live_by_source(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version (not failed) that holds exactly this content, if any: a re-push returns it."""
+    def live_by_content(self, adapter: Adapter, digest: str) -> Version | None:
+        """The version (not failed) that holds exactly this content (its content digest), if any: a
+        re-push returns it."""
         return self.session.scalar(
             sa.select(Version).where(
                 Version.adapter_id == adapter.id,
-                Version.source_digest == digest,
+                Version.content_digest == digest,
                 Version.status != VersionStatus.FAILED.value,
             )
         )
