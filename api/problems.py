@@ -49,6 +49,7 @@ STATUS: dict[str, int] = {
     errors.AdapterTooLarge.code: 413,
     errors.AdapterConflict.code: 409,
     errors.VersionNotReady.code: 409,
+    errors.VersionAliased.code: 409,
     errors.AuthenticationRequired.code: 401,
     errors.InvalidToken.code: 401,
     errors.PermissionDenied.code: 403,

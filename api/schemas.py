@@ -4,7 +4,7 @@ they are: `AdapterView`, `VersionView`, `PushResult`, `AliasResult`, `TokenView`
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -63,6 +63,22 @@ class YankRequest(BaseModel):
     reason: str | None = Field(default=None, max_length=limits.MAX_YANK_REASON_LENGTH)
 
 
+class RetentionRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep: int = Field(ge=1, le=1_000_000, description="How many of the newest versions to keep.")
+    save: bool = Field(
+        default=False, description="Also make it the adapter's setting, applied after each push."
+    )
+
+
+class LabelsUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    set: dict[str, str] = Field(default_factory=dict, max_length=limits.MAX_LABELS)
+    remove: list[str] = Field(default_factory=list, max_length=limits.MAX_LABELS)
+
+
 class TokenRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,8 +114,16 @@ class PushMetadata(BaseModel):
     )
     params: dict[str, Any] = Field(default_factory=dict)
     on_gate_fail: Literal["raw", "reject"] = "raw"
+    labels: dict[str, str] = Field(default_factory=dict, max_length=limits.MAX_LABELS)
+    base_model_revision: str | None = Field(default=None, max_length=limits.MAX_REVISION_LENGTH)
     config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")
     weights_sha256: str = Field(pattern=DIGEST, description="sha256 of the `weights` part.")
+    files: dict[str, Annotated[str, Field(pattern=DIGEST)]] = Field(
+        default_factory=dict,
+        max_length=limits.MAX_FOLDER_FILES,
+        description="The `file` parts: file name -> sha256 (README.md, tokenizer files, "
+        "new_embeddings.safetensors).",
+    )
     source: str | None = Field(
         default=None,
         max_length=limits.MAX_SOURCE_LABEL_LENGTH,

@@ -89,6 +89,21 @@ def describe(report) -> str:
     help="fast: structured, O(n log n); dense: the paper's uniform matrices.",
 )
 @click.option(
+    "--code",
+    type=click.Choice(["auto", "transform", "rows"]),
+    default="auto",
+    show_default=True,
+    help="transform: SVD gauge, full-size bases, one entropy-coded step; rows: per-row subspaces "
+    "and formats; auto: transform for the weight fit, rows for the activation fit and distillation.",
+)
+@click.option(
+    "--extras",
+    type=click.Choice(["exact", "fp16"]),
+    default="fp16",
+    show_default=True,
+    help="Tensors NOLA does not model (modules_to_save heads): fp32 ones at fp16, or exact.",
+)
+@click.option(
     "--fit",
     type=click.Choice(["auto", "weight", "activation", "distill"]),
     default="auto",
@@ -156,6 +171,8 @@ def compress(
     no_gate: bool,
     bits: str,
     basis: str,
+    code: str,
+    extras: str,
     fit: str,
     calibration: Path | None,
     base_model: Path | None,
@@ -186,6 +203,7 @@ def compress(
       adapters compress ./my-lora -o my-lora.nola
       adapters compress ./my-lora -o my-lora.nola --base-model ./llama --calibration texts.txt
       adapters compress ./my-lora -o my-lora.nola --ratio 20 --no-gate     # exactly 20x, unjudged
+      adapters compress ./my-lora -o my-lora.nola --extras exact           # the head exactly
     """
     from adapters.compress.distill import DistillConfig
     from adapters.compress.gate import Gate
@@ -195,7 +213,9 @@ def compress(
     if output.exists() and not force:
         raise click.ClickException(f"{output} exists (use --force to overwrite)")
     try:
-        config = NolaConfig(ratio=ratio, bits=bits, basis=basis, fit=fit, seed=seed, device=device)
+        config = NolaConfig(
+            ratio=ratio, bits=bits, basis=basis, code=code, extras=extras, fit=fit, seed=seed, device=device
+        )
         distill = DistillConfig(steps=steps, max_seconds=distill_seconds, hidden_weight=hidden_weight)
         gate = None
         if not no_gate:

@@ -12,7 +12,7 @@ from .fidelity import fidelity_lines
 
 
 def _summary(path: Path) -> dict:
-    from adapters.compress.artifact import HEADER_KEY, decode_header
+    from adapters.compress.artifact import CONFIG_FIELD, HEADER_KEY, decode_header
     from adapters.compress.codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
     from adapters.compress.errors import InvalidArtifact
     from adapters.compress.stfile import read_metadata
@@ -29,6 +29,8 @@ def _summary(path: Path) -> dict:
     }
     if HEADER_KEY in metadata:
         out["nola"] = decode_header(metadata[HEADER_KEY])
+        if CONFIG_KEY not in metadata:  # the transform layout keeps it in its header
+            out["peft_config"] = json.loads(out["nola"].pop(CONFIG_FIELD, "{}"))
     return out
 
 
@@ -52,9 +54,15 @@ def inspect(app: AppContext, artifact: Path) -> None:
         if not nola:
             return
         gen, fid = nola["generator"], nola.get("fidelity", {})
+        transform = nola.get("layout") == "transform"
+        coding = (
+            f"transform code, step {nola['code']['step']:.4g}, {nola['code']['bytes']} bytes"
+            if transform
+            else f"group size {nola['group_size']}"
+        )
         click.echo(
             f"generator {gen['name']} v{gen['version']} seed {gen['seed']} fingerprint {gen['fingerprint']}; "
-            f"basis {nola['basis']}, fit {nola['fit']}, group size {nola['group_size']}"
+            f"basis {nola['basis']}, fit {nola['fit']}, {coding}"
         )
         worst = fid.get("weight_rel_error_max", 0)
         line = f"weight error {fid.get('weight_rel_error', 0):.4f} (worst {worst:.4f})"
@@ -74,6 +82,14 @@ def inspect(app: AppContext, artifact: Path) -> None:
             dropped = len(entry["k"]) - len(kept)
             return f"{span} {formats}" + (f" ({dropped} dropped)" if dropped else "")
 
+        if transform:  # modules coded as one stream: shapes and errors, no per-row sizes
+            errors = nola.get("errors") or [None] * len(nola["modules"])
+            rows = [
+                [m[0], m[1], f"{m[2]}x{m[3]}", f"{e:.4f}" if e is not None else None]
+                for m, e in zip(nola["modules"], errors)
+            ]
+            echo_table(["module", "r", "in x out", "weight err"], rows)
+            return
         rows = []
         for m in nola["modules"]:
             nbytes = m["A"]["codes"][1] + m["B"]["codes"][1] + 2 * (m["A"]["scales"][1] + m["B"]["scales"][1])

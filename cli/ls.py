@@ -22,6 +22,7 @@ from .context import AppContext, echo_table, json_option, pass_app
     type=click.Choice(ENGINES),
     help="Only adapters whose latest version this engine loads (--max-rank: its --max-lora-rank).",
 )
+@click.option("--label", "labels", multiple=True, help="Only adapters with a version labelled key=value.")
 @json_option
 @pass_app
 def ls(
@@ -34,6 +35,7 @@ def ls(
     no_dora: bool,
     no_modules_to_save: bool,
     engine: str | None,
+    labels: tuple[str, ...],
 ) -> None:
     """List adapters with their latest version, aliases and tags.
 
@@ -44,7 +46,10 @@ def ls(
     Examples:
       adapters ls --task support --base-model meta-llama/Llama-3.1-8B
       adapters ls --engine vllm --max-rank 64
+      adapters ls --label dataset=tickets-v3
     """
+    from adapters.registry.labels import parse_pairs
+
     compat = CompatFilter(
         max_rank=max_rank, no_dora=no_dora, no_modules_to_save=no_modules_to_save, engine=engine
     )
@@ -54,6 +59,7 @@ def ls(
         base_model=base_model,
         tag=tag,
         compat=compat if compat.active else None,
+        labels=parse_pairs(labels) or None,
     )
 
     def human() -> None:

@@ -64,6 +64,8 @@ def show(app: AppContext, ref: str) -> None:
             click.echo(f"description {a.description}")
         click.echo(f"tags        {', '.join(a.tags) or '-'}")
         click.echo(f"aliases     {', '.join(f'{k} -> {n}' for k, n in a.aliases.items()) or '-'}")
+        if a.keep_versions is not None:
+            click.echo(f"retention   the newest {a.keep_versions} versions, and aliased ones, after pushes")
         if v is not None:
             click.echo("")
             yanked = f" (yanked: {v.yank_reason or 'no reason given'})" if v.yanked else ""
@@ -76,6 +78,11 @@ def show(app: AppContext, ref: str) -> None:
             click.echo(f"codec       {v.codec or '-'} {params}".rstrip())
             click.echo(f"source      {short_digest(v.source_digest)}  {human_size(v.source_size)}")
             click.echo(f"artifact    {short_digest(v.artifact_digest)}  {human_size(v.artifact_size)}")
+            if v.files:  # README, tokenizer, ...: stored as pushed
+                names = ", ".join(f["name"] for f in v.files)
+                size = human_size(sum(f["size"] for f in v.files))
+                click.echo(f"files       {names}  {size}")
+                click.echo(f"content     {short_digest(v.content_digest)}")
             for label, line in fidelity_lines(v.fidelity or {}):
                 click.echo(f"{label:<11} {line}")
             config = v.peft_config
@@ -87,6 +94,10 @@ def show(app: AppContext, ref: str) -> None:
             )
             for label, line in facts_lines(v.compat):
                 click.echo(f"{label:<11} {line}")
+            if v.base_model_revision:
+                click.echo(f"base rev    {v.base_model_revision}")
+            if v.labels:
+                click.echo(f"labels      {', '.join(f'{k}={x}' for k, x in v.labels.items())}")
             click.echo(f"created     {v.created_at:%Y-%m-%d %H:%M:%S} by {v.created_by or '-'}")
         click.echo("")
         echo_table(

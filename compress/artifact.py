@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import philox, stfile
+from . import philox, stfile, transform
 from .bases import FAMILIES, basis_key, make_basis
 from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
@@ -36,11 +36,14 @@ from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
-FORMAT_VERSION = 1
+# Version 2 added the transform layout (transform.py); version 1 files (rows layout) still read.
+FORMAT_VERSION = 2
+READ_VERSIONS = (1, 2)
 HEADER_KEY = "nola.header"
 CHECKSUM_KEY = "nola.checksum"
 CODES_KEY = "nola.codes"
 SCALES_KEY = "nola.scales"
+CONFIG_FIELD = "peft_config"  # the header field holding the PEFT config (transform layout)
 LAYOUT = "rows"
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
@@ -128,12 +131,14 @@ def pack(
 
 
 def serialize(config: dict[str, Any], header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> bytes:
-    metadata = {
-        FORMAT_KEY: FORMAT,
-        VERSION_KEY: str(FORMAT_VERSION),
-        CONFIG_KEY: config_json(config),
-        HEADER_KEY: encode_header(header),
-    }
+    """The artifact file. The transform layout keeps the PEFT config inside the compressed header (as
+    its canonical JSON text) rather than as plain metadata: on a small adapter it is a tenth of the file."""
+    metadata = {FORMAT_KEY: FORMAT, VERSION_KEY: str(FORMAT_VERSION)}
+    if header.get("layout") == transform.LAYOUT:
+        header = {**header, CONFIG_FIELD: config_json(config)}
+    else:
+        metadata[CONFIG_KEY] = config_json(config)
+    metadata[HEADER_KEY] = encode_header(header)
     metadata[CHECKSUM_KEY] = checksum(tensors, metadata)
     return stfile.dumps(tensors, metadata)
 
@@ -143,7 +148,19 @@ def annotate(data: bytes, fields: dict[str, Any]) -> bytes:
     the same tensors, a new checksum."""
     tensors, metadata = stfile.loads(data)
     header = decode_header(metadata[HEADER_KEY]) | fields
-    return serialize(json.loads(metadata[CONFIG_KEY]), header, tensors)
+    return serialize(json.loads(config_text(metadata)), header, tensors)
+
+
+def config_text(metadata: dict[str, str]) -> str:
+    """The PEFT config's JSON text: plain metadata, or inside the header (transform layout)."""
+    if CONFIG_KEY in metadata:
+        return metadata[CONFIG_KEY]
+    if HEADER_KEY not in metadata:
+        raise InvalidArtifact("corrupt: the artifact has no NOLA header")
+    text = decode_header(metadata[HEADER_KEY]).get(CONFIG_FIELD)
+    if not isinstance(text, str):
+        raise InvalidArtifact("corrupt: the artifact carries no PEFT config")
+    return text
 
 
 def decode(tensors: dict[str, torch.Tensor], metadata: dict[str, str], device: torch.device):
@@ -159,20 +176,45 @@ def decode_tensors(
     header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
+    seed = _check_generator(header, device)
+    if header.get("layout") == transform.LAYOUT:
+        out = _decode_transform(header, tensors, seed, device)
+    else:
+        out = _decode_rows(header, tensors, seed, device)
+    widened = header.get("fp16_extras", [])
+    if not isinstance(widened, list) or any(not isinstance(k, str) or k not in out for k in widened):
+        raise InvalidArtifact("corrupt: the fp16 tensors the header lists are not in the artifact")
+    for key in widened:
+        if out[key].dtype != torch.float16:
+            raise InvalidArtifact(f"corrupt: {key} is listed as fp16 but is stored as {out[key].dtype}")
+        out[key] = out[key].float()
+    return out
+
+
+def store_extras(
+    extras: dict[str, torch.Tensor], precision: str
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Tensors NOLA does not model, as stored: exact, or fp32 ones as fp16 with `precision` fp16
+    (where fp16 holds their range); returns them and the keys a reader widens back to fp32."""
+    if precision == "exact":
+        return dict(extras), []
+    stored, widened = {}, []
+    for key, value in extras.items():
+        fits = value.dtype == torch.float32 and bool(value.abs().max() < 60000) if value.numel() else False
+        stored[key] = value.half() if fits else value
+        if fits:
+            widened.append(key)
+    return stored, sorted(widened)
+
+
+def _decode_rows(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
     try:
-        generator = header["generator"]
         family, layout, group_size = header["basis"], header["layout"], int(header["group_size"])
         records = header["modules"]
-        seed = int(generator["seed"])
     except (KeyError, TypeError, ValueError):
         raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
-    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
-        raise InvalidArtifact(
-            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
-            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
-        )
-    if generator.get("fingerprint") != philox.fingerprint(seed, device):
-        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
     if layout != LAYOUT or family not in FAMILIES:
         raise InvalidArtifact(f"unsupported basis {family!r} / layout {layout!r}")
     codes, scales = tensors.get(CODES_KEY), tensors.get(SCALES_KEY)
@@ -195,6 +237,78 @@ def decode_tensors(
                     out[record.get("b_key", key_b)] = b.T.to(_DTYPES[record["dtype_b"]]).contiguous().cpu()
     except (KeyError, TypeError, ValueError) as exc:
         raise InvalidArtifact(f"corrupt module record: {exc}") from None
+    return out
+
+
+def _check_generator(header: dict[str, Any], device: torch.device) -> int:
+    """The seed, once the generator named in the header is this build's and gives the same numbers here."""
+    try:
+        generator = header["generator"]
+        seed = int(generator["seed"])
+    except (KeyError, TypeError, ValueError):
+        raise InvalidArtifact("corrupt: the NOLA header lacks required fields") from None
+    if (generator.get("name"), generator.get("version")) != (philox.GENERATOR, philox.GENERATOR_VERSION):
+        raise InvalidArtifact(
+            f"artifact made with generator {generator.get('name')} v{generator.get('version')}; "
+            f"this build has {philox.GENERATOR} v{philox.GENERATOR_VERSION}"
+        )
+    if generator.get("fingerprint") != philox.fingerprint(seed, device):
+        raise InvalidArtifact("generator fingerprint mismatch: the bases would not be the ones fitted")
+    return seed
+
+
+def transform_records(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> list[list[Any]]:
+    """The transform layout's module list: [module, rank, in, out, dtype A, dtype B, scale] (+ keys
+    when they are not PEFT's default ones)."""
+    records = []
+    for p in pairs:
+        record = [
+            p.module,
+            p.rank,
+            p.in_features,
+            p.out_features,
+            _DTYPE_NAMES[checkpoint.tensors[p.a_key].dtype],
+            _DTYPE_NAMES[checkpoint.tensors[p.b_key].dtype],
+            p.scale,
+        ]
+        if (p.a_key, p.b_key) != default_keys(p.module):
+            record += [p.a_key, p.b_key]
+        records.append(record)
+    return records
+
+
+def _decode_transform(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    try:
+        code = header["code"]
+        step, bound = float(code["step"]), int(code["bound"])
+        pairs, dtypes = [], []
+        for record in header["modules"]:
+            module, rank, n_in, n_out, dtype_a, dtype_b, scale = record[:7]
+            key_a, key_b = record[7:9] if len(record) > 7 else default_keys(module)
+            pairs.append(
+                LoraPair(module, key_a, key_b, "linear", int(rank), int(n_in), int(n_out), float(scale))
+            )
+            dtypes.append((_DTYPES[dtype_a], _DTYPES[dtype_b]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidArtifact(f"corrupt: the transform header is unreadable ({exc})") from None
+    codes = tensors.get(CODES_KEY)
+    if codes is None or codes.dtype != torch.uint8 or SCALES_KEY in tensors:
+        raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
+    if codes.numel() != code.get("bytes"):
+        raise InvalidArtifact("corrupt: the coefficient stream is not the length the header records")
+    try:
+        factors, digest = transform.decode(
+            pairs, [p.scale for p in pairs], step, bound, codes.numpy().tobytes(), seed, device
+        )
+    except (ValueError, RuntimeError) as exc:
+        raise InvalidArtifact(f"corrupt: {exc}") from None
+    if digest != header.get("digest"):
+        raise InvalidArtifact("basis digest mismatch (generator or module list differ)")
+    out = {k: v for k, v in tensors.items() if k != CODES_KEY}
+    for pair, (a, b), (dtype_a, dtype_b) in zip(pairs, factors, dtypes):
+        out[pair.a_key], out[pair.b_key] = a.to(dtype_a), b.to(dtype_b)
     return out
 
 

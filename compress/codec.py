@@ -162,13 +162,16 @@ def decode_artifact(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
         raise InvalidArtifact(f"not an adapter artifact: no {FORMAT_KEY} in its metadata")
     cls = codec_class(name)
     version = metadata.get(VERSION_KEY)
-    if version != str(cls.format_version):
+    readable = getattr(cls, "read_versions", (cls.format_version,))
+    if version not in {str(v) for v in readable}:
         raise InvalidArtifact(
-            f"unsupported {name} artifact version {version!r} (this build reads {cls.format_version})"
+            f"unsupported {name} artifact version {version!r} "
+            f"(this build reads {', '.join(str(v) for v in readable)})"
         )
     try:
-        config = strict_json.loads(metadata[CONFIG_KEY])
-    except (KeyError, strict_json.JSONRefused):
+        text = metadata[CONFIG_KEY] if CONFIG_KEY in metadata else cls.config_text(metadata)
+        config = strict_json.loads(text)
+    except (KeyError, AttributeError, strict_json.JSONRefused):
         raise InvalidArtifact("corrupt: the artifact carries no readable PEFT config") from None
     peft_tensors = cls().decode(tensors, metadata, config)
     try:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from . import artifact, philox
+from . import artifact, philox, transform
 from .allocate import Candidate, allocate, k_grid, pareto
 from .bases import FAMILIES, FastBasis, basis_key, make_basis
 from .codec import (
@@ -32,8 +32,10 @@ from .fit import BasisMetric, ColumnMetric, balance, fit_group, subspace_fit, we
 from .peft_io import LoraCheckpoint, LoraPair
 from .quant import BITS, FORMATS, FactorCode, fake_quantize, row_nbytes
 from .stats import InputStats
+from .transform import ModuleCoefficients, TransformCode
 
 FITS = ("auto", "weight", "activation", "distill")
+CODES = ("auto", "transform", "rows")
 WEIGHTINGS = ("absolute", "relative", "balanced")
 
 
@@ -68,6 +70,25 @@ class NolaConfig:
             "relative (each module's relative error counts the same) or balanced (between the two)"
         },
     )
+    code: str = field(
+        default="auto",
+        metadata={
+            "help": "transform (SVD gauge, full-size basis, one step, entropy-coded), rows (per-row "
+            "subspaces and formats), or auto: transform for the weight fit with the fast basis, rows "
+            "where statistics or distillation shape the coefficients, or bits/k_fraction are fixed"
+        },
+    )
+    rounding: float = field(
+        default=0.5,
+        metadata={"help": "transform code: rounding offset (0.5 nearest; less widens the zero bin)"},
+    )
+    extras: str = field(
+        default="fp16",
+        metadata={
+            "help": "tensors NOLA does not model (modules_to_save heads, biases): fp16 (fp32 ones at "
+            "half precision: on the benchmark's classifier, agreement 1.0 with exact factors) or exact"
+        },
+    )
     k_fraction: float | None = field(
         default=None,
         metadata={"help": "fixed k = k_fraction * n for every factor (with fixed bits), no search"},
@@ -92,6 +113,16 @@ class NolaConfig:
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {', '.join(WEIGHTINGS)}, got {self.weighting!r}")
+        if self.code not in CODES:
+            raise ValueError(f"code must be one of {', '.join(CODES)}, got {self.code!r}")
+        if self.extras not in ("exact", "fp16"):
+            raise ValueError(f"extras must be exact or fp16, got {self.extras!r}")
+        if not 0 < self.rounding <= 0.5:
+            raise ValueError(f"rounding must lie in (0, 0.5], got {self.rounding!r}")
+        if self.code == "transform" and (
+            self.basis != "fast" or self.k_fraction is not None or self.bits != "auto"
+        ):
+            raise ValueError("code=transform uses the fast basis at full size (no bits or k_fraction)")
         if self.k_fraction is not None:
             if not 0 < self.k_fraction <= 1:
                 raise ValueError(f"k_fraction must lie in (0, 1], got {self.k_fraction!r}")
@@ -255,6 +286,7 @@ def _module_choices(options: Sequence[tuple], count: int, rank: int):
 class NolaCodec:
     name: ClassVar[str] = artifact.FORMAT
     format_version: ClassVar[int] = artifact.FORMAT_VERSION
+    read_versions: ClassVar[tuple[int, ...]] = artifact.READ_VERSIONS
 
     def __init__(
         self,
@@ -336,6 +368,11 @@ class NolaCodec:
     ) -> dict[str, torch.Tensor]:
         return artifact.decode(tensors, metadata, resolve_device("auto"))
 
+    @staticmethod
+    def config_text(metadata: dict[str, str]) -> str:
+        """The PEFT config's JSON text, where the artifact has it (see artifact.serialize)."""
+        return artifact.config_text(metadata)
+
 
 @dataclass
 class ModuleFit:
@@ -356,6 +393,7 @@ class NolaFit:
     stats: dict[str, InputStats]
     lora_bytes: int
     notes: dict[str, Any] = field(default_factory=dict)  # reported with the fidelity (e.g. distillation)
+    transform: TransformCode | None = None  # the transform code (modules then stays empty)
 
 
 def lora_pairs(checkpoint: LoraCheckpoint) -> list[LoraPair]:
@@ -375,6 +413,7 @@ class Prepared:
     stats: dict[str, InputStats]
     lora_bytes: int  # the modelled factors' bytes in the source
     device: torch.device
+    transform: list[ModuleCoefficients] | None = None  # the transform code's coefficients
 
 
 def prepare(
@@ -390,12 +429,19 @@ def prepare(
     stats = {p.module: stats[p.module] for p in pairs if use_stats and stats and p.module in stats}
     if cfg.fit == "activation" and not stats:
         raise CompressError("fit=activation needs input statistics for the adapter's modules")
-    batches = list(_batches(checkpoint, pairs, stats, device))
     lora_bytes = sum(
         checkpoint.tensors[k].numel() * checkpoint.tensors[k].element_size()
         for p in pairs
         for k in (p.a_key, p.b_key)
     )
+    if uses_transform(cfg, stats):
+        if cfg.fit == "activation":
+            raise CompressError("code=transform codes delta-W itself: use fit=weight or code=rows")
+        coefficients = transform.coefficients(checkpoint, pairs, cfg.seed, device)
+        if progress:
+            progress(1, 1)
+        return Prepared(checkpoint, cfg, [], [], {}, lora_bytes, device, coefficients)
+    batches = list(_batches(checkpoint, pairs, stats, device))
     units: list[list[Candidate]] = []
     for done, batch in enumerate(batches, 1):
         units.extend(
@@ -406,9 +452,24 @@ def prepare(
     return Prepared(checkpoint, cfg, batches, units, stats, lora_bytes, device)
 
 
+def uses_transform(cfg: NolaConfig, stats: dict[str, InputStats] | None) -> bool:
+    """Whether `cfg` codes with the transform code: asked for, or auto for a weight fit."""
+    if cfg.code != "auto":
+        return cfg.code == "transform"
+    if cfg.k_fraction is not None or cfg.basis != "fast" or cfg.bits != "auto":
+        return False
+    return cfg.fit == "weight" or (cfg.fit == "auto" and not stats)
+
+
 def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None) -> NolaFit:
     """Choose (k, format) per factor within `budget` coefficient bytes and fit every module."""
     cfg, device = prepared.config, prepared.device
+    if prepared.transform is not None:
+        gamma = transform.GAMMAS[cfg.weighting]
+        code = transform.fit_step(prepared.transform, max(0, int(budget)), cfg.rounding, gamma)
+        if progress:
+            progress(1, 1)
+        return NolaFit(cfg, [], "weight", {}, prepared.lora_bytes, transform=code)
     chosen = allocate(prepared.units, max(0, int(budget)))
     modules: list[ModuleFit] = []
     offset = 0
@@ -449,6 +510,8 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
     """The artifact for fitted coefficients, with fidelity measured on what a reader rebuilds."""
     cfg = fitted.config
     device = resolve_device(cfg.device)
+    if fitted.transform is not None:
+        return _encode_transform(checkpoint, fitted, device)
     stored = [(m.pair, m.stored_a, m.stored_b) for m in fitted.modules]
     digests = artifact.basis_digests(stored, cfg.basis, cfg.seed, device)
     records, codes, scales = artifact.pack(checkpoint, stored, digests)
@@ -469,7 +532,11 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         "modules": records,
     }
     pairs = [m.pair for m in fitted.modules]
-    extras = {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}
+    extras, widened = artifact.store_extras(
+        {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}, cfg.extras
+    )
+    if widened:
+        header["fp16_extras"] = widened
     tensors = {artifact.CODES_KEY: codes, artifact.SCALES_KEY: scales, **extras}
     decoded = artifact.decode_tensors(header, tensors, device)
     fidelity = measure(checkpoint, decoded, pairs, fitted.stats)
@@ -491,6 +558,83 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         lora_bytes=fitted.lora_bytes,
         coefficient_bytes=coefficient_bytes,
         lora_ratio=round(fitted.lora_bytes / coefficient_bytes, 3) if coefficient_bytes else None,
+        **fitted.notes,
+    )
+    report = CompressionReport(
+        codec=NolaCodec.name,
+        source_bytes=len(source),
+        artifact_bytes=len(data),
+        params=params,
+        fidelity=fidelity,
+    )
+    return data, report
+
+
+def _generator(seed: int, device: torch.device) -> dict[str, Any]:
+    return {
+        "name": philox.GENERATOR,
+        "version": philox.GENERATOR_VERSION,
+        "seed": seed,
+        "fingerprint": philox.fingerprint(seed, device),
+    }
+
+
+def _encode_transform(
+    checkpoint: LoraCheckpoint, fitted: NolaFit, device: torch.device
+) -> tuple[bytes, CompressionReport]:
+    """The transform layout: the header lists modules (no per-row sizes or formats), one digest
+    stands for every basis, and the codes tensor holds the whole coefficient stream."""
+    cfg, code = fitted.config, fitted.transform
+    assert code is not None
+    pairs = lora_pairs(checkpoint)
+    source = canonical_bytes(checkpoint)
+    header: dict[str, Any] = {
+        "generator": _generator(cfg.seed, device),
+        "basis": "fast",
+        "layout": transform.LAYOUT,
+        "code": {
+            "step": code.step,
+            "bound": code.bound,
+            "bytes": code.nbytes,
+            "model": "quantized-gaussian",
+        },
+        "source_digest": hashlib.sha256(source).hexdigest(),
+        "params": asdict(cfg),
+        "fit": fitted.method,
+        "modules": artifact.transform_records(checkpoint, pairs),
+    }
+    extras, widened = artifact.store_extras(
+        {k: checkpoint.tensors[k] for k in _lossless_keys(checkpoint, pairs)}, cfg.extras
+    )
+    if widened:
+        header["fp16_extras"] = widened
+    codes = (
+        torch.frombuffer(bytearray(code.codes), dtype=torch.uint8)
+        if code.codes
+        else torch.empty(0, dtype=torch.uint8)
+    )
+    tensors = {artifact.CODES_KEY: codes, **extras}
+    header["digest"] = transform.bases_digest(pairs, cfg.seed, device)
+    decoded = artifact.decode_tensors(header, tensors, device)
+    fidelity = measure(checkpoint, decoded, pairs, fitted.stats)
+    header["fidelity"] = {k: v for k, v in fidelity.items() if k != "modules"}
+    header["errors"] = [m["weight"] for m in fidelity["modules"]]
+    data = artifact.serialize(checkpoint.config, header, tensors)
+    kept = transform.kept_coefficients(pairs, code)
+    params = {
+        **asdict(cfg),
+        "fit": fitted.method,
+        "layout": transform.LAYOUT,
+        "bits_per_coefficient": round(8 * code.nbytes / kept, 3) if kept else 0.0,
+        "coefficients": kept,
+        "components": code.components,
+    }
+    fidelity.update(
+        lossless_tensors=len(extras),
+        lossless_bytes=sum(t.numel() * t.element_size() for t in extras.values()),
+        lora_bytes=fitted.lora_bytes,
+        coefficient_bytes=code.nbytes,
+        lora_ratio=round(fitted.lora_bytes / code.nbytes, 3) if code.nbytes else None,
         **fitted.notes,
     )
     report = CompressionReport(

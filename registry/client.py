@@ -27,6 +27,8 @@ from .codecs import CodecEnvironment
 from .db import Database
 from .engines import CompatFilter
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
+from .folder_files import StoredFile
+from .lifecycle_client import LifecycleMethods
 from .metrics import JobMetrics
 from .models import Version
 from .progress import Reporter
@@ -182,7 +184,7 @@ def import_codec_modules(modules: list[str]) -> None:
         importlib.import_module(module)
 
 
-class LocalRegistry:
+class LocalRegistry(LifecycleMethods):
     def __init__(
         self,
         database: Database,
@@ -368,6 +370,8 @@ class LocalRegistry:
         process: bool | None = None,
         reporter: Reporter | None = None,
         label: str | None = None,
+        labels: dict[str, str] | None = None,
+        base_model_revision: str | None = None,
     ) -> PushResult:
         """Push a PEFT directory stored with `codec` (default: the registry's, nola unless configured
         otherwise); with `process` (default: the registry's inline setting) compress it right away,
@@ -385,6 +389,8 @@ class LocalRegistry:
             on_gate_fail=on_gate_fail,
             created_by=created_by,
             label=label,
+            labels=dict(labels or {}),
+            base_model_revision=base_model_revision,
         )
         self._ready()
         import_codec_modules(self.codec_modules)
@@ -399,6 +405,8 @@ class LocalRegistry:
             # Left for workers: its job is deferred with the version (the queue is PostgreSQL's).
             enqueue=jobs.defer_in if not compress and self.db.dialect == "postgresql" else None,
         )
+        if pushed.created:
+            self._retain_after_push(request.name)
         resumed = False
         if pushed.created and compress:
             self._process(pushed.version_id, reporter)
@@ -468,18 +476,22 @@ class LocalRegistry:
             version = service.resolve(session, ref)
             return version.id if version.status in QUEUED else None
 
-    def set_alias(self, target: str | Ref, alias: str, *, by: str | None = None) -> AliasResult:
+    def set_alias(
+        self, target: str | Ref, alias: str, *, by: str | None = None, admin: bool = True
+    ) -> AliasResult:
         self._ready()
         with self.db.transaction() as session:
-            version, previous = service.set_alias(session, target, alias, by=by)
+            version, previous = service.set_alias(session, target, alias, by=by, admin=admin)
             return AliasResult(
                 adapter=version.adapter.full_name, alias=alias, version=version.number, previous=previous
             )
 
-    def remove_alias(self, name: str | AdapterName, alias: str) -> AliasResult:
+    def remove_alias(
+        self, name: str | AdapterName, alias: str, *, by: str | None = None, admin: bool = True
+    ) -> AliasResult:
         self._ready()
         with self.db.transaction() as session:
-            previous = service.remove_alias(session, name, alias)
+            previous = service.remove_alias(session, name, alias, by=by or self.principal.name, admin=admin)
             return AliasResult(adapter=str(name), alias=alias, version=None, previous=previous)
 
     def yank(self, ref: str | Ref, reason: str | None = None) -> VersionView:
@@ -543,9 +555,11 @@ class LocalRegistry:
         after: str | AdapterName | None = None,
         limit: int | None = None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[AdapterView]:
         """Adapters matching every filter, in name order; with `limit`, one page (names after `after`).
-        `compat` filters on the compatibility facts of each adapter's latest version."""
+        `compat` filters on the compatibility facts of each adapter's latest version, `labels` keeps
+        adapters with a version that carries all of them."""
         self._ready()
         if isinstance(after, str):
             after = AdapterName.parse(after)
@@ -559,6 +573,7 @@ class LocalRegistry:
                 after=after,
                 limit=limit,
                 compat=compat,
+                labels=labels,
             )
             return [adapter_view(summary) for summary in found]
 
@@ -578,8 +593,8 @@ class LocalRegistry:
             return self._views(session, service.list_versions(session, name, after=after, limit=limit))
 
     def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
-        """A ready version and its reconstructed PEFT files, open (served from the cache when there).
-        Close the files when done."""
+        """A ready version and its files, open: the reconstructed PEFT files (served from the cache when
+        there) and the others it stores. Close the files when done."""
         version = self._ready_version(ref)
         assert version.artifact_digest is not None and version.artifact_size is not None
         files = service.materialize(
@@ -588,6 +603,8 @@ class LocalRegistry:
             label=version.ref,
             cache=self.cache,
         )
+        for record in version.files:  # README, tokenizer, ...: straight from the blob store
+            files.files[record["name"]] = StoredFile(self.storage, record)  # type: ignore[assignment]
         return version, files
 
     def artifact(self, ref: str | Ref) -> tuple[VersionView, Iterator[bytes]]:

@@ -40,7 +40,8 @@ class AliasNotFound(NotFound):
 
 
 class FileNotFound(NotFound):
-    """A version has no file of that name (it holds adapter_config.json and adapter_model.safetensors)."""
+    """A version has no file of that name (it holds adapter_config.json, adapter_model.safetensors and
+    the other files it was pushed with)."""
 
     code = "file-not-found"
 
@@ -157,6 +158,18 @@ class PermissionDenied(RegistryError):
     """The token's scope or namespace does not cover the operation."""
 
     code = "forbidden"
+
+
+class AliasProtected(PermissionDenied):
+    """A protected alias, which only an admin may move or remove."""
+
+    code = "alias-protected"
+
+
+class VersionAliased(RegistryError):
+    """A version an alias points to, which is not deleted unless forced (the aliases go with it)."""
+
+    code = "version-aliased"
 
 
 class DigestMismatch(RegistryError):

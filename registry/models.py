@@ -14,7 +14,13 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from .db import Base, JSONType, UTCDateTime
-from .limits import MAX_BASE_MODEL_BYTES
+from .limits import (
+    LABEL_KEY_REGEX,
+    MAX_BASE_MODEL_BYTES,
+    MAX_LABEL_KEY_LENGTH,
+    MAX_LABEL_VALUE_LENGTH,
+    MAX_REVISION_LENGTH,
+)
 from .refs import DIGEST_REGEX, NAME_REGEX
 
 
@@ -52,6 +58,9 @@ class Adapter(Base):
     description: Mapped[str | None] = mapped_column(sa.Text)
     # The highest version number handed out; bumped with UPDATE ... RETURNING, which serializes pushes.
     last_version: Mapped[int] = mapped_column(server_default=sa.text("0"))
+    # Retention (lifecycle.py): after each push, versions beyond the newest N are deleted (never an
+    # aliased or queued one); None keeps every version.
+    keep_versions: Mapped[int | None] = mapped_column()
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
 
@@ -66,6 +75,7 @@ class Adapter(Base):
         sa.CheckConstraint(_matches("task", NAME_REGEX), name="task_format"),
         sa.CheckConstraint("base_model IS NULL OR length(base_model) > 0", name="base_model_not_empty"),
         sa.CheckConstraint("last_version >= 0", name="last_version_not_negative"),
+        sa.CheckConstraint("keep_versions IS NULL OR keep_versions >= 1", name="keep_versions_positive"),
         # Lookups by task or base model, paged in name order, read one index range.
         sa.Index("ix_adapters_task_namespace_name", "task", "namespace", "name"),
         sa.Index("ix_adapters_base_model_namespace_name", "base_model", "namespace", "name"),
@@ -97,6 +107,10 @@ class Blob(Base):
     sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     size: Mapped[int] = mapped_column(sa.BigInteger)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+    # When a deleted version last let go of it: garbage collection's grace period counts from here
+    # (from `created_at` for blobs never released), so a blob is collected only once nothing has
+    # referenced it for the whole grace period.
+    released_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (
         sa.CheckConstraint(_matches("sha256", DIGEST_REGEX), name="sha256_format"),
@@ -114,6 +128,11 @@ class Version(Base):
     # The canonical raw serialization of the adapter as pushed (compress.codec.canonical_bytes).
     source_digest: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"))
     source_size: Mapped[int] = mapped_column(sa.BigInteger)
+    # What makes a version's identity: the source's digest when the version holds no other files, else
+    # the sha256 of the source's digest and the other files' names and digests (folder_files.py).
+    content_digest: Mapped[str] = mapped_column(
+        sa.String(64), default=lambda context: context.get_current_parameters()["source_digest"]
+    )
     # What the push asked for:
     # {"codec": ..., "params": {...}, "on_gate_fail": "raw" | "reject", "aliases": [...]}
     requested: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -143,8 +162,17 @@ class Version(Base):
     # The base model the requested codec would use (None for codecs that use none): a live worker
     # that holds it gets the job; without one, any worker takes it after a wait (see workers.py).
     wants_base_model: Mapped[str | None] = mapped_column(sa.String(MAX_BASE_MODEL_BYTES))
+    # The revision (commit, tag or branch) of the base model the adapter was trained on.
+    base_model_revision: Mapped[str | None] = mapped_column(sa.String(MAX_REVISION_LENGTH))
 
     adapter: Mapped[Adapter] = relationship(lazy="joined", innerjoin=True)
+    label_rows: Mapped[list[VersionLabel]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="VersionLabel.key", lazy="selectin"
+    )
+    # The files beside the LoRA weights (README, tokenizer, new embeddings), by name.
+    files: Mapped[list[VersionFile]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="VersionFile.name", lazy="selectin"
+    )
 
     __table_args__ = (
         sa.UniqueConstraint("adapter_id", "number"),
@@ -152,14 +180,15 @@ class Version(Base):
         sa.UniqueConstraint("adapter_id", "id"),
         # Idempotent pushes: one live (not failed) version per content per adapter.
         sa.Index(
-            "uq_versions_adapter_id_source_digest_live",
+            "uq_versions_adapter_id_content_digest_live",
             "adapter_id",
-            "source_digest",
+            "content_digest",
             unique=True,
             postgresql_where=sa.text("status <> 'failed'"),
             sqlite_where=sa.text("status <> 'failed'"),
         ),
         sa.CheckConstraint("number >= 1", name="number_positive"),
+        sa.CheckConstraint(_matches("content_digest", DIGEST_REGEX), name="content_digest_format"),
         sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status_known"),
         sa.CheckConstraint(
             "source_size >= 0 AND (artifact_size IS NULL OR artifact_size >= 0)", name="sizes"
@@ -192,6 +221,47 @@ class Version(Base):
     def ref(self) -> str:
         return f"{self.adapter.full_name}:{self.number}"
 
+    @property
+    def labels(self) -> dict[str, str]:
+        return {row.key: row.value for row in self.label_rows}
+
+
+class VersionLabel(Base):
+    """A free-form key/value label on a version (training run, dataset, metric); see labels.py."""
+
+    __tablename__ = "version_labels"
+
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    key: Mapped[str] = mapped_column(sa.String(MAX_LABEL_KEY_LENGTH), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(MAX_LABEL_VALUE_LENGTH))
+
+    __table_args__ = (
+        sa.CheckConstraint(_matches("key", LABEL_KEY_REGEX), name="key_format"),
+        # Filters look a label up by key and value.
+        sa.Index("ix_version_labels_key_value", "key", "value"),
+    )
+
+
+class VersionFile(Base):
+    """A file a version holds beside its LoRA weights, stored losslessly as a blob (folder_files.py).
+    The foreign key keeps the blob's row (and so its object) as long as a version holds it."""
+
+    __tablename__ = "version_files"
+
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+    __table_args__ = (sa.CheckConstraint("size >= 0", name="size_not_negative"),)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "size": self.size}
+
 
 class Alias(Base):
     """A movable name for one version of an adapter (`latest` is implicit and never stored)."""
@@ -205,6 +275,8 @@ class Alias(Base):
     version_id: Mapped[int] = mapped_column(index=True)
     updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
     updated_by: Mapped[str | None] = mapped_column(sa.String(128))
+    # Only admins move or remove a protected alias (lifecycle.py).
+    protected: Mapped[bool] = mapped_column(server_default=sa.false())
 
     version: Mapped[Version] = relationship(
         primaryjoin="Alias.version_id == Version.id", foreign_keys=[version_id], viewonly=True, lazy="joined"
@@ -218,6 +290,28 @@ class Alias(Base):
         ),
         sa.CheckConstraint(_matches("name", NAME_REGEX), name="name_format"),
         sa.CheckConstraint("name <> 'latest'", name="name_not_reserved"),
+    )
+
+
+class AliasEvent(Base):
+    """One change of an alias: who moved it from which version to which, and when. Versions are named
+    by number, which outlives a deleted version; `from_number` is None when the alias was created,
+    `to_number` when it was removed."""
+
+    __tablename__ = "alias_events"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    adapter_id: Mapped[int] = mapped_column(sa.ForeignKey("adapters.id", ondelete="CASCADE"))
+    alias: Mapped[str] = mapped_column(sa.String(64))
+    from_number: Mapped[int | None]
+    to_number: Mapped[int | None]
+    actor: Mapped[str | None] = mapped_column(sa.String(128))
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, server_default=_now())
+
+    __table_args__ = (
+        sa.CheckConstraint("from_number IS NOT NULL OR to_number IS NOT NULL", name="from_or_to"),
+        # History reads one alias (or adapter) newest first.
+        sa.Index("ix_alias_events_adapter_id_alias_id", "adapter_id", "alias", "id"),
     )
 
 

@@ -16,12 +16,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
-from . import limits, transfer
+from . import folder_files, limits, transfer
+from . import labels as version_labels
 from .client_cache import ClientCache
 from .engines import CompatFilter
 from .errors import (
@@ -39,6 +41,7 @@ from .job_views import JobView
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
+from .remote_lifecycle import RemoteLifecycleMethods
 from .schemas import (
     AdapterView,
     AliasResult,
@@ -111,7 +114,7 @@ def _as_name(name: str | AdapterName) -> AdapterName:
     return name if isinstance(name, AdapterName) else AdapterName.parse(name)
 
 
-class RemoteRegistry:
+class RemoteRegistry(RemoteLifecycleMethods):
     def __init__(
         self,
         url: str,
@@ -246,6 +249,8 @@ class RemoteRegistry:
         on_gate_fail: str = "raw",
         created_by: str | None = None,  # the server records the token's name
         reporter: Reporter | None = None,
+        labels: dict[str, str] | None = None,
+        base_model_revision: str | None = None,
     ) -> PushResult:
         """Upload a PEFT directory as the next version of `name` (streamed, with each file's sha256)."""
         reporter = reporter or SilentReporter()
@@ -262,6 +267,8 @@ class RemoteRegistry:
             limits.check_base_model(base_model)
         if description is not None:
             limits.check_text(description, "description", limits.MAX_DESCRIPTION_LENGTH)
+        version_labels.check_labels(labels or {})
+        version_labels.check_revision(base_model_revision)
         folder = Path(path)
         if not folder.is_dir():
             raise InvalidAdapterUpload(f"{path}: not a directory")
@@ -272,6 +279,8 @@ class RemoteRegistry:
         if weights is None:
             raise InvalidAdapterUpload(f"{path}: missing {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]})")
         _check_files(config, weights)
+        # README, tokenizer, ...: names, count and sizes checked here, what they hold by the server.
+        extras = folder_files.collect(folder, str(path), check_content=False)
         metadata = {
             "task": task,
             "base_model": base_model,
@@ -281,21 +290,29 @@ class RemoteRegistry:
             **({"codec": codec} if codec else {}),
             "params": dict(params or {}),
             "on_gate_fail": on_gate_fail,
+            "labels": dict(labels or {}),
+            "base_model_revision": base_model_revision,
             "config_sha256": sha256_file(config)[0],
             "weights_sha256": sha256_file(weights)[0],
             "source": str(path),
+            # Only when there are some: servers from before folders refuse fields they do not know.
+            **({"files": {f.name: f.sha256 for f in extras}} if extras else {}),
         }
-        total = config.stat().st_size + weights.stat().st_size
+        total = config.stat().st_size + weights.stat().st_size + sum(f.size for f in extras)
         with (
             reporter.task("uploading", total=total, unit="bytes") as advance,
             config.open("rb") as config_fh,
             weights.open("rb") as weights_fh,
+            ExitStack() as opened,
         ):
             files = [
                 ("metadata", (None, json.dumps(metadata).encode(), "application/json")),
                 ("config", (CONFIG_FILE, _Counting(config_fh, advance), "application/json")),
                 ("weights", (weights.name, _Counting(weights_fh, advance), "application/octet-stream")),
             ]
+            for extra in extras:
+                fh = opened.enter_context(extra.path.open("rb"))
+                files.append(("file", (extra.name, _Counting(fh, advance), "application/octet-stream")))
             body = self._json("POST", f"{self._adapter_path(adapter)}/versions", files=files)
         return PushResult.model_validate(body)
 
@@ -386,7 +403,8 @@ class RemoteRegistry:
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
-        """Download a version's reconstructed PEFT files into `out_dir` (verified, then moved in)."""
+        """Download a version's files (the reconstructed PEFT files and the others it stores) into
+        `out_dir` (verified, then moved in)."""
         reporter = reporter or SilentReporter()
         parsed = _as_ref(ref)
         version = self.resolve(parsed)
@@ -399,7 +417,9 @@ class RemoteRegistry:
         digests = {}
         with staging_for(out, sweep_after=self.sweep_after) as staging:
             try:
-                for filename in PULLED_FILES:
+                for filename in [*PULLED_FILES, *(f["name"] for f in version.files)]:
+                    if filename not in PULLED_FILES:
+                        folder_files.check_name(filename, version.ref)  # never a path outside `out`
                     url, dest = f"{base}/{filename}", staging / filename
                     digests[filename] = self._fetch(url, dest, reporter, filename)
             except OSError as exc:  # a full disk, a quota, a file size limit
@@ -429,6 +449,7 @@ class RemoteRegistry:
         base_model: str | None = None,
         tag: str | None = None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[AdapterView]:
         for value in (namespace, task, tag):
             if value is not None and not NAME.fullmatch(value):
@@ -436,6 +457,8 @@ class RemoteRegistry:
         if base_model is not None and limits.base_model_problem(base_model) is not None:
             return []  # no adapter can have it
         params: dict[str, Any] = {"namespace": namespace, "task": task, "base_model": base_model, "tag": tag}
+        if labels:
+            params["label"] = [f"{key}:{value}" for key, value in version_labels.check_labels(labels).items()]
         if compat is not None:
             params |= {
                 "max_rank": compat.max_rank,

@@ -120,8 +120,13 @@ class AdapterRepository:
         after: AdapterName | None,
         limit: int | None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> sa.Select[Any]:
         query = query.order_by(Adapter.namespace, Adapter.name)
+        if labels:
+            from .labels import adapters_with
+
+            query = query.where(adapters_with(labels))
         if compat is not None and compat.active:
             query = query.where(_latest_matches(compat))
         if name is not None:
@@ -175,12 +180,11 @@ class AdapterRepository:
         after: AdapterName | None = None,
         limit: int | None = None,
         compat: CompatFilter | None = None,
+        labels: dict[str, str] | None = None,
     ) -> list[dict[str, Any]]:
         """What a listing shows, as plain rows (no ORM objects: listings are the hot path): the
         adapters matching every filter in name order, each with the number of its latest version
-        (newest ready, not yanked), its tags and its aliases, in one query. Versions are never
-        deleted and a rolled-back push gives its number back, so `last_version` is also the number
-        of versions."""
+        (newest ready, not yanked), its number of versions, its tags and its aliases, in one query."""
         postgresql = self.session.get_bind().dialect.name == "postgresql"
         array_agg = sa.func.json_agg if postgresql else sa.func.json_group_array
         object_agg = sa.func.json_object_agg if postgresql else sa.func.json_group_object
@@ -193,6 +197,7 @@ class AdapterRepository:
             )
             .scalar_subquery()
         )
+        count = sa.select(sa.func.count()).where(Version.adapter_id == Adapter.id).scalar_subquery()
         tags = (
             sa.select(array_agg(AdapterTag.tag)).where(AdapterTag.adapter_id == Adapter.id).scalar_subquery()
         )
@@ -209,9 +214,11 @@ class AdapterRepository:
             Adapter.base_model,
             Adapter.description,
             Adapter.last_version,
+            Adapter.keep_versions,
             Adapter.created_at,
             Adapter.updated_at,
             latest.label("latest"),
+            count.label("versions"),
             tags.label("tags"),
             aliases.label("aliases"),
         )
@@ -225,6 +232,7 @@ class AdapterRepository:
             after=after,
             limit=limit,
             compat=compat,
+            labels=labels,
         )
         return [
             dict(row) | {"tags": sorted(_json(row["tags"]) or []), "aliases": _json(row["aliases"]) or {}}
@@ -290,23 +298,29 @@ class VersionRepository:
         )
 
     def by_digest(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version whose source or artifact has this digest (ready ones first, then the newest)."""
+        """The version whose content, source or artifact has this digest (ready ones first, then the
+        newest)."""
         return self.session.scalar(
             sa.select(Version)
             .where(
                 Version.adapter_id == adapter.id,
-                sa.or_(Version.source_digest == digest, Version.artifact_digest == digest),
+                sa.or_(
+                    Version.content_digest == digest,
+                    Version.source_digest == digest,
+                    Version.artifact_digest == digest,
+                ),
             )
             .order_by((Version.status == VersionStatus.READY.value).desc(), Version.number.desc())
             .limit(1)
         )
 
-    def live_by_source(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version (not failed) that holds exactly this content, if any: a re-push returns it."""
+    def live_by_content(self, adapter: Adapter, digest: str) -> Version | None:
+        """The version (not failed) that holds exactly this content (its content digest), if any: a
+        re-push returns it."""
         return self.session.scalar(
             sa.select(Version).where(
                 Version.adapter_id == adapter.id,
-                Version.source_digest == digest,
+                Version.content_digest == digest,
                 Version.status != VersionStatus.FAILED.value,
             )
         )

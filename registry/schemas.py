@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .models import Adapter, Token, Version, VersionStatus, WorkerRecord
 
@@ -73,6 +73,10 @@ class VersionView(View):
     status: str
     source_digest: str
     source_size: int
+    # The version's identity: the source's digest, or with other files (README, tokenizer, ...) a
+    # digest over the source and them (folder_files.content_digest); `files` lists those files.
+    content_digest: str = ""
+    files: list[dict[str, Any]] = []
     artifact_digest: str | None
     artifact_size: int | None
     codec: str | None
@@ -88,6 +92,9 @@ class VersionView(View):
     peft_config: dict[str, Any]
     # Compatibility facts (registry/compat.py); None for versions pushed before they were recorded.
     compat: dict[str, Any] | None = None
+    # Lineage (labels.py): free-form key/value labels, and the base model's revision.
+    labels: dict[str, str] = Field(default_factory=dict)
+    base_model_revision: str | None = None
     created_at: dt.datetime
     created_by: str | None
     processed_at: dt.datetime | None
@@ -97,6 +104,10 @@ class VersionView(View):
     worker: str | None = None
     device: str | None = None
     waiting: WaitingView | None = None
+
+    def model_post_init(self, context: Any) -> None:
+        if not self.content_digest:  # a view from a server (or a cache record) older than folders
+            self.content_digest = self.source_digest
 
     @classmethod
     def of(
@@ -118,6 +129,8 @@ class VersionView(View):
             status=version.status,
             source_digest=version.source_digest,
             source_size=version.source_size,
+            content_digest=version.content_digest or version.source_digest,
+            files=[f.record() for f in version.files],
             artifact_digest=version.artifact_digest,
             artifact_size=version.artifact_size,
             codec=version.codec,
@@ -132,6 +145,8 @@ class VersionView(View):
             aliases=sorted(aliases or []),
             peft_config=version.peft_config,
             compat=version.compat,
+            labels=version.labels,
+            base_model_revision=version.base_model_revision,
             created_at=version.created_at,
             created_by=version.created_by,
             processed_at=version.processed_at,
@@ -153,6 +168,8 @@ class AdapterView(View):
     versions: int
     latest: int | None
     aliases: dict[str, int]
+    # Retention (lifecycle.py): versions kept after each push; None keeps every one.
+    keep_versions: int | None = None
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -170,6 +187,7 @@ class AdapterView(View):
             versions=versions,
             latest=latest,
             aliases=dict(sorted(aliases.items())),
+            keep_versions=adapter.keep_versions,
             created_at=adapter.created_at,
             updated_at=adapter.updated_at,
         )
@@ -184,9 +202,10 @@ def adapter_view(summary: dict[str, Any]) -> AdapterView:
         base_model=summary["base_model"],
         description=summary["description"],
         tags=summary["tags"],
-        versions=summary["last_version"],
+        versions=summary["versions"],
         latest=summary["latest"],
         aliases=dict(sorted(summary["aliases"].items())),
+        keep_versions=summary["keep_versions"],
         created_at=summary["created_at"],
         updated_at=summary["updated_at"],
     )

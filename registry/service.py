@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import limits, queue
+from . import alias_audit, folder_files, gc, labels, limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .compat import facts_of
@@ -43,7 +43,7 @@ from .errors import (
     VersionNotFound,
     VersionNotReady,
 )
-from .models import Adapter, Alias, Version, VersionStatus
+from .models import Adapter, Alias, Version, VersionFile, VersionStatus
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Reporter, SilentReporter
 from .queue import Job
@@ -78,6 +78,10 @@ class PushRequest:
     # How messages name the directory (the API validates uploads in a temporary folder and names
     # them as the client's own path).
     label: str | None = None
+    # Lineage (labels.py): key/value labels for the version, and the base model's revision (else the
+    # adapter config's `revision`).
+    labels: dict[str, str] = field(default_factory=dict)
+    base_model_revision: str | None = None
 
     def __post_init__(self) -> None:
         if self.task is not None:
@@ -98,6 +102,8 @@ class PushRequest:
             )
         if self.on_gate_fail not in ("raw", "reject"):
             raise InvalidCodec(f"on_gate_fail must be 'raw' or 'reject', got {self.on_gate_fail!r}")
+        labels.check_labels(self.labels)
+        labels.check_revision(self.base_model_revision)
 
     @property
     def requested(self) -> dict[str, Any]:
@@ -164,9 +170,12 @@ def push(
             if request.label is not None:
                 message = message.replace(str(request.path), request.label)
             raise InvalidAdapterUpload(message) from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise AdapterTooLarge(f"{where}: adapter is {len(data)} bytes, more than the limit of {max_bytes}")
+        extras = folder_files.collect(request.path, where)  # README, tokenizer, ...: stored as they are
+    total = len(data) + sum(f.size for f in extras)
+    if max_bytes is not None and total > max_bytes:
+        raise AdapterTooLarge(f"{where}: adapter is {total} bytes, more than the limit of {max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
+    content = folder_files.content_digest(digest, extras)
     # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
     # Both are checked here, before any blob is stored.
     config_base_model = checkpoint.config.get("base_model_name_or_path") or None
@@ -176,6 +185,10 @@ def push(
         problem = limits.base_model_problem(config_base_model)
         if problem is not None:
             raise InvalidAdapterUpload(f"{where}/{CONFIG_FILE}: base_model_name_or_path {problem}")
+    try:
+        revision = labels.revision_of(checkpoint.config, request.base_model_revision)
+    except InvalidRequest as exc:
+        raise InvalidAdapterUpload(f"{where}/{CONFIG_FILE}: {exc}") from None
 
     # Before uploading: refuse what can be refused now, and return known content as it is.
     # (The checks run again under the adapter's lock below, for pushes that race.)
@@ -185,7 +198,7 @@ def push(
             raise InvalidRequest(f"{request.name} is a new adapter: give its task (--task)")
         if adapter is not None:
             _check_same_adapter(adapter, request.task, request.base_model)
-            existing = VersionRepository(session).live_by_source(adapter, digest)
+            existing = VersionRepository(session).live_by_content(adapter, content)
             if existing is not None:
                 _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
                 return Pushed(existing.id, created=False)
@@ -195,6 +208,7 @@ def push(
         source.write_bytes(data)
         with reporter.task("uploading", total=len(data), unit="bytes") as advance:
             storage.put_file(digest, source, progress=advance)
+    folder_files.store(storage, extras)
 
     with db.transaction() as session:
         adapters, versions = AdapterRepository(session), VersionRepository(session)
@@ -210,7 +224,7 @@ def push(
             )
         adapter = adapters.lock(adapter)
         _check_same_adapter(adapter, request.task, request.base_model)
-        existing = versions.live_by_source(adapter, digest)  # pushed while we uploaded?
+        existing = versions.live_by_content(adapter, content)  # pushed while we uploaded?
         if existing is not None:
             _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
             return Pushed(existing.id, created=False)
@@ -221,6 +235,8 @@ def push(
         adapters.add_tags(adapter, request.tags)
         number = adapters.next_version_number(adapter)
         BlobRepository(session).ensure(digest, len(data))
+        for extra in extras:
+            BlobRepository(session).ensure(extra.sha256, extra.size)
         version = versions.add(
             Version(
                 adapter_id=adapter.id,
@@ -228,14 +244,19 @@ def push(
                 status=VersionStatus.PENDING.value,
                 source_digest=digest,
                 source_size=len(data),
+                content_digest=content,
+                files=[VersionFile(**f.record()) for f in extras],
                 requested=request.requested,
                 peft_config=checkpoint.config,
                 compat=facts_of(checkpoint),
                 created_by=request.created_by,
                 # The model `run_codec` will look for: the adapter's, which the config's fills in.
                 wants_base_model=adapter.base_model if wants_model else None,
+                base_model_revision=revision,
             )
         )
+        labels.update(session, version, request.labels)
+        gc.restore(storage, digest, data, tmp_dir)  # collected meanwhile? (see gc.py)
         if enqueue is not None:
             enqueue(session, version)
         return Pushed(version.id, created=True)
@@ -577,6 +598,7 @@ def search(
     after: AdapterName | None = None,
     limit: int | None = None,
     compat: CompatFilter | None = None,
+    labels: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Adapters matching every given filter, in name order (the first `limit` after `after`), as
     listing rows with their latest version, tags and aliases (see `AdapterRepository.summaries`).
@@ -591,6 +613,7 @@ def search(
         after=after,
         limit=limit,
         compat=compat,
+        labels=labels,
     )
 
 
@@ -619,7 +642,7 @@ def list_versions(
 
 
 def _point_alias(
-    session: Session, version: Version, alias: str, *, by: str | None
+    session: Session, version: Version, alias: str, *, by: str | None, admin: bool = True
 ) -> tuple[Alias, int | None]:
     check_alias(alias)
     if version.status != VersionStatus.READY.value:
@@ -631,29 +654,39 @@ def _point_alias(
         raise VersionNotReady(f"cannot point alias {alias!r} at {version.ref}: it is yanked")
     aliases = AliasRepository(session)
     previous = aliases.get(version.adapter, alias)
+    alias_audit.check_may_change(previous, admin=admin)
     previous_number = previous.version.number if previous is not None else None
+    alias_audit.record(
+        session, version.adapter, alias, from_number=previous_number, to_number=version.number, actor=by
+    )
     return aliases.set(version.adapter, alias, version, by=by), previous_number
 
 
 def set_alias(
-    session: Session, target: str | Ref, alias: str, *, by: str | None = None
+    session: Session, target: str | Ref, alias: str, *, by: str | None = None, admin: bool = True
 ) -> tuple[Version, int | None]:
-    """Create or move `alias` to the version `target` names (which must be ready and not yanked)."""
+    """Create or move `alias` to the version `target` names (which must be ready and not yanked).
+    A protected alias moves only for an `admin`."""
     check_alias(alias)
     version = resolve(session, target)
-    _, previous = _point_alias(session, version, alias, by=by)
+    _, previous = _point_alias(session, version, alias, by=by, admin=admin)
     return version, previous
 
 
-def remove_alias(session: Session, name: AdapterName | str, alias: str) -> int:
-    """Delete an alias; returns the number of the version it pointed to."""
+def remove_alias(
+    session: Session, name: AdapterName | str, alias: str, *, by: str | None = None, admin: bool = True
+) -> int:
+    """Delete an alias (a protected one only for an `admin`); returns the number of the version it
+    pointed to."""
     check_alias(alias)
     adapter = get_adapter(session, name)
     aliases = AliasRepository(session)
     found = aliases.get(adapter, alias)
     if found is None:
         raise AliasNotFound(f"{adapter.full_name} has no alias {alias!r}")
+    alias_audit.check_may_change(found, admin=admin)
     number = found.version.number
+    alias_audit.record(session, adapter, alias, from_number=number, to_number=None, actor=by)
     aliases.delete(found)
     return number
 
@@ -775,6 +808,7 @@ def pull(
         version_id, label = version.id, version.ref
         assert version.artifact_digest is not None and version.artifact_size is not None
         artifact = (version.artifact_digest, version.artifact_size)
+        stored = [f.record() for f in version.files]
     prepare_output(out_dir, force)
     with staging_for(out_dir, sweep_after=sweep_after) as staging:
         with materialize(
@@ -783,6 +817,7 @@ def pull(
             try:
                 for cached in adapter.files.values():
                     cached.copy_to(staging / cached.name)
+                folder_files.fetch(storage, stored, staging)
             except OSError as exc:  # a full disk, a quota, a file size limit
                 raise write_error(out_dir, exc) from None
         return version_id, install(staging, out_dir)

@@ -56,6 +56,11 @@ class BlobStorage(Protocol):
         """Raise StorageError unless the store is reachable (readiness checks)."""
         ...
 
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        """Every stored blob's digest and when it was written (seconds since the epoch), for
+        garbage collection (gc.py)."""
+        ...
+
     def sweep(self, older_than: float) -> SweepReport:
         """Remove what interrupted writes left behind more than `older_than` seconds ago (partial
         files, incomplete multipart uploads); finished blobs are never touched."""
@@ -115,6 +120,7 @@ def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[byte
 
 # What `_temp_beside` makes: .<final name>.<random>.part
 PART_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.part")
+DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
 def _temp_beside(dest: Path) -> Path:
@@ -206,6 +212,19 @@ class LocalBlobStorage:
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
+
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        try:
+            folders = sorted(p for p in (self.root / "sha256").iterdir() if p.is_dir())
+        except FileNotFoundError:
+            return
+        for folder in folders:
+            for path in folder.iterdir():
+                if DIGEST.fullmatch(path.name) and path.name.startswith(folder.name):
+                    try:
+                        yield path.name, path.stat().st_mtime
+                    except FileNotFoundError:
+                        continue  # deleted meanwhile
 
     def sweep(self, older_than: float) -> SweepReport:
         """Stale `.part` files of writes that never finished, in every fan-out folder."""
@@ -362,6 +381,19 @@ class S3BlobStorage:
             self._client.delete_object(Bucket=self.bucket, Key=self.key(digest))
         except self._client_errors() as exc:
             raise self._error("delete", digest, exc) from exc
+
+    def list_blobs(self) -> Iterator[tuple[str, float]]:
+        start = self.prefix + "sha256/"
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=start
+            ):
+                for obj in page.get("Contents", []):
+                    digest = obj["Key"].rsplit("/", 1)[-1]
+                    if DIGEST.fullmatch(digest) and obj["Key"] == self.key(digest):
+                        yield digest, obj["LastModified"].timestamp()
+        except self._client_errors() as exc:
+            raise StorageError(f"cannot list blobs in {self.describe()}: {exc}") from exc
 
     def sweep(self, older_than: float) -> SweepReport:
         """Abort multipart uploads under the prefix started more than `older_than` seconds ago: a

@@ -6,7 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response
 
-from adapters.registry import limits
+from adapters.registry import labels, limits
 from adapters.registry.engines import CompatFilter
 from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
@@ -48,6 +48,13 @@ def list_adapters(
         Literal["vllm", "sglang", "lorax"] | None,
         Query(description="Only latest versions this engine loads (max_rank: its rank limit)."),
     ] = None,
+    label: Annotated[
+        list[str] | None,
+        Query(
+            max_length=limits.MAX_LABELS,
+            description="Only adapters with a version that carries this label, as key:value (repeatable).",
+        ),
+    ] = None,
     limit: Limit = 50,
     after: Annotated[
         str | None, Query(max_length=129, description="Start after this adapter (ns/name): `next` of a page.")
@@ -67,6 +74,7 @@ def list_adapters(
         compat=CompatFilter(
             max_rank=max_rank, no_dora=no_dora, no_modules_to_save=no_modules_to_save, engine=engine
         ),
+        labels=labels.parse_pairs(label or [], ":"),
     )
     page = found[:limit]
     body = AdapterPage(adapters=page, next=page[-1].name if len(found) > limit else None)

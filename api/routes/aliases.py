@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from adapters.registry.errors import InvalidRequest
+from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import AliasResult
 
@@ -42,7 +43,8 @@ def set_alias(
     ref = Ref(adapter, number=target.version) if target.version is not None else Ref.parse(str(target.ref))
     if ref.adapter != adapter:
         raise InvalidRequest(f"{ref} is not a version of {adapter}")
-    return state.registry.set_alias(ref, alias, by=principal.name)
+    admin = principal.allows(TokenScope.ADMIN, namespace)  # protected aliases move only for admins
+    return state.registry.set_alias(ref, alias, by=principal.name, admin=admin)
 
 
 @router.delete(
@@ -54,4 +56,5 @@ def set_alias(
 def remove_alias(
     namespace: Namespace, name: Name, alias: AliasName, state: State, principal: Writer
 ) -> AliasResult:
-    return state.registry.remove_alias(AdapterName(namespace, name), alias)
+    admin = principal.allows(TokenScope.ADMIN, namespace)
+    return state.registry.remove_alias(AdapterName(namespace, name), alias, by=principal.name, admin=admin)

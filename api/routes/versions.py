@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse
 from starlette.concurrency import run_in_threadpool
 
+from adapters.registry.models import TokenScope
 from adapters.registry.refs import AdapterName, Ref
 from adapters.registry.schemas import PushResult, VersionView
 from adapters.registry.sweep import temp_prefix
@@ -26,7 +27,9 @@ UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "description": "Parts in this order: `metadata` (JSON, see PushMetadata), `config` "
-        "(adapter_config.json), `weights` (adapter_model.safetensors, or a file named adapter_model.bin).",
+        "(adapter_config.json), `weights` (adapter_model.safetensors, or a file named adapter_model.bin), "
+        "then any number of `file` parts named by their filename (README.md, tokenizer files, "
+        "new_embeddings.safetensors), each announced in the metadata's `files`.",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -36,6 +39,7 @@ UPLOAD_BODY = {
                         "metadata": {"$ref": "#/components/schemas/PushMetadata"},
                         "config": {"type": "string", "format": "binary"},
                         "weights": {"type": "string", "format": "binary"},
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                 },
                 "encoding": {"metadata": {"contentType": "application/json"}},
@@ -99,6 +103,12 @@ async def push_version(
     with tempfile.TemporaryDirectory(prefix=temp_prefix("upload"), dir=temp) as tmp:
         upload = await uploads.receive(request, Path(tmp), limit=state.settings.max_upload_bytes)
         meta: PushMetadata = upload.metadata
+        adapter = AdapterName(namespace, name)
+        await run_in_threadpool(
+            lambda: state.registry.check_push_aliases(
+                adapter, meta.aliases, admin=principal.allows(TokenScope.ADMIN, namespace)
+            )
+        )
         result = await run_in_threadpool(
             lambda: state.registry.push(
                 upload.folder,
@@ -113,6 +123,8 @@ async def push_version(
                 on_gate_fail=meta.on_gate_fail,
                 created_by=principal.name,
                 label=meta.source or "upload",
+                labels=meta.labels,
+                base_model_revision=meta.base_model_revision,
             )
         )
     location = f"/v1/adapters/{namespace}/{name}/versions/{result.version.number}"

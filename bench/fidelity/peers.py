@@ -23,6 +23,12 @@ sum_m ||dW_m||^2 with dW = scale * B A, among the settings that fit the budget.
              for B), one format and group size for the whole adapter; formats int8 ... int2,
              ternary (1.6 bits, 5 codes per byte) and sign (1 bit), fp16 scales per group.
 
+  transform  the plain transform code (no rotation, no per-component steps): the SVD of each module's
+             delta-W, factors U sqrt(S) and sqrt(S) V^T, ONE uniform quantizer step shared by every
+             module and factor (weak components round to zero), the integers of each factor of each
+             module coded at their empirical entropy (an ideal static code) plus 2 bytes per distinct
+             integer for its table; the step is bisected to the budget.
+
 Every stored form also pays 4 bytes per module for its record (rank / format / exponent).
 """
 
@@ -299,12 +305,62 @@ def quant_peer(ckpt: LoraCheckpoint, budget: int, stats: dict | None = None) -> 
     return best
 
 
+# --- (e) the plain transform code -----------------------------------------------------------------------
+
+
+def entropy_coded_bytes(q: torch.Tensor) -> int:
+    """Bytes of an ideal static code of the integers q at their empirical distribution, with a table
+    of 2 bytes per distinct value (nothing when every integer is 0)."""
+    if not bool(q.any()):
+        return 0
+    values, counts = torch.unique(q, return_counts=True)
+    p = counts.double() / q.numel()
+    bits = float(-(counts.double() * p.log2()).sum())
+    return math.ceil(bits / 8) + 2 * len(values)
+
+
+def transform_peer(ckpt: LoraCheckpoint, budget: int, stats: dict | None = None) -> PeerResult:
+    """The plain transform code at the smallest shared step whose bytes fit `budget`."""
+    factors = []
+    for p in ckpt.pairs:
+        u, s, v = _svd(ckpt, p)  # delta-W (scale included) = U diag(S) V^T
+        root = s.sqrt()
+        factors.append((p, (u * root).T.contiguous(), (v * root).T.contiguous()))  # [r, out], [r, in]
+
+    def code(step: float) -> tuple[int, dict[str, torch.Tensor]]:
+        used, out = RECORD_BYTES * len(factors), {}
+        for p, b, a in factors:
+            qb, qa = torch.round(b / step), torch.round(a / step)
+            used += entropy_coded_bytes(qb) + entropy_coded_bytes(qa)
+            out[p.a_key] = qa * step
+            out[p.b_key] = (qb * step).T / p.scale
+        return used, out
+
+    peak = max(float(t.abs().max()) for _, b, a in factors for t in (a, b))
+    lo, hi = math.log2(peak) - 30, math.log2(peak) + 2
+    best = code(2.0**hi)
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        trial = code(2.0**mid)
+        if trial[0] <= budget:
+            best, hi = trial, mid
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    used, out = best
+    tensors = _with(ckpt, out)
+    settings = {"step": 2.0**hi, "weight_rel_error": round(weight_error(ckpt, tensors), 5)}
+    return PeerResult("transform", tensors, used, settings)
+
+
 # Every peer: (checkpoint, byte budget, input statistics or None) -> result; only svd-act uses statistics.
 PEERS: dict[str, Callable[[LoraCheckpoint, int, dict | None], PeerResult]] = {
     "svd": lambda ckpt, budget, stats=None: svd_peer(ckpt, budget),
     "svd-act": svd_act_peer,
     "compeft": compeft_peer,
     "quant": quant_peer,
+    "transform": transform_peer,
 }
 
 

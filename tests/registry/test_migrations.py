@@ -247,3 +247,46 @@ def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
             ("wide", wide[:256]),
         ]
     db.dispose()
+
+
+def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_per_source(fresh_db_url):
+    from alembic import command
+
+    from adapters.registry.db import alembic_config
+
+    version = sa.text(
+        "INSERT INTO versions (adapter_id, number, status, source_digest, content_digest, source_size, "
+        "requested, peft_config) VALUES (:a, :n, 'pending', :d, :c, 10, '{}', '{}')"
+    )
+    db = Database(fresh_db_url)
+    db.upgrade("0005")
+    with db.engine.begin() as conn:
+        adapter_id = conn.execute(
+            sa.text("INSERT INTO adapters (namespace, name, task) VALUES ('acme', 'x', 't') RETURNING id")
+        ).scalar_one()
+        conn.execute(sa.text(f"INSERT INTO blobs (sha256, size) VALUES ('{DIGEST}', 10)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO versions (adapter_id, number, status, source_digest, source_size, requested,"
+                " peft_config) VALUES (:a, 1, 'pending', :d, 10, '{}', '{}')"
+            ),
+            {"a": adapter_id, "d": DIGEST},
+        )
+    db.upgrade()
+    read = sa.text("SELECT number, status, content_digest FROM versions ORDER BY number")
+    with db.engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(read)] == [(1, "pending", DIGEST)]
+        assert conn.execute(sa.text("SELECT count(*) FROM version_files")).scalar_one() == 0
+    with db.engine.begin() as conn:  # the same source with another README: a version of its own
+        conn.execute(version, {"a": adapter_id, "n": 2, "d": DIGEST, "c": OTHER})
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:  # the same content: refused
+        conn.execute(version, {"a": adapter_id, "n": 3, "d": DIGEST, "c": OTHER})
+    with db.engine.begin() as conn:
+        command.downgrade(alembic_config(conn), "0005")
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT number, status FROM versions ORDER BY number")).all()
+    assert [tuple(r) for r in rows] == [(1, "failed"), (2, "pending")]
+    assert "version_files" not in sa.inspect(db.engine).get_table_names()
+    db.upgrade()
+    assert _drift(db.engine) == []
+    db.dispose()
