@@ -258,6 +258,12 @@ class Database:
         self.engine.dispose()
 
 
+def ours(name: str | None, _type: str, _parents: object) -> bool:
+    """Whether a database object is the registry's to compare with its models: the job queue's
+    (`procrastinate_*`, created by migration 0007 from the library's schema) is not."""
+    return not (name or "").startswith("procrastinate_")
+
+
 def alembic_config(connection: Connection | None = None) -> Any:
     """An Alembic config pointing at the installed migrations (no alembic.ini needed)."""
     from alembic.config import Config

@@ -37,6 +37,7 @@ from .errors import (
     VersionNotReady,
     error_classes,
 )
+from .job_views import JobView
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
@@ -510,6 +511,16 @@ class RemoteRegistry(RemoteLifecycleMethods):
 
     def workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._json("GET", "/v1/workers")["workers"]]
+
+    def list_jobs(self, *, queue: str | None = None, status: str | None = None) -> list[JobView]:
+        params = {k: v for k, v in {"queue": queue, "status": status}.items() if v is not None}
+        return [JobView.model_validate(j) for j in self._json("GET", "/v1/jobs", params=params)["jobs"]]
+
+    def retry_job(self, job_id: int) -> JobView:
+        return JobView.model_validate(self._json("POST", f"/v1/jobs/{int(job_id)}/retry"))
+
+    def cancel_job(self, job_id: int) -> JobView:
+        return JobView.model_validate(self._json("POST", f"/v1/jobs/{int(job_id)}/cancel"))
 
     def revoke_token(self, token_id: str) -> TokenView:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):

@@ -16,7 +16,7 @@ import hashlib
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,8 +146,10 @@ def push(
     max_bytes: int | None = None,
     reporter: Reporter | None = None,
     tmp_dir: Path | None = None,
+    enqueue: Callable[[Session, Version], object] | None = None,
 ) -> Pushed:
-    """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`).
+    """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`);
+    `enqueue` (jobs.defer_in) queues its compression in the transaction that creates it.
 
     Pushing content the adapter already holds (in a version that has not failed) returns that version
     with `created=False`. Nothing is written for input that fails validation.
@@ -255,6 +257,8 @@ def push(
         )
         labels.update(session, version, request.labels)
         gc.restore(storage, digest, data, tmp_dir)  # collected meanwhile? (see gc.py)
+        if enqueue is not None:
+            enqueue(session, version)
         return Pushed(version.id, created=True)
 
 

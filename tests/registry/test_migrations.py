@@ -10,6 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from adapters.registry import db as registry_db
 from adapters.registry import models
 from adapters.registry.db import Database, current_revision, head_revision, upgrade
 from adapters.registry.errors import SchemaOutdated
@@ -20,7 +21,9 @@ OTHER = "b" * 64
 
 def _drift(engine: sa.Engine) -> list:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": registry_db.ours}
+        )
         return compare_metadata(context, models.Base.metadata)
 
 
