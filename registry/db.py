@@ -308,5 +308,18 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
             engine.dispose()
 
 
+def downgrade(bind: Engine, revision: str) -> None:
+    """Run `alembic downgrade <revision>` on an engine, SQLite foreign keys off as for upgrades."""
+    from alembic import command
+
+    engine = make_engine(bind.url, foreign_keys=False, poolclass=sa.NullPool) if _is_sqlite(bind) else bind
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), revision)
+    finally:
+        if engine is not bind:
+            engine.dispose()
+
+
 def _is_sqlite(bind: Engine | Connection) -> bool:
     return bind.dialect.name == "sqlite"

@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from adapters.registry import db as registry_db
 from adapters.registry import models
-from adapters.registry.db import Database, current_revision, head_revision, upgrade
+from adapters.registry.db import Database, current_revision, downgrade, head_revision, upgrade
 from adapters.registry.errors import SchemaOutdated
 
 DIGEST = "a" * 64
@@ -49,14 +49,10 @@ def test_drift_check_notices_a_model_change(fresh_db_url):
 
 
 def test_downgrade_to_base_and_back(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
 
     db = Database(fresh_db_url)
     db.upgrade()
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "base")
+    downgrade(db.engine, "base")
     assert current_revision(db.engine) is None
     assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
     upgrade(db.engine)
@@ -221,9 +217,6 @@ def test_0003_gives_queued_versions_the_base_model_their_codec_wants(fresh_db_ur
 
 
 def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
 
     insert = sa.text("INSERT INTO adapters (namespace, name, task, base_model) VALUES ('acme', :n, 't', :b)")
     db = Database(fresh_db_url)
@@ -238,8 +231,7 @@ def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
     read = sa.text("SELECT name, base_model FROM adapters ORDER BY name")
     with db.engine.connect() as conn:
         assert conn.execute(read).all() == [("long", long_path), ("short", "org/model"), ("wide", wide)]
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0003")  # cuts what the old column cannot hold
+    downgrade(db.engine, "0003")  # cuts what the old column cannot hold
     with db.engine.connect() as conn:
         assert conn.execute(read).all() == [
             ("long", long_path[:256]),
@@ -250,9 +242,6 @@ def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
 
 
 def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_per_source(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
 
     version = sa.text(
         "INSERT INTO versions (adapter_id, number, status, source_digest, content_digest, source_size, "
@@ -281,8 +270,7 @@ def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_p
         conn.execute(version, {"a": adapter_id, "n": 2, "d": DIGEST, "c": OTHER})
     with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:  # the same content: refused
         conn.execute(version, {"a": adapter_id, "n": 3, "d": DIGEST, "c": OTHER})
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0005")
+    downgrade(db.engine, "0005")
     with db.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT number, status FROM versions ORDER BY number")).all()
     assert [tuple(r) for r in rows] == [(1, "failed"), (2, "pending")]
