@@ -104,9 +104,7 @@ def test_engine_rules_name_every_reason(pushed):
 
 
 def test_migration_0005_leaves_older_versions_unknown(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
+    from adapters.registry.db import downgrade
 
     db = Database(fresh_db_url)
     db.upgrade("0004")
@@ -124,8 +122,7 @@ def test_migration_0005_leaves_older_versions_unknown(fresh_db_url):
     db.upgrade()
     with db.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT compat FROM versions")).scalar_one() is None
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0004")
+    downgrade(db.engine, "0004")
     with db.engine.connect() as conn:
         columns = sa.inspect(conn).get_columns("versions")
     assert "compat" not in {c["name"] for c in columns}
