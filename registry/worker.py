@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import jobs, queue, service
+from . import events, jobs, queue, service, webhooks
 from .client import LocalRegistry, import_codec_modules
 from .codecs import CodecEnvironment
 from .metrics import JobMetrics, RegistryCollector
@@ -139,6 +139,14 @@ class Worker:
         settings = self.settings
         app = jobs.make_app(self.registry.db, asynchronous=True)
         app.task(name=jobs.COMPRESS_TASK, pass_context=True, retry=retry_policy())(self._compress)
+        webhooks.register(
+            app,
+            self.registry.db,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_base=settings.webhook_backoff_seconds,
+        )  # deliveries of events.py, on the `events` queue
+        if self.settings.worker_deliver_events:
+            queues = [*queues, events.EVENTS_QUEUE]
         lease = settings.worker_lease_seconds
         async with app.open_async():
             self._procrastinate = procrastinate_worker.Worker(
