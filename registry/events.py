@@ -1,9 +1,9 @@
 """Events: what changed in the registry, written to an outbox in the transaction of the change.
 
-An event row exists iff its change committed (no event is lost, none reports a rolled-back change).
-On PostgreSQL the same transaction defers one delivery job per subscribed webhook (webhooks.py runs
-them, on the `events` queue), so delivery is at least once. The embedded SQLite registry records
-events but has no queue: webhooks need PostgreSQL (creating one on SQLite is refused).
+An event row exists iff its change committed (no event is lost, none reports a rolled-back change),
+and the same transaction defers one delivery job per subscribed webhook (webhooks.py runs them, on
+the `events` queue), so delivery is at least once. Webhooks need PostgreSQL: the embedded SQLite
+registry has no queue to deliver from, so creating one there is refused and no event is written.
 """
 
 from __future__ import annotations
@@ -55,14 +55,19 @@ def new_event(session: Session, type_: str, namespace: str, data: dict[str, Any]
     return event
 
 
-def emit(session: Session, type_: str, namespace: str, data: dict[str, Any]) -> OutboxEvent:
-    """Record an event in the session's transaction and, on PostgreSQL, defer its deliveries there."""
+def emit(session: Session, type_: str, namespace: str, data: dict[str, Any]) -> OutboxEvent | None:
+    """Record an event in the session's transaction, with a delivery job per webhook that wants it.
+    Nothing is written when none does (always on SQLite, which has no webhooks): the outbox holds
+    what is to be delivered, it is not an audit log."""
+    if session.get_bind().dialect.name != "postgresql":
+        return None
+    hooks = session.scalars(sa.select(Webhook).where(Webhook.namespace == namespace).order_by(Webhook.id))
+    wanting = [hook.id for hook in hooks if type_ in hook.events]
+    if not wanting:
+        return None
     event = new_event(session, type_, namespace, data)
-    if session.get_bind().dialect.name == "postgresql":
-        hooks = session.scalars(sa.select(Webhook).where(Webhook.namespace == namespace).order_by(Webhook.id))
-        for hook in hooks:
-            if type_ in hook.events:
-                defer_delivery(session, event.id, hook.id)
+    for webhook_id in wanting:
+        defer_delivery(session, event.id, webhook_id)
     return event
 
 

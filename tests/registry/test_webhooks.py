@@ -17,6 +17,7 @@ from adapters.registry.settings import get_settings
 from adapters.registry.webhook_models import OutboxEvent
 from adapters.registry.worker import Worker
 from tests.registry.webhook_receiver import receiver
+from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
 
 ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 SECRET = "s3cret-for-the-tests-0123456789"
@@ -74,6 +75,18 @@ def test_a_receiver_gets_signed_events_for_ready_alias_move_and_yank(registry, a
             ("alias.moved", 1, 200),
             ("version.yanked", 1, 200),
         ]
+
+
+@ON_POSTGRESQL
+def test_a_version_that_fails_for_good_is_reported_once(registry, adapter_dir, tmp_path):
+    with receiver() as hook:
+        _subscribe(registry, hook.url, [events.VERSION_FAILED, events.VERSION_READY])
+        params = {"log": str(tmp_path / "runs.log"), "fail": "GPU gone"}
+        registry.push(adapter_dir, "acme/x", task="t", process=False, codec="test-slow", params=params)
+        _worker(registry, worker_max_attempts=2).run(once=True)
+        (failed,) = [r.event for r in hook.received]  # not one per attempt: when it gave up
+        assert failed["type"] == "version.failed" and failed["data"]["ref"] == "acme/x:1"
+        assert "gave up after 2 attempts" in failed["data"]["error"]
 
 
 @ON_POSTGRESQL
