@@ -173,6 +173,11 @@ def test_ping_and_subscription_checks(registry):
         (ping,) = hook.received
         webhooks.verify_signature(SECRET, ping.headers, ping.body)
         assert ping.event["type"] == "ping" and ping.event["data"]["webhook"] == webhook_id
+        # A redirect is a failed delivery, not followed (the receiver sees one request).
+        hook.answers.append(302)
+        with pytest.raises(webhooks.DeliveryFailed, match="302"):
+            webhooks.ping(registry.db, webhook_id)
+        assert len(hook.received) == 2
     with registry.db.transaction() as session:
         for url in ("file:///etc/passwd", "ftp://host/x", "http://"):
             with pytest.raises(InvalidRequest, match="http"):

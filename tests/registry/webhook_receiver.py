@@ -42,6 +42,8 @@ def receiver(answers: list[int] | None = None) -> Iterator[Receiver]:
                 status = state.answers.pop(0) if state.answers else 200
             self.send_response(status)
             self.send_header("Content-Length", "2")
+            if 300 <= status < 400:  # back to itself: a client that follows would ask again
+                self.send_header("Location", state.url)
             self.end_headers()
             self.wfile.write(b"ok")
 
