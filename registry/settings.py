@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     worker_deliver_events: bool = Field(
         default=True, description="Also deliver webhook events (the `events` queue) besides compressing."
     )
+    worker_compress: bool = Field(
+        default=True, description="Compress (false: an events-only worker, delivering webhooks only)."
+    )
     webhook_max_attempts: int = Field(default=8, ge=1, description="Deliveries of one event tried at most.")
     webhook_backoff_seconds: int = Field(
         default=2, ge=0, description="Retry n of a webhook delivery waits this ** (n + 1) seconds."

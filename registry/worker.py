@@ -119,11 +119,12 @@ class Worker:
             self.registry.db,
             self.id,
             device=self._device,
-            models=environment.available_models,
+            # An events-only worker holds no model: jobs waiting for one must not wait for it.
+            models=environment.available_models if settings.worker_compress else tuple,
             live_seconds=settings.worker_live_seconds,
         ) as presence:
             self._presence = presence
-            queues = jobs.queues_for(presence.models)
+            queues = jobs.queues_for(presence.models) if settings.worker_compress else []
             log.info(
                 "worker started",
                 extra={"worker": self.id, "device": self._device, "models": list(presence.models)}
@@ -145,7 +146,7 @@ class Worker:
             max_attempts=settings.webhook_max_attempts,
             backoff_base=settings.webhook_backoff_seconds,
         )  # deliveries of events.py, on the `events` queue
-        if self.settings.worker_deliver_events:
+        if settings.worker_deliver_events or not settings.worker_compress:
             queues = [*queues, events.EVENTS_QUEUE]
         lease = settings.worker_lease_seconds
         async with app.open_async():

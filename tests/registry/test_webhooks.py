@@ -78,6 +78,20 @@ def test_a_receiver_gets_signed_events_for_ready_alias_move_and_yank(registry, a
 
 
 @ON_POSTGRESQL
+def test_a_compression_worker_and_an_events_worker_share_the_work(registry, adapter_dir):
+    with receiver() as hook:
+        webhook_id = _subscribe(registry, hook.url, [events.VERSION_READY])
+        registry.push(adapter_dir, "acme/two", task="t", process=False)
+        assert _worker(registry, worker_compress=False).run(once=True) == 0  # nothing of its queue yet
+        assert registry.resolve("acme/two:1").status == "pending"
+        assert _worker(registry, worker_deliver_events=False).run(once=True) == 1
+        assert hook.received == []  # the compression worker leaves the event to the other
+        _worker(registry, worker_compress=False).run(once=True)
+        assert [r.event["type"] for r in hook.received] == ["version.ready"]
+        assert _log(registry, webhook_id) == [("version.ready", 1, 200)]
+
+
+@ON_POSTGRESQL
 def test_a_version_that_fails_for_good_is_reported_once(registry, adapter_dir, tmp_path):
     with receiver() as hook:
         _subscribe(registry, hook.url, [events.VERSION_FAILED, events.VERSION_READY])
