@@ -51,7 +51,7 @@ def create_webhook(body: WebhookCreate, state: State, principal: Admin) -> Webho
     "",
     response_model=WebhookList,
     summary="The webhooks the caller administers",
-    responses=problems.responses(401, 403, 503),
+    responses=problems.responses(401, 403, 422, 503),
 )
 def list_webhooks(state: State, principal: Admin) -> WebhookList:
     return WebhookList(webhooks=state.registry.list_webhooks(principal=principal))
