@@ -127,7 +127,7 @@ def create(
 
 
 def get(session: Session, webhook_id: int) -> Webhook:
-    hook = session.get(Webhook, webhook_id)
+    hook = session.get(Webhook, webhook_id) if 0 < webhook_id < 2**31 else None  # an INTEGER column
     if hook is None:
         raise WebhookNotFound(f"no webhook {webhook_id}")
     return hook

@@ -16,7 +16,7 @@ from ..state import State
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
-WebhookId = Annotated[int, Path(ge=1, description="A webhook's id.")]
+WebhookId = Annotated[int, Path(ge=1, le=2**31 - 1, description="A webhook's id.")]
 
 
 class WebhookCreate(BaseModel):
