@@ -35,6 +35,7 @@ COMMANDS: dict[str, str] = {
     "maintenance": "maintenance:maintenance",
     "workers": "workers:workers",
     "jobs": "jobs:jobs",
+    "webhook": "webhook:webhook",
 }
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from . import events
 from .errors import AliasNotFound, AliasProtected
 from .models import Adapter, Alias, AliasEvent
 from .refs import check_alias
@@ -35,6 +36,7 @@ def record(
             adapter_id=adapter.id, alias=alias, from_number=from_number, to_number=to_number, actor=actor
         )
     )
+    events.alias_changed(session, adapter, alias, from_number=from_number, to_number=to_number, actor=actor)
     session.flush()
 
 

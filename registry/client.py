@@ -49,6 +49,7 @@ from .schemas import (
 from .settings import Settings
 from .storage import BlobStorage, LocalBlobStorage, storage_from_url
 from .sweep import SweepReport, sweep_cache, sweep_temp
+from .webhook_client import WebhookMethods
 
 SETTLED = ("ready", "rejected", "failed")
 SWEPT_MARKER = ".swept"  # in the temporary folder: when leftovers were last swept
@@ -184,7 +185,7 @@ def import_codec_modules(modules: list[str]) -> None:
         importlib.import_module(module)
 
 
-class LocalRegistry(LifecycleMethods):
+class LocalRegistry(LifecycleMethods, WebhookMethods):
     def __init__(
         self,
         database: Database,

@@ -214,3 +214,9 @@ def error_classes() -> dict[str, type[RegistryError]]:
     for cls in _subclasses(RegistryError):
         found.setdefault(cls.code, cls)
     return found
+
+
+class WebhookNotFound(NotFound):
+    """No webhook with that id (or not in a namespace the caller administers)."""
+
+    code = "webhook-not-found"

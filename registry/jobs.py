@@ -30,6 +30,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from . import events
 from .db import Database
 from .errors import InvalidRequest, NotFound
 from .job_views import JobView
@@ -324,6 +325,8 @@ def cancel(session: Session, job_id: int, *, by: str | None = None) -> JobView:
         version.status = VersionStatus.FAILED.value
         version.error = f"compression cancelled by {by or 'an admin'} (job {job_id})"
         version.next_attempt_at = None
+        session.flush()
+        events.version_status(session, version)
     return get_job(session, job_id)
 
 

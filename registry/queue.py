@@ -26,6 +26,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from . import events
 from .db import Database
 from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, VersionNotReady
 from .models import Version, VersionStatus
@@ -248,7 +249,10 @@ def fail(
             return "lost"
         if max_attempts > 1 and not is_permanent(exc):
             error = f"gave up after {job.attempts} attempts: {error}"
-        return "failed" if queue.fail(job.version_id, job.worker, error=error, now=now) else "lost"
+        if not queue.fail(job.version_id, job.worker, error=error, now=now):
+            return "lost"
+        events.version_failed(session, job.version_id)
+        return "failed"
 
 
 class Lease:

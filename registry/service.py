@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import alias_audit, folder_files, gc, labels, limits, queue
+from . import alias_audit, events, folder_files, gc, labels, limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .compat import facts_of
@@ -520,6 +520,7 @@ def _record_outcome(session: Session, job: Job, outcome: Outcome) -> str:
     version.processed_at = utcnow()
     version.leased_by = version.lease_expires_at = version.next_attempt_at = None
     session.flush()
+    events.version_status(session, version)
     if version.status == VersionStatus.READY.value:
         for alias in version.requested.get("aliases", []):
             _point_alias(session, version, alias, by=version.created_by)
@@ -702,6 +703,7 @@ def yank(session: Session, ref: str | Ref, reason: str | None = None) -> Version
     if not version.yanked:
         version.yanked_at = utcnow()
         version.yank_reason = reason
+        events.version_yanked(session, version)
     return version
 
 

@@ -89,6 +89,16 @@ class Settings(BaseSettings):
         default=10, ge=0, description="Wait before retry n: this times 2**(n-1), at most 10 minutes."
     )
     worker_poll_seconds: float = Field(default=2, gt=0, description="Idle wait between queue polls.")
+    worker_deliver_events: bool = Field(
+        default=True, description="Also deliver webhook events (the `events` queue) besides compressing."
+    )
+    worker_compress: bool = Field(
+        default=True, description="Compress (false: an events-only worker, delivering webhooks only)."
+    )
+    webhook_max_attempts: int = Field(default=8, ge=1, description="Deliveries of one event tried at most.")
+    webhook_backoff_seconds: int = Field(
+        default=2, ge=0, description="Retry n of a webhook delivery waits this ** (n + 1) seconds."
+    )
     worker_grace_seconds: float = Field(
         default=30, ge=0, description="On SIGTERM: time the current job gets to finish before it is released."
     )

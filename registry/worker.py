@@ -30,7 +30,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import jobs, queue, service
+from . import events, jobs, queue, service, webhooks
 from .client import LocalRegistry, import_codec_modules
 from .codecs import CodecEnvironment
 from .metrics import JobMetrics, RegistryCollector
@@ -119,11 +119,12 @@ class Worker:
             self.registry.db,
             self.id,
             device=self._device,
-            models=environment.available_models,
+            # An events-only worker holds no model: jobs waiting for one must not wait for it.
+            models=environment.available_models if settings.worker_compress else tuple,
             live_seconds=settings.worker_live_seconds,
         ) as presence:
             self._presence = presence
-            queues = jobs.queues_for(presence.models)
+            queues = jobs.queues_for(presence.models) if settings.worker_compress else []
             log.info(
                 "worker started",
                 extra={"worker": self.id, "device": self._device, "models": list(presence.models)}
@@ -139,6 +140,14 @@ class Worker:
         settings = self.settings
         app = jobs.make_app(self.registry.db, asynchronous=True)
         app.task(name=jobs.COMPRESS_TASK, pass_context=True, retry=retry_policy())(self._compress)
+        webhooks.register(
+            app,
+            self.registry.db,
+            max_attempts=settings.webhook_max_attempts,
+            backoff_base=settings.webhook_backoff_seconds,
+        )  # deliveries of events.py, on the `events` queue
+        if settings.worker_deliver_events or not settings.worker_compress:
+            queues = [*queues, events.EVENTS_QUEUE]
         lease = settings.worker_lease_seconds
         async with app.open_async():
             self._procrastinate = procrastinate_worker.Worker(
