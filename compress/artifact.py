@@ -30,9 +30,9 @@ import torch
 
 from . import philox, stfile, transform
 from .bases import FAMILIES, basis_key, make_basis
-from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
+from .protocol import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
