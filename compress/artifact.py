@@ -307,7 +307,9 @@ def _decode_transform(
     if digest != header.get("digest"):
         raise InvalidArtifact("basis digest mismatch (generator or module list differ)")
     out = {k: v for k, v in tensors.items() if k != CODES_KEY}
-    for pair, (a, b), (dtype_a, dtype_b) in zip(pairs, factors, dtypes):
+    for i, (pair, (dtype_a, dtype_b)) in enumerate(zip(pairs, dtypes)):
+        a, b = factors[i]
+        factors[i] = None  # the float64 factors go as soon as converted: a lower peak
         out[pair.a_key], out[pair.b_key] = a.to(dtype_a), b.to(dtype_b)
     return out
 
