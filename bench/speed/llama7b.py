@@ -226,6 +226,8 @@ def main() -> None:
 
     if args.paired or args.artifact:  # the Philox timing belongs to the full run only
         print(json.dumps(results, indent=2))
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
         return
     n = 1 << 24
     _, philox_s = timed(lambda: philox.uniform((1, 2), 0, n, device=device).sum().item())
