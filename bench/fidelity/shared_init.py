@@ -80,6 +80,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--steps", type=int, nargs=3, default=[50, 150, 400])
     parser.add_argument("--rel-step", type=float, default=0.05, help="quantizer step / std of A")
     args = parser.parse_args()
