@@ -25,7 +25,7 @@ from adapters.registry.sweep import log_sweep
 
 from . import problems
 from .observability import Observability
-from .routes import adapters, aliases, downloads, hub, lifecycle, ops, tokens, versions, workers
+from .routes import adapters, aliases, downloads, hub, jobs, lifecycle, ops, tokens, versions, workers
 from .schemas import Problem, PushMetadata
 from .state import AppState
 
@@ -99,7 +99,7 @@ def create_app(settings: Settings | None = None, *, registry: LocalRegistry | No
     problems.install(app)
     app.add_middleware(Observability, metrics=metrics)
     # The Hub's routes last: `/{ns}/{name}/resolve/...` must not shadow the registry's own paths.
-    for module in (adapters, versions, aliases, lifecycle, downloads, tokens, workers, ops, hub):
+    for module in (adapters, versions, aliases, lifecycle, downloads, tokens, workers, jobs, ops, hub):
         app.include_router(module.router)
 
     def openapi() -> dict[str, Any]:

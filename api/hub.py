@@ -4,7 +4,8 @@ id a version gets, the files a version holds as the Hub lists them, and errors t
 
 A revision is a version number (`3`), an alias (`prod`), `main` (the latest ready version), the
 content digest (`sha256:<hex>` or the bare 64 hex digits), or the commit id. A version's commit id
-is the first 40 hex digits of its content (source) digest: stable, and unique within an adapter,
+is the first 40 hex digits of its content digest (its source's, or over the source and its other
+files): stable, and unique within an adapter,
 since an adapter holds each content once. Clients that resolve a revision once and then fetch by
 commit id (as `snapshot_download` does) so get the same version even if an alias moves meanwhile.
 """
@@ -49,7 +50,7 @@ INVALID_CREDENTIALS = "Invalid credentials in Authorization header"
 
 
 def commit_id(version: VersionView) -> str:
-    return version.source_digest[:40]
+    return version.content_digest[:40]
 
 
 def revision_ref(registry: LocalRegistry, adapter: AdapterName, revision: str) -> Ref:

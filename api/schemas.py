@@ -4,7 +4,7 @@ they are: `AdapterView`, `VersionView`, `PushResult`, `AliasResult`, `TokenView`
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -118,6 +118,12 @@ class PushMetadata(BaseModel):
     base_model_revision: str | None = Field(default=None, max_length=limits.MAX_REVISION_LENGTH)
     config_sha256: str = Field(pattern=DIGEST, description="sha256 of the `config` part.")
     weights_sha256: str = Field(pattern=DIGEST, description="sha256 of the `weights` part.")
+    files: dict[str, Annotated[str, Field(pattern=DIGEST)]] = Field(
+        default_factory=dict,
+        max_length=limits.MAX_FOLDER_FILES,
+        description="The `file` parts: file name -> sha256 (README.md, tokenizer files, "
+        "new_embeddings.safetensors).",
+    )
     source: str | None = Field(
         default=None,
         max_length=limits.MAX_SOURCE_LABEL_LENGTH,

@@ -4,6 +4,9 @@ Parts, in this order:
   metadata  JSON (`PushMetadata`): the push's options and the sha256 of each file part
   config    the adapter's `adapter_config.json`
   weights   `adapter_model.safetensors` (or `adapter_model.bin`, named by the part's filename)
+  file      (any number, after the metadata) one more file of the folder, named by the part's
+            filename: README.md, a tokenizer file, new_embeddings.safetensors (registry/folder_files.py);
+            each announced with its sha256 in the metadata's `files`
 
 The file parts go straight to a temporary folder while their sha256 is computed; nothing is buffered
 whole in memory. The upload is refused, with nothing stored, when the body or the files outgrow the
@@ -30,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from adapters.compress import stfile, strict_json
 from adapters.compress.errors import CompressError
 from adapters.compress.limits import MAX_CONFIG_BYTES
+from adapters.registry import folder_files, limits
 from adapters.registry.errors import (
     AdapterTooLarge,
     DigestMismatch,
@@ -70,6 +74,7 @@ class _Receiver:
         self._out: IO[bytes] | None = None
         self._out_name = ""
         self._hash = hashlib.sha256()
+        self._part_bytes = 0
 
     # -- parser callbacks (they raise RegistryError to refuse the upload)
     def on_part_begin(self) -> None:
@@ -88,9 +93,9 @@ class _Receiver:
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
         name = options.get(b"name", b"").decode("latin-1")
-        if name not in ("metadata", "config", "weights"):
-            raise InvalidRequest(f"unexpected part {name!r}: send metadata, config and weights")
-        if name in self.seen:
+        if name not in ("metadata", "config", "weights", "file"):
+            raise InvalidRequest(f"unexpected part {name!r}: send metadata, config, weights and files")
+        if name in self.seen and name != "file":
             raise InvalidRequest(f"part {name!r} sent twice")
         if name != "metadata" and self.metadata is None:
             raise InvalidRequest("the metadata part must come first")
@@ -99,7 +104,16 @@ class _Receiver:
         self._buffer.clear()
         if name == "metadata":
             return
-        if name == "config":
+        if name == "file":
+            assert self.metadata is not None
+            filename = options.get(b"filename", b"").decode("utf-8", "replace")
+            folder_files.check_name(filename, self._where())
+            if filename not in self.metadata.files:
+                raise InvalidRequest(f"file {filename!r} is not announced in the metadata's files")
+            if filename in self.files:
+                raise InvalidRequest(f"file {filename!r} sent twice")
+            self._out_name = filename
+        elif name == "config":
             self._out_name = CONFIG_FILE
         else:
             filename = options.get(b"filename", b"").decode("latin-1") or WEIGHT_FILES[0]
@@ -107,6 +121,7 @@ class _Receiver:
                 raise InvalidRequest(f"weights must be named {' or '.join(WEIGHT_FILES)}, not {filename!r}")
             self._out_name = filename
         self._hash = hashlib.sha256()
+        self._part_bytes = 0
         self._out = (self.folder / self._out_name).open("wb")
 
     def on_part_data(self, data: bytes, start: int, end: int) -> None:
@@ -126,7 +141,16 @@ class _Receiver:
             raise InvalidAdapterUpload(
                 f"{self._where()}/{CONFIG_FILE}: more than the limit of {MAX_CONFIG_BYTES} bytes"
             )
-        if self._out_name == WEIGHT_FILES[0] and len(self._buffer) < 8:
+        self._part_bytes += len(chunk)
+        if (
+            self._part == "file"
+            and folder_files.kind_of(self._out_name) in ("json", "text")
+            and self._part_bytes > limits.MAX_TEXT_FILE_BYTES
+        ):
+            raise InvalidAdapterUpload(
+                f"{self._where()}/{self._out_name}: more than the limit of {limits.MAX_TEXT_FILE_BYTES} bytes"
+            )
+        if self._out_name.endswith(".safetensors") and len(self._buffer) < 8:
             self._check_header_length(chunk)
         self._hash.update(chunk)
         self._out.write(chunk)
@@ -155,7 +179,12 @@ class _Receiver:
         size = self._out.tell()
         self._out.close()
         self._out = None
-        expected = self.metadata.config_sha256 if self._part == "config" else self.metadata.weights_sha256
+        if self._part == "file":
+            expected = self.metadata.files[self._out_name]
+        elif self._part == "config":
+            expected = self.metadata.config_sha256
+        else:
+            expected = self.metadata.weights_sha256
         actual = self._hash.hexdigest()
         if actual != expected:
             raise DigestMismatch(
@@ -219,6 +248,8 @@ async def receive(request: Request, folder: Path, *, limit: int) -> Upload:
     finally:
         receiver.close()
     missing = [p for p in ("metadata", "config", "weights") if p not in receiver.seen]
-    if missing or receiver.metadata is None or len(receiver.files) != 2:
+    if receiver.metadata is not None:
+        missing += sorted(f"file {n!r}" for n in receiver.metadata.files if n not in receiver.files)
+    if missing or receiver.metadata is None or len(receiver.files) != 2 + len(receiver.metadata.files):
         raise InvalidRequest(f"incomplete upload: missing {', '.join(missing) or 'a part end'}")
     return Upload(folder, receiver.metadata, receiver.files)

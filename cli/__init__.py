@@ -34,6 +34,7 @@ COMMANDS: dict[str, str] = {
     "worker": "worker:worker",
     "maintenance": "maintenance:maintenance",
     "workers": "workers:workers",
+    "jobs": "jobs:jobs",
 }
 
 

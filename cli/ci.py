@@ -234,7 +234,8 @@ def ci(
     from adapters.compress.gate import Gate
     from adapters.compress.nola import NolaCodec, NolaConfig
     from adapters.compress.peft_io import read_adapter
-    from adapters.registry.errors import NotFound, RegistryError
+    from adapters.registry import folder_files
+    from adapters.registry.errors import InvalidAdapterUpload, NotFound, RegistryError
 
     try:
         config = NolaConfig(ratio=ratio)
@@ -272,8 +273,13 @@ def ci(
             outcomes.append(Outcome(str(directory), name, "invalid", detail=" ".join(str(exc).split())))
             continue
         digest = hashlib.sha256(canonical_bytes(checkpoint)).hexdigest()
+        try:  # the version's identity covers the files beside the weights (README, tokenizer)
+            extras = folder_files.collect(directory, str(directory))
+        except InvalidAdapterUpload as exc:
+            outcomes.append(Outcome(str(directory), name, "invalid", detail=str(exc)))
+            continue
         try:
-            known = app.registry.resolve(f"{name}@sha256:{digest}")
+            known = app.registry.resolve(f"{name}@sha256:{folder_files.content_digest(digest, extras)}")
             if known.status != "failed":
                 outcomes.append(
                     Outcome(

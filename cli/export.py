@@ -18,8 +18,8 @@ def export(
     app: AppContext, ref: str, url: str, endpoint_url: str | None, served_base_model: str | None
 ) -> None:
     """Write the PEFT files of the version REF names to URL (s3://bucket/prefix): the prefix then
-    holds adapter_config.json and adapter_model.safetensors, as LoRAX's s3 source and KServe read
-    them. Credentials come from the usual AWS environment.
+    holds adapter_config.json, adapter_model.safetensors and the version's other files (model card,
+    tokenizer), as LoRAX's s3 source and KServe read them. Credentials come from the usual AWS environment.
 
     \b
     Example:

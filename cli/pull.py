@@ -26,6 +26,8 @@ def pull(app: AppContext, ref: str, output: Path, force: bool, offline: bool) ->
     """Pull the version REF names into a PEFT directory that PEFT loads as is.
 
     REF is ns/name (the latest ready version), ns/name:N, ns/name@alias or ns/name@sha256:<hex>.
+    The directory gets adapter_config.json, adapter_model.safetensors and the files the version was
+    pushed with (README.md, tokenizer files, new_embeddings.safetensors).
     The artifact is checked against its sha256 before anything is written. From a registry API
     (ADAPTERS_URL), files go through the download cache ($XDG_CACHE_HOME/adapters): content
     already there is not downloaded again, and a cut transfer continues where it stopped.

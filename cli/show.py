@@ -78,6 +78,11 @@ def show(app: AppContext, ref: str) -> None:
             click.echo(f"codec       {v.codec or '-'} {params}".rstrip())
             click.echo(f"source      {short_digest(v.source_digest)}  {human_size(v.source_size)}")
             click.echo(f"artifact    {short_digest(v.artifact_digest)}  {human_size(v.artifact_size)}")
+            if v.files:  # README, tokenizer, ...: stored as pushed
+                names = ", ".join(f["name"] for f in v.files)
+                size = human_size(sum(f["size"] for f in v.files))
+                click.echo(f"files       {names}  {size}")
+                click.echo(f"content     {short_digest(v.content_digest)}")
             for label, line in fidelity_lines(v.fidelity or {}):
                 click.echo(f"{label:<11} {line}")
             config = v.peft_config

@@ -12,7 +12,7 @@ from .context import AppContext, pass_app
 @click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
 @pass_app
 def worker(app: AppContext, once: bool, max_jobs: int | None) -> None:
-    """Claim pending versions from the database, compress them (on CUDA when present, or
+    """Take compression jobs from the job queue in PostgreSQL, compress (on CUDA when present, or
     ADAPTERS_DEVICE), store the artifacts and record the outcome. Run as many as you like, on as many
     machines: each job goes to one worker at a time. A worker announces its device and the base models
     under ADAPTERS_MODELS_DIR (see `adapters workers`); a job that wants one of them goes to a live

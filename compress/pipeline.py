@@ -40,7 +40,7 @@ from .nola_core import (
 )
 from .peft_io import LoraCheckpoint
 from .protocol import CompressionReport, Progress, canonical_bytes, decode_with
-from .search import Attempt, ladder, largest_passing
+from .search import Attempt, ladder, largest_passing, refine
 from .stats import InputStats
 from .stfile import loads
 
@@ -282,6 +282,10 @@ def run(
         rungs = ladder(config.ratio)
         index, attempts = largest_passing(rungs, closed_form)
         chosen = attempts[[a.ratio for a in attempts].index(rungs[index])] if index is not None else None
+        if index is not None and index > 0:  # between rungs: the passing size is known to 9%
+            finer, extra = refine(rungs[index], rungs[index - 1], closed_form)
+            attempts += extra
+            chosen = finer or chosen
         if distilling:
             by_ratio = {a.ratio: a for a in attempts}
             above = range(index - 1 if index is not None else len(rungs) - 1, -1, -1)

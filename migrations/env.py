@@ -6,7 +6,7 @@ import sqlalchemy as sa
 from alembic import context
 
 from adapters.registry import models  # noqa: F401 - registers the tables on the metadata
-from adapters.registry.db import Base, make_engine
+from adapters.registry.db import Base, make_engine, ours
 from adapters.registry.settings import get_settings
 
 config = context.config
@@ -19,6 +19,7 @@ def _configure(connection: sa.Connection) -> None:
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",  # ALTER via table copies on SQLite
         compare_type=True,
+        include_name=ours,  # the job queue's tables belong to its library (migration 0007)
     )
 
 

@@ -119,6 +119,9 @@ class CachedFile:
         finally:
             self.handle.close()
 
+    def close(self) -> None:
+        self.handle.close()
+
     def copy_to(self, dest: Path) -> None:
         """Write the file to `dest`, checking its sha256 on the way."""
         with Path(dest).open("wb") as out:
@@ -140,7 +143,7 @@ class CachedAdapter:
 
     def close(self) -> None:
         for f in self.files.values():
-            f.handle.close()
+            f.close()
 
     def __enter__(self) -> CachedAdapter:
         return self

@@ -21,12 +21,13 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import queue, service, tokens, workers
+from . import jobs, queue, service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
 from .engines import CompatFilter
 from .errors import DatabaseUnavailable, VersionNotReady, WaitTimeout
+from .folder_files import StoredFile
 from .lifecycle_client import LifecycleMethods
 from .metrics import JobMetrics
 from .models import Version
@@ -142,6 +143,12 @@ class Registry(Protocol):
     def revoke_token(self, token_id: str) -> TokenView: ...
 
     def workers(self) -> list[WorkerView]: ...
+
+    def list_jobs(self, *, queue: str | None = None, status: str | None = None) -> list[jobs.JobView]: ...
+
+    def retry_job(self, job_id: int) -> jobs.JobView: ...
+
+    def cancel_job(self, job_id: int) -> jobs.JobView: ...
 
     def close(self) -> None: ...
 
@@ -387,6 +394,7 @@ class LocalRegistry(LifecycleMethods):
         )
         self._ready()
         import_codec_modules(self.codec_modules)
+        compress = self.inline if process is None else process
         pushed = service.push(
             self.db,
             self.storage,
@@ -394,10 +402,11 @@ class LocalRegistry(LifecycleMethods):
             max_bytes=self.max_upload_bytes,
             reporter=reporter,
             tmp_dir=self.temp_dir(),
+            # Left for workers: its job is deferred with the version (the queue is PostgreSQL's).
+            enqueue=jobs.defer_in if not compress and self.db.dialect == "postgresql" else None,
         )
         if pushed.created:
             self._retain_after_push(request.name)
-        compress = self.inline if process is None else process
         resumed = False
         if pushed.created and compress:
             self._process(pushed.version_id, reporter)
@@ -584,8 +593,8 @@ class LocalRegistry(LifecycleMethods):
             return self._views(session, service.list_versions(session, name, after=after, limit=limit))
 
     def open_files(self, ref: str | Ref) -> tuple[VersionView, CachedAdapter]:
-        """A ready version and its reconstructed PEFT files, open (served from the cache when there).
-        Close the files when done."""
+        """A ready version and its files, open: the reconstructed PEFT files (served from the cache when
+        there) and the others it stores. Close the files when done."""
         version = self._ready_version(ref)
         assert version.artifact_digest is not None and version.artifact_size is not None
         files = service.materialize(
@@ -594,6 +603,8 @@ class LocalRegistry(LifecycleMethods):
             label=version.ref,
             cache=self.cache,
         )
+        for record in version.files:  # README, tokenizer, ...: straight from the blob store
+            files.files[record["name"]] = StoredFile(self.storage, record)  # type: ignore[assignment]
         return version, files
 
     def artifact(self, ref: str | Ref) -> tuple[VersionView, Iterator[bytes]]:
@@ -656,6 +667,40 @@ class LocalRegistry(LifecycleMethods):
         self._ready()
         with self.db.reading() as session:
             return workers.live_workers(session, live_seconds=self.worker_live_seconds)
+
+    # --------------------------------------------------------------------------------- jobs (admin)
+
+    def _jobs_admin(self, principal: tokens.Principal | None) -> tokens.Principal:
+        self._ready()
+        jobs.require_queue(self.db)
+        who = principal or self.principal
+        who.require("admin")  # across namespaces: a namespace admin does not see the queue
+        return who
+
+    def list_jobs(
+        self,
+        *,
+        queue: str | None = None,
+        status: str | None = None,
+        limit: int = 100,
+        principal: tokens.Principal | None = None,
+    ) -> list[jobs.JobView]:
+        """The newest queue jobs first (PostgreSQL; admin)."""
+        self._jobs_admin(principal)
+        with self.db.reading() as session:
+            return jobs.list_jobs(session, queue=queue, status=status, limit=limit)
+
+    def retry_job(self, job_id: int, *, principal: tokens.Principal | None = None) -> jobs.JobView:
+        """Run a failed or cancelled compression job again, its version pending again (admin)."""
+        self._jobs_admin(principal)
+        with self.db.transaction() as session:
+            return jobs.retry(session, job_id)
+
+    def cancel_job(self, job_id: int, *, principal: tokens.Principal | None = None) -> jobs.JobView:
+        """Cancel a waiting compression job; its version fails with the reason (admin)."""
+        who = self._jobs_admin(principal)
+        with self.db.transaction() as session:
+            return jobs.cancel(session, job_id, by=who.name)
 
     # ------------------------------------------------------------------------------------- tokens
 

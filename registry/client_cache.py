@@ -128,7 +128,11 @@ class ClientCache:
             except (FileNotFoundError, ValueError):
                 continue
             version = VersionView.model_validate(record["version"])
-            if ref.digest is None or ref.digest in (version.source_digest, version.artifact_digest):
+            if ref.digest is None or ref.digest in (
+                version.content_digest,
+                version.source_digest,
+                version.artifact_digest,
+            ):
                 return version, dict(record["files"])
         raise NotCached(f"{ref} is not in the download cache {self.root}: pull it once online first")
 

@@ -258,6 +258,12 @@ class Database:
         self.engine.dispose()
 
 
+def ours(name: str | None, _type: str, _parents: object) -> bool:
+    """Whether a database object is the registry's to compare with its models: the job queue's
+    (`procrastinate_*`, created by migration 0007 from the library's schema) is not."""
+    return not (name or "").startswith("procrastinate_")
+
+
 def alembic_config(connection: Connection | None = None) -> Any:
     """An Alembic config pointing at the installed migrations (no alembic.ini needed)."""
     from alembic.config import Config
@@ -297,6 +303,19 @@ def upgrade(bind: Engine | Connection, revision: str = "head") -> None:
     try:
         with engine.begin() as conn:
             command.upgrade(alembic_config(conn), revision)
+    finally:
+        if engine is not bind:
+            engine.dispose()
+
+
+def downgrade(bind: Engine, revision: str) -> None:
+    """Run `alembic downgrade <revision>` on an engine, SQLite foreign keys off as for upgrades."""
+    from alembic import command
+
+    engine = make_engine(bind.url, foreign_keys=False, poolclass=sa.NullPool) if _is_sqlite(bind) else bind
+    try:
+        with engine.begin() as conn:
+            command.downgrade(alembic_config(conn), revision)
     finally:
         if engine is not bind:
             engine.dispose()

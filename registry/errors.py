@@ -40,7 +40,8 @@ class AliasNotFound(NotFound):
 
 
 class FileNotFound(NotFound):
-    """A version has no file of that name (it holds adapter_config.json and adapter_model.safetensors)."""
+    """A version has no file of that name (it holds adapter_config.json, adapter_model.safetensors and
+    the other files it was pushed with)."""
 
     code = "file-not-found"
 

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .errors import RegistryError
-from .models import Blob, Version
+from .models import Blob, Version, VersionFile
 from .repository import db_now
 from .storage import BlobStorage
 from .sweep import temp_prefix
@@ -64,10 +64,13 @@ class GcReport:
         }
 
 
-def referenced(digest: sa.ColumnElement[str]) -> sa.Exists:
+def referenced(digest: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     """Whether some row references the blob `digest`. Every column that points at a blob belongs
     here."""
-    return sa.exists().where(sa.or_(Version.source_digest == digest, Version.artifact_digest == digest))
+    return sa.or_(
+        sa.exists().where(sa.or_(Version.source_digest == digest, Version.artifact_digest == digest)),
+        sa.exists().where(VersionFile.sha256 == digest),
+    )
 
 
 def _unreferenced(session: Session, cutoff: dt.datetime, after: str) -> list[tuple[str, int]]:

@@ -36,6 +36,7 @@ def _adapter(session: Session, name: AdapterName) -> Adapter:
 def release_blobs(session: Session, versions: Sequence[Version]) -> None:
     """Start the grace period of the blobs these versions reference (they are about to go)."""
     digests = {d for v in versions for d in (v.source_digest, v.artifact_digest) if d is not None}
+    digests |= {f.sha256 for v in versions for f in v.files}
     if digests:
         session.execute(
             sa.update(Blob)

@@ -28,6 +28,12 @@ LABEL_KEY_PATTERN = r"[a-z0-9][a-z0-9._/-]{0,63}"
 LABEL_KEY_REGEX = rf"\A{LABEL_KEY_PATTERN}\Z"
 MAX_REVISION_LENGTH = 128  # a git commit (40 hex), a tag or a branch of the base model's repository
 MAX_SOURCE_LABEL_LENGTH = 1024  # how an upload names its directory in messages (remote client)
+# The files a version holds beside the LoRA weights (folder_files.py): how many, and how large a text
+# or JSON one may be (parsed whole to check it). The largest tokenizer.json of a common model
+# (Gemma 3, 262k tokens) is 33 MB; model cards are kilobytes. Binary files (tokenizer.model, new
+# embeddings) are bounded by the whole push's limit (ADAPTERS_MAX_UPLOAD_BYTES).
+MAX_FOLDER_FILES = 32
+MAX_TEXT_FILE_BYTES = 64 * 1024 * 1024
 
 # Line breaks and tabs are text; every other control character (NUL above all, which PostgreSQL
 # cannot store) is refused.

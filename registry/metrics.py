@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import Blob, Version
@@ -53,8 +54,11 @@ class RegistryCollector(Collector):
             f"{MAX_MODEL_LABELS} with most jobs; the rest as 'other')",
             labels=["base_model"],
         )
+        families: list[GaugeMetricFamily] = []
         try:
             with self.db.transaction() as session:
+                if self.db.dialect == "postgresql":
+                    families = _queue_families(session)
                 rows = session.execute(sa.select(Version.status, sa.func.count()).group_by(Version.status))
                 by_status = {str(status): int(count) for status, count in rows}
                 for status, count in by_status.items():
@@ -80,7 +84,22 @@ class RegistryCollector(Collector):
         except Exception:  # a scrape must not fail because the database is down; /readyz says so
             log.exception("could not read registry metrics")
             return
-        yield from (queue, versions, stored, blobs, workers, waiting, waiting_by_model)
+        yield from (queue, versions, stored, blobs, workers, waiting, waiting_by_model, *families)
+
+
+def _queue_families(session: Session) -> list[GaugeMetricFamily]:
+    """The job queue (PostgreSQL): jobs by queue and state, and how long the oldest due job waits."""
+    from . import jobs
+
+    stats = jobs.stats(session)
+    by_queue = GaugeMetricFamily("adapters_jobs", "Queue jobs by queue and state", labels=["queue", "state"])
+    for (queue_name, state), count in sorted(stats.counts.items()):
+        by_queue.add_metric([queue_name, state], count)
+    oldest = GaugeMetricFamily(
+        "adapters_jobs_oldest_waiting_seconds", "Age of the oldest job that is due and not started (0: none)"
+    )
+    oldest.add_metric([], stats.oldest_waiting_seconds)
+    return [by_queue, oldest]
 
 
 class JobMetrics:

@@ -128,6 +128,11 @@ class Version(Base):
     # The canonical raw serialization of the adapter as pushed (compress.codec.canonical_bytes).
     source_digest: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"))
     source_size: Mapped[int] = mapped_column(sa.BigInteger)
+    # What makes a version's identity: the source's digest when the version holds no other files, else
+    # the sha256 of the source's digest and the other files' names and digests (folder_files.py).
+    content_digest: Mapped[str] = mapped_column(
+        sa.String(64), default=lambda context: context.get_current_parameters()["source_digest"]
+    )
     # What the push asked for:
     # {"codec": ..., "params": {...}, "on_gate_fail": "raw" | "reject", "aliases": [...]}
     requested: Mapped[dict[str, Any]] = mapped_column(JSONType)
@@ -164,6 +169,10 @@ class Version(Base):
     label_rows: Mapped[list[VersionLabel]] = relationship(
         cascade="all, delete-orphan", passive_deletes=True, order_by="VersionLabel.key", lazy="selectin"
     )
+    # The files beside the LoRA weights (README, tokenizer, new embeddings), by name.
+    files: Mapped[list[VersionFile]] = relationship(
+        cascade="all, delete-orphan", passive_deletes=True, order_by="VersionFile.name", lazy="selectin"
+    )
 
     __table_args__ = (
         sa.UniqueConstraint("adapter_id", "number"),
@@ -171,14 +180,15 @@ class Version(Base):
         sa.UniqueConstraint("adapter_id", "id"),
         # Idempotent pushes: one live (not failed) version per content per adapter.
         sa.Index(
-            "uq_versions_adapter_id_source_digest_live",
+            "uq_versions_adapter_id_content_digest_live",
             "adapter_id",
-            "source_digest",
+            "content_digest",
             unique=True,
             postgresql_where=sa.text("status <> 'failed'"),
             sqlite_where=sa.text("status <> 'failed'"),
         ),
         sa.CheckConstraint("number >= 1", name="number_positive"),
+        sa.CheckConstraint(_matches("content_digest", DIGEST_REGEX), name="content_digest_format"),
         sa.CheckConstraint(sa.column("status").in_(STATUSES), name="status_known"),
         sa.CheckConstraint(
             "source_size >= 0 AND (artifact_size IS NULL OR artifact_size >= 0)", name="sizes"
@@ -232,6 +242,25 @@ class VersionLabel(Base):
         # Filters look a label up by key and value.
         sa.Index("ix_version_labels_key_value", "key", "value"),
     )
+
+
+class VersionFile(Base):
+    """A file a version holds beside its LoRA weights, stored losslessly as a blob (folder_files.py).
+    The foreign key keeps the blob's row (and so its object) as long as a version holds it."""
+
+    __tablename__ = "version_files"
+
+    version_id: Mapped[int] = mapped_column(
+        sa.ForeignKey("versions.id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(sa.String(255), primary_key=True)
+    sha256: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("blobs.sha256"), index=True)
+    size: Mapped[int] = mapped_column(sa.BigInteger)
+
+    __table_args__ = (sa.CheckConstraint("size >= 0", name="size_not_negative"),)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "sha256": self.sha256, "size": self.size}
 
 
 class Alias(Base):

@@ -1,13 +1,14 @@
-"""The compression job queue: claim, lease, heartbeat, retry, release.
+"""A compression run's hold on its version row: claim, lease, heartbeat, retry, release.
 
-A version in `pending` is a job. Claiming it (`claim_next`: the oldest claimable version, found with
-`FOR UPDATE SKIP LOCKED` so concurrent workers never take the same row) sets `compressing` with a lease
-that the claimer renews from a heartbeat thread (`Lease`) while the codec runs. When the run ends the
+Which version runs where and when is the job queue's business (jobs.py, worker.py); this module keeps
+the version row, the domain state, in step. Claiming a version (`claim_for_run` for a queue job,
+`claim_version` for an inline run) sets `compressing` with a lease that the claimer renews from a
+heartbeat thread (`Lease`) while the codec runs. When the run ends the
 claimer records the outcome (`service.record_outcome`), gives the job back (`release`, on shutdown), or
 reports the error (`fail`): an error that another run could cure (storage, a crash of the codec's
-machinery) puts the job back with exponential backoff until `max_attempts` runs were spent; input the
-codec refuses fails at once. A claimer that dies stops renewing; its lease expires and the next
-`claim_next` takes the job again (or fails it when its attempts are spent).
+machinery) puts the version back (pending) until `max_attempts` runs were spent, and the queue
+retries its job with exponential backoff; input the codec refuses fails at once. An inline claimer
+that dies stops renewing; its lease expires and `claim_orphan` lets another process take it over.
 
 Delivery is at least once: two runs of one job can overlap when a lease expires under a live but
 stalled worker. That is harmless: outputs are content-addressed blobs, and only the current lease
@@ -28,7 +29,7 @@ from typing import Any
 from .db import Database
 from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, VersionNotReady
 from .models import Version, VersionStatus
-from .repository import QueueRepository
+from .repository import QUEUED, QueueRepository
 from .sweep import process_alive
 from .workers import Capabilities
 
@@ -74,6 +75,10 @@ class Job:
         )
 
 
+class GaveUp(RegistryError):
+    """A version's attempts were spent by runs that stopped without finishing; it is failed now."""
+
+
 class Interrupted(BaseException):
     """Raised in a worker's main thread to stop the current run and give its job back (shutdown).
     A BaseException, so codecs' `except Exception` blocks let it through."""
@@ -83,36 +88,45 @@ def _seconds(value: float) -> dt.timedelta:
     return dt.timedelta(seconds=value)
 
 
-def claim_next(
+def claim_for_run(
     db: Database,
+    version_id: int,
     worker: str,
     *,
     lease_seconds: float,
     max_attempts: int,
     capabilities: Capabilities | None = None,
 ) -> Job | None:
-    """Claim the oldest claimable job for `worker`, or return None when there is none. With
-    `capabilities`, only a job that this worker may take by the base models it holds (workers.py).
-
-    Jobs whose lease expired after their last allowed attempt are failed first, with the reason.
-    """
+    """Take the version a queue job names for a run by `worker`: a pending one, or one left
+    `compressing` by a run that stopped (the queue hands a job out again only when its worker stopped
+    heartbeating, or gave it back). None when there is nothing to run: the version is settled (a
+    run finished it and died before the queue heard), a live inline run holds it, or it is gone. A
+    version whose attempts are spent is failed here, with the reason, instead of running again
+    (`GaveUp` says so)."""
     with db.transaction() as session:
         queue = QueueRepository(session)
-        now = queue.now()
-        for version in queue.expired(now, min_attempts=max_attempts):
-            log.warning("giving up on %s: its lease expired on attempt %d", version.ref, version.attempts)
-            queue.fail(
-                version.id,
-                str(version.leased_by),
-                error=f"gave up after {version.attempts} attempts: the last run stopped without "
-                f"finishing (its lease held by {version.leased_by} expired)",
-                now=now,
-            )
-        placement = capabilities.placement(now) if capabilities is not None else None
-        version_id = queue.next_claimable(now, placement)
-        if version_id is None:
+        version = session.get(Version, version_id, with_for_update={"of": Version}, populate_existing=True)
+        if version is None or version.status not in QUEUED:
             return None
-        return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds)), capabilities)
+        now = queue.now()
+        if (
+            version.status == VersionStatus.COMPRESSING.value
+            and str(version.leased_by).startswith("inline:")
+            and version.lease_expires_at is not None
+            and version.lease_expires_at > now
+        ):
+            return None  # an inline run (`process`) holds it and is alive: it records the outcome
+        if version.status == VersionStatus.COMPRESSING.value and version.attempts >= max_attempts:
+            log.warning("giving up on %s: its run stopped on attempt %d", version.ref, version.attempts)
+            error = (
+                f"gave up after {version.attempts} attempts: the last run stopped without "
+                f"finishing ({version.leased_by} stopped)"
+            )
+            queue.fail(version.id, str(version.leased_by), error=error, now=now)
+            gave_up = GaveUp(f"{version.ref}: {error}")
+        else:
+            return Job.of(queue.lease(version_id, worker, now + _seconds(lease_seconds)), capabilities)
+    raise gave_up  # after the commit that recorded it
 
 
 def claim_version(db: Database, version_id: int, worker: str, *, lease_seconds: float) -> Job:

@@ -16,13 +16,14 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import httpx
 
+from . import folder_files, limits, transfer
 from . import labels as version_labels
-from . import limits, transfer
 from .client_cache import ClientCache
 from .engines import CompatFilter
 from .errors import (
@@ -36,6 +37,7 @@ from .errors import (
     VersionNotReady,
     error_classes,
 )
+from .job_views import JobView
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
@@ -277,6 +279,8 @@ class RemoteRegistry(RemoteLifecycleMethods):
         if weights is None:
             raise InvalidAdapterUpload(f"{path}: missing {WEIGHT_FILES[0]} (or {WEIGHT_FILES[1]})")
         _check_files(config, weights)
+        # README, tokenizer, ...: names, count and sizes checked here, what they hold by the server.
+        extras = folder_files.collect(folder, str(path), check_content=False)
         metadata = {
             "task": task,
             "base_model": base_model,
@@ -291,18 +295,24 @@ class RemoteRegistry(RemoteLifecycleMethods):
             "config_sha256": sha256_file(config)[0],
             "weights_sha256": sha256_file(weights)[0],
             "source": str(path),
+            # Only when there are some: servers from before folders refuse fields they do not know.
+            **({"files": {f.name: f.sha256 for f in extras}} if extras else {}),
         }
-        total = config.stat().st_size + weights.stat().st_size
+        total = config.stat().st_size + weights.stat().st_size + sum(f.size for f in extras)
         with (
             reporter.task("uploading", total=total, unit="bytes") as advance,
             config.open("rb") as config_fh,
             weights.open("rb") as weights_fh,
+            ExitStack() as opened,
         ):
             files = [
                 ("metadata", (None, json.dumps(metadata).encode(), "application/json")),
                 ("config", (CONFIG_FILE, _Counting(config_fh, advance), "application/json")),
                 ("weights", (weights.name, _Counting(weights_fh, advance), "application/octet-stream")),
             ]
+            for extra in extras:
+                fh = opened.enter_context(extra.path.open("rb"))
+                files.append(("file", (extra.name, _Counting(fh, advance), "application/octet-stream")))
             body = self._json("POST", f"{self._adapter_path(adapter)}/versions", files=files)
         return PushResult.model_validate(body)
 
@@ -393,7 +403,8 @@ class RemoteRegistry(RemoteLifecycleMethods):
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
-        """Download a version's reconstructed PEFT files into `out_dir` (verified, then moved in)."""
+        """Download a version's files (the reconstructed PEFT files and the others it stores) into
+        `out_dir` (verified, then moved in)."""
         reporter = reporter or SilentReporter()
         parsed = _as_ref(ref)
         version = self.resolve(parsed)
@@ -406,7 +417,9 @@ class RemoteRegistry(RemoteLifecycleMethods):
         digests = {}
         with staging_for(out, sweep_after=self.sweep_after) as staging:
             try:
-                for filename in PULLED_FILES:
+                for filename in [*PULLED_FILES, *(f["name"] for f in version.files)]:
+                    if filename not in PULLED_FILES:
+                        folder_files.check_name(filename, version.ref)  # never a path outside `out`
                     url, dest = f"{base}/{filename}", staging / filename
                     digests[filename] = self._fetch(url, dest, reporter, filename)
             except OSError as exc:  # a full disk, a quota, a file size limit
@@ -498,6 +511,16 @@ class RemoteRegistry(RemoteLifecycleMethods):
 
     def workers(self) -> list[WorkerView]:
         return [WorkerView.model_validate(w) for w in self._json("GET", "/v1/workers")["workers"]]
+
+    def list_jobs(self, *, queue: str | None = None, status: str | None = None) -> list[JobView]:
+        params = {k: v for k, v in {"queue": queue, "status": status}.items() if v is not None}
+        return [JobView.model_validate(j) for j in self._json("GET", "/v1/jobs", params=params)["jobs"]]
+
+    def retry_job(self, job_id: int) -> JobView:
+        return JobView.model_validate(self._json("POST", f"/v1/jobs/{int(job_id)}/retry"))
+
+    def cancel_job(self, job_id: int) -> JobView:
+        return JobView.model_validate(self._json("POST", f"/v1/jobs/{int(job_id)}/cancel"))
 
     def revoke_token(self, token_id: str) -> TokenView:
         if not re.fullmatch(r"[0-9a-f]{12}", token_id):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -299,23 +298,29 @@ class VersionRepository:
         )
 
     def by_digest(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version whose source or artifact has this digest (ready ones first, then the newest)."""
+        """The version whose content, source or artifact has this digest (ready ones first, then the
+        newest)."""
         return self.session.scalar(
             sa.select(Version)
             .where(
                 Version.adapter_id == adapter.id,
-                sa.or_(Version.source_digest == digest, Version.artifact_digest == digest),
+                sa.or_(
+                    Version.content_digest == digest,
+                    Version.source_digest == digest,
+                    Version.artifact_digest == digest,
+                ),
             )
             .order_by((Version.status == VersionStatus.READY.value).desc(), Version.number.desc())
             .limit(1)
         )
 
-    def live_by_source(self, adapter: Adapter, digest: str) -> Version | None:
-        """The version (not failed) that holds exactly this content, if any: a re-push returns it."""
+    def live_by_content(self, adapter: Adapter, digest: str) -> Version | None:
+        """The version (not failed) that holds exactly this content (its content digest), if any: a
+        re-push returns it."""
         return self.session.scalar(
             sa.select(Version).where(
                 Version.adapter_id == adapter.id,
-                Version.source_digest == digest,
+                Version.content_digest == digest,
                 Version.status != VersionStatus.FAILED.value,
             )
         )
@@ -420,72 +425,16 @@ def held_by_live_worker(model: sa.ColumnElement[str | None], live_since: dt.date
     )
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Which jobs a claimer may take, by the base models it holds. A job that wants a base model goes
-    to a live worker that holds it; when no live worker does, to anyone once it has waited since
-    `created_before` (so that a capable worker starting soon still gets it). Jobs that want none go to
-    anyone at once."""
-
-    models: tuple[str, ...]
-    live_since: dt.datetime  # workers seen since then are live
-    created_before: dt.datetime  # jobs older than this no longer wait for a capable worker
-
-    def allows(self) -> sa.ColumnElement[bool]:
-        wanted = Version.wants_base_model
-        return sa.or_(
-            wanted.is_(None),
-            wanted.in_(self.models),
-            sa.and_(Version.created_at <= self.created_before, ~held_by_live_worker(wanted, self.live_since)),
-        )
-
-
 class QueueRepository:
-    """The job queue over `versions`: a pending version is a job; a worker claims it by setting
-    `compressing` with a lease (`leased_by`, `lease_expires_at`) that it renews while it works.
-    A lease that expires makes the job claimable again. Every write checks who holds the lease."""
+    """A compression run's hold on its version: the run sets `compressing` with a lease (`leased_by`,
+    `lease_expires_at`) that it renews while it works (the job queue, jobs.py, decides who runs what).
+    Every write checks who holds the lease."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
 
     def now(self) -> dt.datetime:
         return db_now(self.session)
-
-    def _claimable(self, now: dt.datetime) -> sa.ColumnElement[bool]:
-        return sa.and_(
-            Version.status.in_(QUEUED),  # the partial index's predicate
-            sa.or_(
-                sa.and_(
-                    Version.status == VersionStatus.PENDING.value,
-                    sa.or_(Version.next_attempt_at.is_(None), Version.next_attempt_at <= now),
-                ),
-                sa.and_(Version.status == VersionStatus.COMPRESSING.value, Version.lease_expires_at < now),
-            ),
-        )
-
-    def expired(self, now: dt.datetime, *, min_attempts: int, limit: int = 100) -> Sequence[Version]:
-        """Jobs whose lease ran out after `min_attempts` runs or more, locked (others are skipped)."""
-        return self.session.scalars(
-            sa.select(Version)
-            .where(
-                Version.status.in_(QUEUED),
-                Version.status == VersionStatus.COMPRESSING.value,
-                Version.lease_expires_at < now,
-                Version.attempts >= min_attempts,
-            )
-            .order_by(Version.id)
-            .limit(limit)
-            .with_for_update(of=Version, skip_locked=True)
-            .execution_options(populate_existing=True)
-        ).all()
-
-    def next_claimable(self, now: dt.datetime, placement: Placement | None = None) -> int | None:
-        """The oldest claimable job's id, row-locked; jobs other transactions hold are skipped. With a
-        `placement`, only the jobs that claimer may take (see `Placement.allows`)."""
-        query = sa.select(Version.id).where(self._claimable(now))
-        if placement is not None:
-            query = query.where(placement.allows())
-        return self.session.scalar(query.order_by(Version.id).limit(1).with_for_update(skip_locked=True))
 
     def lease(self, version_id: int, worker: str, until: dt.datetime) -> Version:
         """Mark a locked job `compressing` for `worker` until `until`, counting the attempt."""

@@ -73,6 +73,10 @@ class VersionView(View):
     status: str
     source_digest: str
     source_size: int
+    # The version's identity: the source's digest, or with other files (README, tokenizer, ...) a
+    # digest over the source and them (folder_files.content_digest); `files` lists those files.
+    content_digest: str = ""
+    files: list[dict[str, Any]] = []
     artifact_digest: str | None
     artifact_size: int | None
     codec: str | None
@@ -101,6 +105,10 @@ class VersionView(View):
     device: str | None = None
     waiting: WaitingView | None = None
 
+    def model_post_init(self, context: Any) -> None:
+        if not self.content_digest:  # a view from a server (or a cache record) older than folders
+            self.content_digest = self.source_digest
+
     @classmethod
     def of(
         cls,
@@ -121,6 +129,8 @@ class VersionView(View):
             status=version.status,
             source_digest=version.source_digest,
             source_size=version.source_size,
+            content_digest=version.content_digest or version.source_digest,
+            files=[f.record() for f in version.files],
             artifact_digest=version.artifact_digest,
             artifact_size=version.artifact_size,
             codec=version.codec,

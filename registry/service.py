@@ -16,7 +16,7 @@ import hashlib
 import math
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 from sqlalchemy.orm import Session
 
-from . import alias_audit, gc, labels, limits, queue
+from . import alias_audit, folder_files, gc, labels, limits, queue
 from .cache import CachedAdapter, ReconstructionCache, open_folder
 from .codecs import CodecEnvironment, attach_base_model, uses_base_model
 from .compat import facts_of
@@ -43,7 +43,7 @@ from .errors import (
     VersionNotFound,
     VersionNotReady,
 )
-from .models import Adapter, Alias, Version, VersionStatus
+from .models import Adapter, Alias, Version, VersionFile, VersionStatus
 from .output import install, prepare_output, staging_for, write_error
 from .progress import Reporter, SilentReporter
 from .queue import Job
@@ -146,8 +146,10 @@ def push(
     max_bytes: int | None = None,
     reporter: Reporter | None = None,
     tmp_dir: Path | None = None,
+    enqueue: Callable[[Session, Version], object] | None = None,
 ) -> Pushed:
-    """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`).
+    """Validate a PEFT directory, store its canonical bytes, and create the next version (`pending`);
+    `enqueue` (jobs.defer_in) queues its compression in the transaction that creates it.
 
     Pushing content the adapter already holds (in a version that has not failed) returns that version
     with `created=False`. Nothing is written for input that fails validation.
@@ -168,9 +170,12 @@ def push(
             if request.label is not None:
                 message = message.replace(str(request.path), request.label)
             raise InvalidAdapterUpload(message) from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise AdapterTooLarge(f"{where}: adapter is {len(data)} bytes, more than the limit of {max_bytes}")
+        extras = folder_files.collect(request.path, where)  # README, tokenizer, ...: stored as they are
+    total = len(data) + sum(f.size for f in extras)
+    if max_bytes is not None and total > max_bytes:
+        raise AdapterTooLarge(f"{where}: adapter is {total} bytes, more than the limit of {max_bytes}")
     digest = hashlib.sha256(data).hexdigest()
+    content = folder_files.content_digest(digest, extras)
     # An explicit base model must agree with the adapter's; the config's only fills in a missing one.
     # Both are checked here, before any blob is stored.
     config_base_model = checkpoint.config.get("base_model_name_or_path") or None
@@ -193,7 +198,7 @@ def push(
             raise InvalidRequest(f"{request.name} is a new adapter: give its task (--task)")
         if adapter is not None:
             _check_same_adapter(adapter, request.task, request.base_model)
-            existing = VersionRepository(session).live_by_source(adapter, digest)
+            existing = VersionRepository(session).live_by_content(adapter, content)
             if existing is not None:
                 _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
                 return Pushed(existing.id, created=False)
@@ -203,6 +208,7 @@ def push(
         source.write_bytes(data)
         with reporter.task("uploading", total=len(data), unit="bytes") as advance:
             storage.put_file(digest, source, progress=advance)
+    folder_files.store(storage, extras)
 
     with db.transaction() as session:
         adapters, versions = AdapterRepository(session), VersionRepository(session)
@@ -218,7 +224,7 @@ def push(
             )
         adapter = adapters.lock(adapter)
         _check_same_adapter(adapter, request.task, request.base_model)
-        existing = versions.live_by_source(adapter, digest)  # pushed while we uploaded?
+        existing = versions.live_by_content(adapter, content)  # pushed while we uploaded?
         if existing is not None:
             _apply_push_aliases(session, existing, request.aliases, by=request.created_by)
             return Pushed(existing.id, created=False)
@@ -229,6 +235,8 @@ def push(
         adapters.add_tags(adapter, request.tags)
         number = adapters.next_version_number(adapter)
         BlobRepository(session).ensure(digest, len(data))
+        for extra in extras:
+            BlobRepository(session).ensure(extra.sha256, extra.size)
         version = versions.add(
             Version(
                 adapter_id=adapter.id,
@@ -236,6 +244,8 @@ def push(
                 status=VersionStatus.PENDING.value,
                 source_digest=digest,
                 source_size=len(data),
+                content_digest=content,
+                files=[VersionFile(**f.record()) for f in extras],
                 requested=request.requested,
                 peft_config=checkpoint.config,
                 compat=facts_of(checkpoint),
@@ -247,6 +257,8 @@ def push(
         )
         labels.update(session, version, request.labels)
         gc.restore(storage, digest, data, tmp_dir)  # collected meanwhile? (see gc.py)
+        if enqueue is not None:
+            enqueue(session, version)
         return Pushed(version.id, created=True)
 
 
@@ -796,6 +808,7 @@ def pull(
         version_id, label = version.id, version.ref
         assert version.artifact_digest is not None and version.artifact_size is not None
         artifact = (version.artifact_digest, version.artifact_size)
+        stored = [f.record() for f in version.files]
     prepare_output(out_dir, force)
     with staging_for(out_dir, sweep_after=sweep_after) as staging:
         with materialize(
@@ -804,6 +817,7 @@ def pull(
             try:
                 for cached in adapter.files.values():
                     cached.copy_to(staging / cached.name)
+                folder_files.fetch(storage, stored, staging)
             except OSError as exc:  # a full disk, a quota, a file size limit
                 raise write_error(out_dir, exc) from None
         return version_id, install(staging, out_dir)

@@ -79,7 +79,10 @@ class Settings(BaseSettings):
 
     # Compression workers.
     worker_lease_seconds: float = Field(
-        default=60, gt=0, description="How long a claimed job stays a worker's without a heartbeat."
+        default=60,
+        gt=0,
+        description="How long a worker may miss heartbeats (it beats every third of this) before "
+        "other workers retry its job.",
     )
     worker_max_attempts: int = Field(default=3, ge=1, description="Codec runs per version before it fails.")
     worker_backoff_seconds: float = Field(

@@ -86,6 +86,9 @@ def _up_to_date(folder: Path, version: VersionView, served: str | None) -> bool:
     marker = read_marker(folder)
     if marker is None or marker.get("artifact_digest") != version.artifact_digest:
         return False
+    # Versions that share an artifact can differ in their other files (README, tokenizer).
+    if marker.get("content_digest", version.source_digest) != version.content_digest:
+        return False
     if marker.get("served_base_model") != served:
         return False
     files = marker.get("files")
@@ -155,6 +158,7 @@ def _write(registry: Registry, version: VersionView, target: Path, served: str |
             "version": version.number,
             "artifact_digest": version.artifact_digest,
             "source_digest": version.source_digest,
+            "content_digest": version.content_digest,
             "served_base_model": served,
             "files": files,
         }

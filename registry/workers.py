@@ -6,10 +6,11 @@ refreshes it from a heartbeat thread every third of `worker_live_seconds` (re-re
 so a model downloaded meanwhile counts), and deletes it when it stops. A row not refreshed for
 `worker_live_seconds` belongs to a worker that died: it is ignored, and pruned by the next heartbeat.
 
-Claiming (queue.claim_next, with `Capabilities`) then follows three rules:
-- a version whose codec uses no base model (raw), or whose adapter names none, goes to any worker at once;
-- a version whose base model some live worker holds goes only to such a worker;
-- a version whose base model no live worker holds goes to any worker once it has waited
+The job queue (jobs.py) then routes by three rules:
+- a version whose codec uses no base model (raw), or whose adapter names none, goes to any worker at once
+  (queue `compress`);
+- a version whose base model some live worker holds goes only to such a worker (its model's queue);
+- a version whose base model no live worker holds moves to `compress` once it has waited
   `worker_capability_wait_seconds` since it was pushed, and is compressed without the model (data-free);
   its record says so.
 """
@@ -27,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import Version, VersionStatus
-from .repository import Placement, WorkerRepository
+from .repository import WorkerRepository
 from .schemas import WaitingView, WorkerView
 
 log = logging.getLogger("adapters.workers")
@@ -41,13 +42,6 @@ class Capabilities:
     models: tuple[str, ...] = ()
     live_seconds: float = 30.0
     wait_seconds: float = 300.0
-
-    def placement(self, now: dt.datetime) -> Placement:
-        return Placement(
-            models=self.models,
-            live_since=live_since(now, self.live_seconds),
-            created_before=now - dt.timedelta(seconds=self.wait_seconds),
-        )
 
     def without_model_note(self, model: str | None) -> str | None:
         """Why a job that wants `model` runs on this claimer without it (None when it holds it, or the

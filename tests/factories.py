@@ -58,7 +58,14 @@ def synthesize_adapter(model, out_dir: str | Path, seed: int = 0, scale: float =
     with warnings.catch_warnings():  # PEFT says it saves resized embeddings whole: it is meant to
         warnings.filterwarnings("ignore", message="Setting `save_embedding_layers`")
         peft_model.save_pretrained(str(out_dir))
+    _drop_card(out_dir)
     return peft_model.eval()
+
+
+def _drop_card(out_dir: str | Path) -> None:
+    """PEFT writes a model card beside the adapter; the adapters made here are its two files alone (a
+    version stores a card too: `make_adapter_folder` makes folders with one and the rest)."""
+    (Path(out_dir) / "README.md").unlink(missing_ok=True)
 
 
 def token_batch(n: int = 4, length: int = 12, seed: int = 0) -> torch.Tensor:
@@ -89,6 +96,7 @@ def save_tiny_llama(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     tiny_llama(seed).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -123,6 +131,7 @@ def save_headless_bert(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     BertModel(BertConfig(**TINY_BERT)).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -134,6 +143,7 @@ def save_tiny_t5(out_dir: str | Path, seed: int = 0) -> Path:
     out = Path(out_dir)
     T5ForConditionalGeneration(T5Config(**TINY_T5)).save_pretrained(out)
     char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
     return out
 
 
@@ -195,6 +205,7 @@ def train_adapter(
         loss.backward()
         optimizer.step()
     peft_model.save_pretrained(str(out_dir))
+    _drop_card(out_dir)
     return Path(out_dir)
 
 
@@ -210,3 +221,51 @@ def adapter_variants(adapter_dir: str | Path, out_root: str | Path, n: int) -> l
         )
         for i in range(n)
     ]
+
+
+FOLDER_EXTRAS = (
+    "README.md",
+    "chat_template.jinja",
+    "new_embeddings.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+)
+
+
+def make_adapter_folder(out_dir: str | Path, seed: int = 0, readme: str = "# A tiny adapter\n") -> Path:
+    """A PEFT adapter folder as training leaves it: the adapter, its model card, the tokenizer it was
+    trained with, a `new_embeddings.safetensors`, and a pickled `training_args.bin` (never stored)."""
+    from safetensors.torch import save_file
+
+    out = make_adapter(out_dir, seed=seed)
+    (out / "README.md").write_text(readme)
+    char_tokenizer().save_pretrained(out)
+    (out / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}\n{% endfor %}")
+    gen = torch.Generator().manual_seed(seed)
+    save_file(
+        {"embed_tokens": torch.randn(2, TINY_LLAMA["hidden_size"], generator=gen)},
+        str(out / "new_embeddings.safetensors"),
+    )
+    torch.save({"learning_rate": 1e-4}, out / "training_args.bin")
+    return out
+
+
+def save_two_adapters(path: Path) -> dict[str, torch.Tensor]:
+    """Save a PEFT model with adapters `default` (r=4 on q_proj) and `other` (r=2 on v_proj) as PEFT
+    does (`default` at the root, `other/` beside it); returns each adapter's logits on token_batch()."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(tiny_llama(0), LoraConfig(r=4, target_modules=["q_proj"], init_lora_weights=False))
+    model.add_adapter("other", LoraConfig(r=2, target_modules=["v_proj"], init_lora_weights=False))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_" in name:
+                param.add_(0.05 * torch.randn_like(param))
+    model.save_pretrained(str(path))
+    expected = {}
+    for adapter in ("default", "other"):
+        model.set_adapter(adapter)
+        with torch.no_grad():
+            expected[adapter] = model.eval()(token_batch()).logits
+    return expected

@@ -176,3 +176,23 @@ def test_without_the_base_model_the_record_says_so(env, monkeypatch, tmp_path):
     assert "base model not available" in version.fidelity["setup"]["note"]
     gate = version.fidelity["gate"]
     assert gate["data_free"] is True and gate["basis"] == "data-free proxy: weight error"
+
+
+def test_a_new_model_card_is_new_content(env, tmp_path):
+    import shutil
+
+    folder = tmp_path / "adapters" / "old"
+    shutil.copytree(env / "adapters" / "old", folder)
+    with registry() as reg:
+        reg.push(folder, "team/old", task="demo", codec="raw")
+    args = ci_args(env, "--dry-run", "--json")
+    args[1] = str(tmp_path / "adapters")  # only this copy
+
+    def decision() -> str:
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)["adapters"][0]["decision"]
+
+    assert decision() == "unchanged"
+    (folder / "README.md").write_text("# old, now with a card\n")  # the weights are the same
+    assert decision() == "passed"

@@ -7,7 +7,7 @@ import pytest
 from adapters.compress.gate import Gate
 from adapters.compress.nola import NolaCodec, NolaConfig
 from adapters.compress.peft_io import read_adapter
-from adapters.compress.search import Attempt, ladder, largest_passing
+from adapters.compress.search import Attempt, ladder, largest_passing, refine
 from tests.factories import make_adapter
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -20,6 +20,24 @@ def test_the_ladder_falls_by_sqrt2_from_the_largest_ratio_to_2x():
     assert ladder(1.5) == [1.5]
     with pytest.raises(ValueError):
         ladder(0.5)
+
+
+@pytest.mark.parametrize("threshold", [4.1, 4.9, 5.6])
+def test_refine_bisects_between_the_passing_rung_and_the_failing_one(threshold):
+    calls: list[float] = []
+
+    def attempt(ratio: float) -> Attempt:
+        calls.append(ratio)
+        return Attempt(ratio, 100, "test", {"passed": ratio <= threshold})
+
+    best, tried = refine(4.0, 5.657, attempt)
+    assert [a.ratio for a in tried] == calls and len(calls) == 2
+    assert calls[0] == pytest.approx((4.0 * 5.657) ** 0.5, abs=1e-3)
+    passing = [r for r in calls if r <= threshold]
+    assert (best.ratio if best else None) == (max(passing) if passing else None)
+    # The answer lies within one last step of the true threshold.
+    found = best.ratio if best else 4.0
+    assert found <= threshold < min([r for r in calls if r > threshold] + [5.657])
 
 
 @pytest.mark.parametrize("threshold", [0.5, 2.0, 3.0, 7.9, 8.0, 31.0, 32.0, 100.0])
@@ -53,6 +71,11 @@ def test_the_search_stores_the_smallest_artifact_that_passes(tmp_path):
         for r in ladder(8)
     }
     passing = [r for r, e in errors.items() if e <= threshold]
-    assert passing and search["chosen_ratio"] == max(passing)
-    assert any(e > threshold for e in errors.values())  # the search had something to find
+    failing = [r for r, e in errors.items() if e > threshold]
+    assert passing and failing  # the search had something to find
+    # The largest passing rung, or a size between it and the failing rung above (refined).
+    above = min([r for r in failing if r > max(passing)], default=None)
+    assert max(passing) <= search["chosen_ratio"] < (above or float("inf"))
+    refined = [a for a in search["attempts"] if a["ratio"] not in errors]
+    assert all(a["passed"] == (a["ratio"] <= search["chosen_ratio"]) for a in refined)
     assert report.ratio == pytest.approx(search["chosen_ratio"], rel=0.03)

@@ -1,19 +1,23 @@
-"""Downloads of a version: its reconstructed PEFT files one by one, both as a tarball, or the stored
-(compressed) artifact. Reconstructions come from the cache when it has them. Every byte is checked
-against its sha256 as it streams (the digest is also sent, in `X-Content-SHA256` and the ETag); a
-mismatch aborts the response, so a client never receives a whole wrong file. Every route answers
-`HEAD` and single `Range` requests (see api/ranges.py), so a cut download resumes."""
+"""Downloads of a version: its files one by one (the reconstructed PEFT files and the others it was
+pushed with: README, tokenizer, ...), all of them as a tarball, or the stored (compressed) artifact.
+Reconstructions come from the cache when it has them. Every byte is checked against its sha256 as it
+streams (the digest is also sent, in `X-Content-SHA256` and the ETag); a mismatch aborts the
+response, so a client never receives a whole wrong file. Every route answers `HEAD` and single
+`Range` requests (see api/ranges.py), so a cut download resumes."""
 
 from __future__ import annotations
 
 import tarfile
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Path, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response, StreamingResponse
 
+from adapters.registry import folder_files
 from adapters.registry.cache import CachedFile
+from adapters.registry.errors import FileNotFound
 from adapters.registry.refs import AdapterName, Ref
 
 from .. import problems, ranges
@@ -23,11 +27,15 @@ from ..state import State
 
 router = APIRouter(prefix="/v1/adapters/{namespace}/{name}/versions/{number}", tags=["downloads"])
 
-FileName = Literal["adapter_config.json", "adapter_model.safetensors"]
-MEDIA_TYPES = {
-    "adapter_config.json": "application/json",
-    "adapter_model.safetensors": "application/octet-stream",
-}
+FileName = Annotated[
+    str,
+    Path(
+        description="adapter_config.json, adapter_model.safetensors, or another file the version was "
+        "pushed with (README.md, tokenizer files, new_embeddings.safetensors, ...)",
+        max_length=255,
+    ),
+]
+MEDIA_TYPES = {".json": "application/json", ".md": "text/markdown; charset=utf-8"}
 BLOCK = 512
 
 
@@ -67,7 +75,7 @@ def _headers(filename: str, size: int, sha256: str | None) -> dict[str, str]:
 @router.get(
     "/files/{filename}",
     response_class=StreamingResponse,
-    summary="One reconstructed PEFT file of a ready version",
+    summary="One file of a ready version: a reconstructed PEFT file or one it was pushed with",
     responses=_binary("The file", "application/json", "application/octet-stream"),
 )
 def download_file(
@@ -79,21 +87,36 @@ def download_file(
     state: State,
     principal: Reader,
 ) -> Response:
-    _, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
+    if filename not in ("adapter_config.json", "adapter_model.safetensors") and (
+        folder_files.kind_of(filename) is None or "/" in filename
+    ):  # a name no version can hold: a bad request, as before folders were stored
+        raise RequestValidationError(
+            [
+                {
+                    "type": "value_error",
+                    "loc": ("path", "filename"),
+                    "msg": f"no version holds a file {filename!r}",
+                }
+            ]
+        )
+    version, files = state.registry.open_files(Ref(AdapterName(namespace, name), number=number))
+    if filename not in files.files:
+        files.close()
+        raise FileNotFound(f"{version.ref} has no file {filename!r}")
     for other in files.files.values():
         if other.name != filename:
-            other.handle.close()
+            other.close()
     cached = files.files[filename]
     headers = _headers(filename, cached.size, cached.sha256)
     return ranges.send(
         request,
         size=cached.size,
         etag=headers["ETag"],
-        media_type=MEDIA_TYPES[filename],
+        media_type=MEDIA_TYPES.get(filename[filename.rfind(".") :], "application/octet-stream"),
         headers=headers,
         whole=cached.chunks,
         part=lambda wanted: cached.range_chunks(wanted.start, wanted.end),
-        close=cached.handle.close,
+        close=cached.close,
     )
 
 
@@ -128,7 +151,8 @@ def _tar(prefix: str, files: list[CachedFile]) -> tuple[int, Iterator[bytes]]:
     response_class=StreamingResponse,
     summary="The reconstructed PEFT directory of a ready version, as a tarball",
     responses=_binary(
-        "application/x-tar", "A tar of <name>-<number>/adapter_config.json and adapter_model.safetensors"
+        "application/x-tar",
+        "A tar of <name>-<number>/ with adapter_config.json, adapter_model.safetensors and the other files",
     ),
 )
 def download_archive(
@@ -138,8 +162,10 @@ def download_archive(
     prefix = f"{name}-{number}"
     size, body = _tar(prefix, [files.files[n] for n in sorted(files.files)])
     headers = _headers(f"{prefix}.tar", size, None)
-    # The tar's bytes follow from the artifact's (reconstruction and the tar headers are deterministic).
-    etag = f'"tar-sha256:{version.artifact_digest}"'
+    # The tar's bytes follow from the artifact's (reconstruction and the tar headers are deterministic)
+    # and, for a version with other files, from those (its content digest covers them).
+    extra = f":{version.content_digest}" if version.files else ""
+    etag = f'"tar-sha256:{version.artifact_digest}{extra}"'
     headers["ETag"] = etag
     return ranges.send(
         request,

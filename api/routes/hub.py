@@ -94,7 +94,7 @@ def _model_info(state: AppState, namespace: str, name: str, revision: str) -> di
             }
             for path, e in _entries(files)
         ],
-        "usedStorage": version.artifact_size,
+        "usedStorage": (version.artifact_size or 0) + sum(f["size"] for f in version.files),
         # Not the Hub's: where this version sits in the registry.
         "adapters": {"ref": f"{version.adapter}:{version.number}", "aliases": version.aliases},
     }
@@ -194,7 +194,7 @@ def resolve(
         return response
     for other in files.files.values():
         if other.name != filename:
-            other.handle.close()
+            other.close()
     cached = files.files[filename]
     etag = f'"{cached.sha256}"'
     headers = {
@@ -218,5 +218,5 @@ def resolve(
         headers=headers,
         whole=cached.chunks,
         part=lambda wanted: cached.range_chunks(wanted.start, wanted.end),
-        close=cached.handle.close,
+        close=cached.close,
     )

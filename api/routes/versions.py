@@ -27,7 +27,9 @@ UPLOAD_BODY = {
     "requestBody": {
         "required": True,
         "description": "Parts in this order: `metadata` (JSON, see PushMetadata), `config` "
-        "(adapter_config.json), `weights` (adapter_model.safetensors, or a file named adapter_model.bin).",
+        "(adapter_config.json), `weights` (adapter_model.safetensors, or a file named adapter_model.bin), "
+        "then any number of `file` parts named by their filename (README.md, tokenizer files, "
+        "new_embeddings.safetensors), each announced in the metadata's `files`.",
         "content": {
             "multipart/form-data": {
                 "schema": {
@@ -37,6 +39,7 @@ UPLOAD_BODY = {
                         "metadata": {"$ref": "#/components/schemas/PushMetadata"},
                         "config": {"type": "string", "format": "binary"},
                         "weights": {"type": "string", "format": "binary"},
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}},
                     },
                 },
                 "encoding": {"metadata": {"contentType": "application/json"}},

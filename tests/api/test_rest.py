@@ -280,7 +280,7 @@ def test_the_openapi_document_describes_every_operation(service):
             }, (path, method, status)
     upload = schema["paths"]["/v1/adapters/{namespace}/{name}/versions"]["post"]
     assert set(upload["requestBody"]["content"]["multipart/form-data"]["schema"]["properties"]) == {
-        "metadata", "config", "weights",
+        "metadata", "config", "weights", "file",
     }  # fmt: skip
     assert {"Problem", "PushMetadata", "VersionView", "AdapterPage"} <= set(schema["components"]["schemas"])
 

@@ -7,14 +7,16 @@ import json
 
 import pytest
 
-from adapters.registry import queue, service
+from adapters.registry import service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.repository import WorkerRepository
-from adapters.registry.workers import Capabilities
+from tests.registry import jobqueue
 from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
 
 MODEL = "tiny-llama"
+# Workers take jobs from the job queue (PostgreSQL); the embedded registry compresses inline.
+ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +24,7 @@ def queued(cli_env):
     cli_env.setenv("ADAPTERS_COMPRESSION", "queue")  # pushes wait, pending, for a worker
 
 
+@ON_POSTGRESQL
 def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir, tmp_path):
     pushed = cli(
         "push", adapter_dir, "--name", "acme/w", "--task", "t", "--base-model", MODEL,
@@ -47,13 +50,8 @@ def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir
     assert "gpu-1" in cli("workers").stdout and f"org/other,{MODEL}" in cli("workers").stdout
     assert f"waiting     for a worker with {MODEL} (1 live worker holds it)" in cli("show", "acme/w:1").stdout
 
-    job = queue.claim_next(
-        registry.db, "cpu-1", lease_seconds=60, max_attempts=3, capabilities=Capabilities(wait_seconds=0)
-    )
-    assert job is None  # gpu-1 holds the model and is live
-    job = queue.claim_next(
-        registry.db, "gpu-1", lease_seconds=60, max_attempts=3, capabilities=Capabilities((MODEL,))
-    )
+    assert jobqueue.claim(registry, "cpu-1", wait=0) is None  # gpu-1 holds the model and is live
+    job = jobqueue.claim(registry, "gpu-1", (MODEL,))
     assert "worker      gpu-1 on cuda:0" in cli("show", "acme/w:1").stdout  # compressing, on that device
     service.run_job(registry.db, registry.storage, job, device="cuda:0", lease_seconds=60)
     shown = cli("show", "acme/w:1").stdout
@@ -61,14 +59,14 @@ def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir
     registry.close()
 
 
+@ON_POSTGRESQL
 def test_show_says_a_version_was_compressed_without_its_model(cli, backend, adapter_dir, tmp_path):
     cli(
         "push", adapter_dir, "--name", "acme/d", "--task", "t", "--base-model", MODEL,
         "--codec", "test-slow-base", "--param", f"log={tmp_path / 'runs.log'}",
     )  # fmt: skip
     registry = LocalRegistry(Database(backend.database_url), backend.storage)
-    capabilities = Capabilities(wait_seconds=0)
-    job = queue.claim_next(registry.db, "cpu-1", lease_seconds=60, max_attempts=3, capabilities=capabilities)
+    job = jobqueue.claim(registry, "cpu-1", wait=0)
     service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
     registry.close()
     shown = cli("show", "acme/d:1").stdout

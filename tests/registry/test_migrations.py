@@ -10,8 +10,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.orm import Session
 
+from adapters.registry import db as registry_db
 from adapters.registry import models
-from adapters.registry.db import Database, current_revision, head_revision, upgrade
+from adapters.registry.db import Database, current_revision, downgrade, head_revision, upgrade
 from adapters.registry.errors import SchemaOutdated
 
 DIGEST = "a" * 64
@@ -20,7 +21,9 @@ OTHER = "b" * 64
 
 def _drift(engine: sa.Engine) -> list:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        context = MigrationContext.configure(
+            conn, opts={"compare_type": True, "include_name": registry_db.ours}
+        )
         return compare_metadata(context, models.Base.metadata)
 
 
@@ -46,14 +49,10 @@ def test_drift_check_notices_a_model_change(fresh_db_url):
 
 
 def test_downgrade_to_base_and_back(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
 
     db = Database(fresh_db_url)
     db.upgrade()
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "base")
+    downgrade(db.engine, "base")
     assert current_revision(db.engine) is None
     assert set(sa.inspect(db.engine).get_table_names()) <= {"alembic_version"}
     upgrade(db.engine)
@@ -218,9 +217,6 @@ def test_0003_gives_queued_versions_the_base_model_their_codec_wants(fresh_db_ur
 
 
 def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
-    from alembic import command
-
-    from adapters.registry.db import alembic_config
 
     insert = sa.text("INSERT INTO adapters (namespace, name, task, base_model) VALUES ('acme', :n, 't', :b)")
     db = Database(fresh_db_url)
@@ -235,12 +231,50 @@ def test_0004_widens_base_model_and_keeps_what_was_there(fresh_db_url):
     read = sa.text("SELECT name, base_model FROM adapters ORDER BY name")
     with db.engine.connect() as conn:
         assert conn.execute(read).all() == [("long", long_path), ("short", "org/model"), ("wide", wide)]
-    with db.engine.begin() as conn:
-        command.downgrade(alembic_config(conn), "0003")  # cuts what the old column cannot hold
+    downgrade(db.engine, "0003")  # cuts what the old column cannot hold
     with db.engine.connect() as conn:
         assert conn.execute(read).all() == [
             ("long", long_path[:256]),
             ("short", "org/model"),
             ("wide", wide[:256]),
         ]
+    db.dispose()
+
+
+def test_0006_keeps_old_versions_identity_and_downgrade_keeps_one_live_version_per_source(fresh_db_url):
+
+    version = sa.text(
+        "INSERT INTO versions (adapter_id, number, status, source_digest, content_digest, source_size, "
+        "requested, peft_config) VALUES (:a, :n, 'pending', :d, :c, 10, '{}', '{}')"
+    )
+    db = Database(fresh_db_url)
+    db.upgrade("0005")
+    with db.engine.begin() as conn:
+        adapter_id = conn.execute(
+            sa.text("INSERT INTO adapters (namespace, name, task) VALUES ('acme', 'x', 't') RETURNING id")
+        ).scalar_one()
+        conn.execute(sa.text(f"INSERT INTO blobs (sha256, size) VALUES ('{DIGEST}', 10)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO versions (adapter_id, number, status, source_digest, source_size, requested,"
+                " peft_config) VALUES (:a, 1, 'pending', :d, 10, '{}', '{}')"
+            ),
+            {"a": adapter_id, "d": DIGEST},
+        )
+    db.upgrade()
+    read = sa.text("SELECT number, status, content_digest FROM versions ORDER BY number")
+    with db.engine.connect() as conn:
+        assert [tuple(r) for r in conn.execute(read)] == [(1, "pending", DIGEST)]
+        assert conn.execute(sa.text("SELECT count(*) FROM version_files")).scalar_one() == 0
+    with db.engine.begin() as conn:  # the same source with another README: a version of its own
+        conn.execute(version, {"a": adapter_id, "n": 2, "d": DIGEST, "c": OTHER})
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:  # the same content: refused
+        conn.execute(version, {"a": adapter_id, "n": 3, "d": DIGEST, "c": OTHER})
+    downgrade(db.engine, "0005")
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT number, status FROM versions ORDER BY number")).all()
+    assert [tuple(r) for r in rows] == [(1, "failed"), (2, "pending")]
+    assert "version_files" not in sa.inspect(db.engine).get_table_names()
+    db.upgrade()
+    assert _drift(db.engine) == []
     db.dispose()

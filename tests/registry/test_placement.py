@@ -13,13 +13,14 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.registry import models, queue, service
+from adapters.registry import models, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.codecs import CodecEnvironment
 from adapters.registry.metrics import RegistryCollector
 from adapters.registry.repository import WorkerRepository
-from adapters.registry.workers import Capabilities, Presence
+from adapters.registry.workers import Presence
 from tests.factories import adapter_variants
+from tests.registry import jobqueue
 from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
 
 MODEL = "tiny-llama"  # the test adapters' base model (their configs name none: pushes give it)
@@ -64,10 +65,11 @@ def _announce(registry: LocalRegistry, worker_id: str, held: tuple[str, ...], *,
 
 
 def _claim(registry: LocalRegistry, worker_id: str, held: tuple[str, ...] = (), *, wait: float = 300):
-    capabilities = Capabilities(held, live_seconds=LIVE, wait_seconds=wait)
-    return queue.claim_next(
-        registry.db, worker_id, lease_seconds=60, max_attempts=3, capabilities=capabilities
-    )
+    return jobqueue.claim(registry, worker_id, held, wait=wait)
+
+
+# Routing by base model is the job queue's (PostgreSQL); the embedded registry compresses inline.
+ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 
 
 def _version(registry: LocalRegistry, version_id: int) -> models.Version:
@@ -98,6 +100,7 @@ def test_push_records_the_base_model_a_codec_wants(registry, variants, tmp_path)
     assert _version(registry, plain).wants_base_model is None
 
 
+@ON_POSTGRESQL
 def test_a_worker_without_the_base_model_leaves_the_job_to_a_live_worker_with_it(
     registry, variants, tmp_path
 ):
@@ -110,6 +113,7 @@ def test_a_worker_without_the_base_model_leaves_the_job_to_a_live_worker_with_it
     assert job is not None and (job.version_id, job.without_model) == (version_id, None)
 
 
+@ON_POSTGRESQL
 def test_jobs_that_want_no_base_model_go_to_anyone_at_once(registry, variants, tmp_path):
     version_id = _push(registry, variants[0], "acme/r0", tmp_path, codec="test-slow")
     _announce(registry, "holder", (MODEL,))
@@ -117,6 +121,7 @@ def test_jobs_that_want_no_base_model_go_to_anyone_at_once(registry, variants, t
     assert job is not None and job.version_id == version_id
 
 
+@ON_POSTGRESQL
 def test_without_a_live_holder_the_job_waits_then_goes_to_anyone(registry, variants, tmp_path):
     version_id = _push(registry, variants[0], "acme/w0", tmp_path)
     _announce(registry, "dead-holder", (MODEL,), seen_ago=LIVE + 5)  # stopped heartbeating: not live
@@ -127,6 +132,7 @@ def test_without_a_live_holder_the_job_waits_then_goes_to_anyone(registry, varia
     assert job.without_model == f"no live worker holds {MODEL}; compressed without it after 300 s"
 
 
+@ON_POSTGRESQL
 def test_the_record_says_which_worker_compressed_and_why_without_the_model(
     registry, variants, tmp_path, models_dir
 ):
@@ -186,6 +192,7 @@ def test_stale_workers_are_not_listed_and_get_pruned(registry):
 # --------------------------------------------------------------------------------------- visibility
 
 
+@ON_POSTGRESQL
 def test_show_says_what_a_pending_version_waits_for(registry, variants, tmp_path):
     version_id = _push(registry, variants[0], "acme/s0", tmp_path)
     view = registry.show("acme/s0:1").version

@@ -76,7 +76,7 @@ def test_digest_lookup_prefers_ready_then_newest(session):
     assert VersionRepository(session).by_digest(adapter, "a" * 64).id == failed.id
     ready = _version(session, adapter, "a")
     assert VersionRepository(session).by_digest(adapter, "a" * 64).id == ready.id
-    assert VersionRepository(session).live_by_source(adapter, "a" * 64).id == ready.id
+    assert VersionRepository(session).live_by_content(adapter, "a" * 64).id == ready.id
     assert VersionRepository(session).by_digest(adapter, "b" * 64) is None
 
 

@@ -1,5 +1,5 @@
 """A worker compresses on its device: the CPU everywhere, CUDA where the machine has one (and by
-default when it has one). Embedded registry (SQLite and a folder), worker in a thread."""
+default when it has one). PostgreSQL (the job queue) and a blob folder, worker in this process."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from adapters.registry.client import LocalRegistry
+from adapters.registry.db import Database
 from adapters.registry.settings import Settings
 from adapters.registry.worker import Worker, resolve_device
+from tests.conftest import pg_schema
 from tests.devices import DEVICES
 
 PARAMS = [pytest.param(d, marks=[pytest.mark.cuda] if d == "cuda" else []) for d in DEVICES]
@@ -21,8 +23,20 @@ def test_the_default_device_is_cuda_when_present():
 
 
 @pytest.mark.parametrize("device", PARAMS)
-def test_a_worker_runs_the_codec_on_its_device(device, adapter_dir, tmp_path):
-    settings = Settings(home=tmp_path, compression="queue", device=device)
+def test_a_worker_runs_the_codec_on_its_device(device, pg_url, adapter_dir, tmp_path):
+    with pg_schema(pg_url) as url:
+        database = Database(url)
+        database.upgrade()
+        database.dispose()
+        _run_on(
+            device,
+            Settings(home=tmp_path, database_url=url, compression="queue", device=device),
+            adapter_dir,
+            tmp_path,
+        )
+
+
+def _run_on(device: str, settings: Settings, adapter_dir, tmp_path) -> None:
     with LocalRegistry.from_settings(settings) as registry:
         # A gate this loose passes: the tiny adapter is stored compressed.
         params = {"ratio": 2, "max_weight_error": 1.0}

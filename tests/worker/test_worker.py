@@ -145,6 +145,18 @@ def test_two_workers_race_for_jobs_and_do_each_once(queue_service, workers, adap
     assert {pid for pid, _ in ran} == {worker.pid for worker in racing}
 
 
+def test_an_idle_worker_wakes_on_a_push_without_polling(queue_service, workers, adapter_dir, tmp_path):
+    worker = workers(worker_poll_seconds="600")  # polls too rarely for this test: NOTIFY wakes it
+    worker.wait_for("worker started")
+    _wait_until(lambda: any(str(e.get("msg", "")).startswith("Starting worker on") for e in worker.events))
+    time.sleep(1)  # past its first look at the queue, which found nothing
+    client = queue_service.client()
+    ref = client.push(adapter_dir, "acme/n", task="t", **_slow(tmp_path / "runs.log")).version.ref
+    assert client.wait(ref, timeout=120).status == "ready"
+    assert worker.finished() == [ref]
+    assert worker.stop() == 0
+
+
 def test_a_killed_workers_job_is_finished_by_another(queue_service, workers, adapter_dir, tmp_path):
     log, release = tmp_path / "runs.log", tmp_path / "release"
     doomed = workers()
