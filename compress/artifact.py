@@ -30,9 +30,9 @@ import torch
 
 from . import philox, stfile, transform
 from .bases import FAMILIES, basis_key, make_basis
-from .codec import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .errors import InvalidArtifact
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
+from .protocol import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
@@ -307,7 +307,9 @@ def _decode_transform(
     if digest != header.get("digest"):
         raise InvalidArtifact("basis digest mismatch (generator or module list differ)")
     out = {k: v for k, v in tensors.items() if k != CODES_KEY}
-    for pair, (a, b), (dtype_a, dtype_b) in zip(pairs, factors, dtypes):
+    for i, (pair, (dtype_a, dtype_b)) in enumerate(zip(pairs, dtypes)):
+        a, b = factors[i]
+        factors[i] = None  # the float64 factors go as soon as converted: a lower peak
         out[pair.a_key], out[pair.b_key] = a.to(dtype_a), b.to(dtype_b)
     return out
 

@@ -24,12 +24,22 @@ from typing import Any
 
 from . import artifact
 from .calibration import collect_stats
-from .codec import CompressionReport, Progress, canonical_bytes, decode_artifact
 from .distill import DistillConfig, Teacher, distill
 from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate
-from .nola import NolaConfig, NolaFit, Prepared, encode, fit_budget, lora_pairs, prepare, resolve_device
+from .nola_core import (
+    NolaConfig,
+    NolaFit,
+    NolaFormat,
+    Prepared,
+    encode,
+    fit_budget,
+    lora_pairs,
+    prepare,
+    resolve_device,
+)
 from .peft_io import LoraCheckpoint
+from .protocol import CompressionReport, Progress, canonical_bytes, decode_with
 from .search import Attempt, ladder, largest_passing, refine
 from .stats import InputStats
 from .stfile import loads
@@ -137,7 +147,7 @@ class _Run:
         report.source_bytes = self.source_bytes
         recorded: dict[str, Any] = {}
         if self.teacher is not None and self.held:
-            decoded = decode_artifact(*loads(data))
+            decoded = decode_with(NolaFormat, *loads(data))
             pairs = lora_pairs(self.checkpoint)
             factors = {k: decoded.tensors[k] for p in pairs for k in (p.a_key, p.b_key)}
             recorded["held_out"] = self.teacher.agreement(self.held, self.teacher.params(factors))

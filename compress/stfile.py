@@ -34,48 +34,62 @@ _DTYPES: dict[str, torch.dtype] = {
 _NAMES = {v: k for k, v in _DTYPES.items()}
 
 
-def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+def _tensor_view(tensor: torch.Tensor) -> memoryview:
+    """The tensor's bytes without a copy where it is already a contiguous CPU tensor."""
     if tensor.numel() == 0:
-        return b""
+        return memoryview(b"")
     flat = tensor.detach().to("cpu").contiguous().reshape(-1)
     # View as bytes so bfloat16 (which numpy lacks) serializes too.
-    return flat.view(torch.uint8).numpy().tobytes()
+    return memoryview(flat.view(torch.uint8).numpy())
 
 
-def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
-    """Serialize tensors and string metadata to safetensors bytes, identical for identical input."""
+def _tensor_bytes(tensor: torch.Tensor) -> bytes:
+    return _tensor_view(tensor).tobytes()
+
+
+def _prefix(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
+    """The length field and JSON header for `tensors`, stored in sorted key order."""
     header: dict[str, object] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("safetensors metadata must map str to str")
         header["__metadata__"] = dict(sorted(metadata.items()))
-    chunks: list[bytes] = []
     offset = 0
     for key in sorted(tensors):
         tensor = tensors[key]
         if tensor.dtype not in _NAMES:
             raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
-        data = _tensor_bytes(tensor)
+        size = tensor.numel() * tensor.element_size()
         header[key] = {
             "dtype": _NAMES[tensor.dtype],
             "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + len(data)],
+            "data_offsets": [offset, offset + size],
         }
-        chunks.append(data)
-        offset += len(data)
+        offset += size
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     check_header_size(len(text))
     if len(tensors) > MAX_TENSORS:
         raise LimitExceeded(f"{len(tensors)} tensors are more than the limit of {MAX_TENSORS}")
-    return struct.pack("<Q", len(text)) + text + b"".join(chunks)
+    return struct.pack("<Q", len(text)) + text
+
+
+def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:
+    """Serialize tensors and string metadata to safetensors bytes, identical for identical input."""
+    prefix = _prefix(tensors, metadata)
+    return prefix + b"".join(_tensor_bytes(tensors[key]) for key in sorted(tensors))
 
 
 def write(path: str | Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
-    """Write a safetensors file; returns its size in bytes."""
-    data = dumps(tensors, metadata)
-    Path(path).write_bytes(data)
-    return len(data)
+    """Write a safetensors file (the same bytes as `dumps`); returns its size in bytes. Tensor by
+    tensor, straight from their memory: no second copy of the whole file is ever held."""
+    prefix = _prefix(tensors, metadata)
+    size = len(prefix)
+    with Path(path).open("wb") as fh:
+        fh.write(prefix)
+        for key in sorted(tensors):
+            size += fh.write(_tensor_view(tensors[key]))
+    return size
 
 
 def check_header_size(n: int) -> None:
