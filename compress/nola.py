@@ -33,6 +33,7 @@ from .peft_io import LoraCheckpoint, LoraPair
 from .quant import BITS, FORMATS, FactorCode, fake_quantize, row_nbytes
 from .stats import InputStats
 from .transform import ModuleCoefficients, TransformCode
+from .transform_act import activation_coefficients
 
 FITS = ("auto", "weight", "activation", "distill")
 CODES = ("auto", "transform", "rows")
@@ -435,12 +436,13 @@ def prepare(
         for k in (p.a_key, p.b_key)
     )
     if uses_transform(cfg, stats):
-        if cfg.fit == "activation":
-            raise CompressError("code=transform codes delta-W itself: use fit=weight or code=rows")
-        coefficients = transform.coefficients(checkpoint, pairs, cfg.seed, device)
+        if stats:  # the whitened gauge, A rounded with error feedback (transform_act.py)
+            coefficients = activation_coefficients(checkpoint, pairs, stats, cfg.seed, device, cfg.damp)
+        else:
+            coefficients = transform.coefficients(checkpoint, pairs, cfg.seed, device)
         if progress:
             progress(1, 1)
-        return Prepared(checkpoint, cfg, [], [], {}, lora_bytes, device, coefficients)
+        return Prepared(checkpoint, cfg, [], [], stats, lora_bytes, device, coefficients)
     batches = list(_batches(checkpoint, pairs, stats, device))
     units: list[list[Candidate]] = []
     for done, batch in enumerate(batches, 1):
@@ -469,7 +471,8 @@ def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None
         code = transform.fit_step(prepared.transform, max(0, int(budget)), cfg.rounding, gamma)
         if progress:
             progress(1, 1)
-        return NolaFit(cfg, [], "weight", {}, prepared.lora_bytes, transform=code)
+        method = "activation" if prepared.stats else "weight"
+        return NolaFit(cfg, [], method, prepared.stats, prepared.lora_bytes, transform=code)
     chosen = allocate(prepared.units, max(0, int(budget)))
     modules: list[ModuleFit] = []
     offset = 0

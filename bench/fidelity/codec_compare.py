@@ -105,7 +105,9 @@ def build_lm(base_seconds: float, lora_seconds: float) -> dict[str, Any]:
     texts = _docstrings()
     held_texts, train_texts = texts[:300], texts[300:]
     held = _windows(held_texts, 32)
-    info: dict[str, Any] = {"base": LM_DIR / "base", "adapter": LM_DIR / "adapter", "held": held}
+    train = _windows(train_texts)
+    fit = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:128]]
+    info: dict[str, Any] = {"base": LM_DIR / "base", "adapter": LM_DIR / "adapter", "held": held, "fit": fit}
     if (LM_DIR / "adapter" / "adapter_model.safetensors").is_file():
         return info
     torch.manual_seed(0)
@@ -132,6 +134,20 @@ class LmScorer:
         self.reference = self._logits()
         with self.model.disable_adapter():
             self.base_logits = self._logits()
+        self.fit_windows = info["fit"]
+        self._stats = None
+
+    @torch.no_grad()
+    def stats(self):
+        """Input second moments of the adapter's modules over the fit windows (never the held ones)."""
+        from adapters.compress.stats import collecting
+
+        if self._stats is None:
+            with collecting(self.model, [p.module for p in self.ckpt.pairs]) as collector:
+                for batch in self.fit_windows.split(32):
+                    self.model(input_ids=batch)
+            self._stats = collector.result()
+        return self._stats
 
     @torch.no_grad()
     def _logits(self) -> torch.Tensor:
@@ -161,6 +177,21 @@ class MiniLmScorer:
         model, self.tokenizer = load_base_model(base, adapter=self.ckpt)
         self.reference = logits(with_adapter(model, adapter), self.tokenizer, self.texts)
         self.workdir = Path(tempfile.mkdtemp(prefix="codec-", dir=OUT))
+        self.data, self._stats = data, None
+
+    def stats(self):
+        """Input second moments over (up to 1,024 of) the training texts, as the pipeline collects them."""
+        from data import load_split
+
+        from adapters.compress.calibration import collect_stats
+
+        if self._stats is None:
+            texts, _ = load_split("train", self.data)
+            base, _ = self._load(self.base, adapter=self.ckpt)
+            model = self._with(base, self.ckpt, self.workdir / "source")
+            modules = [p.module for p in self.ckpt.pairs]
+            self._stats = collect_stats(model, self.tokenizer, texts[:1024], modules, max_length=128)
+        return self._stats
 
     def score(self, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
         from adapters.compress.peft_io import LoraCheckpoint
@@ -185,18 +216,24 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float
     }
 
 
-def nola_row(ckpt, source_file: Path, ratio: float, code: str, workdir: Path, **options) -> dict[str, Any]:
+def nola_row(
+    ckpt, source_file: Path, ratio: float, code: str, workdir: Path, stats=None, **options
+) -> dict[str, Any]:
+    """A NOLA code at `ratio`: the weight fit, or with `stats` the activation-aware fit."""
+    fit = "activation" if stats else "weight"
     suffix = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
-    out = workdir / f"{code}{suffix}-{ratio:g}.nola"
-    cfg = NolaConfig(ratio=ratio, code=code, fit="weight", **options)
+    out = workdir / f"{code}-{fit}{suffix}-{ratio:g}.nola"
+    cfg = NolaConfig(ratio=ratio, code=code, fit=fit, **options)
     t = time.perf_counter()
-    report = NolaCodec(cfg).compress(ckpt, out, source_bytes=source_file.stat().st_size)
+    report = NolaCodec(cfg, stats).compress(ckpt, out, source_bytes=source_file.stat().st_size)
     seconds = time.perf_counter() - t
     tensors = reconstruct(out).tensors
+    measured = measure(ckpt, tensors, lora_pairs(ckpt), stats)
     return {
         "file_bytes": out.stat().st_size,
         "coefficient_bytes": report.fidelity["coefficient_bytes"],
-        "weight_error": measure(ckpt, tensors, lora_pairs(ckpt))["weight_rel_error"],
+        "weight_error": measured["weight_rel_error"],
+        **({"output_error": measured["output_rel_error"]} if stats else {}),
         "seconds": round(seconds, 2),
         "tensors": tensors,
     }
@@ -219,7 +256,15 @@ def peer_row(ckpt, target: int, container: int | None = None) -> dict[str, Any]:
     }
 
 
-METHODS = ("nola rows", "nola transform", "nola transform, fp16 extras", "transform peer", "peer, same box")
+METHODS = (
+    "nola rows",
+    "nola transform",
+    "nola transform, fp16 extras",
+    "transform peer",
+    "peer, same box",
+    "nola rows, activation",
+    "nola transform, activation",
+)
 
 
 def run_case(
@@ -244,6 +289,13 @@ def run_case(
             # The same peer in the transform artifact's container (its header, config and lossless
             # tensors): the same coefficient bytes, so only the codes differ.
             "peer, same box": lambda t=target, c=container: peer_row(ckpt, t, c[0] if c else None),
+            # The activation-aware fits (input statistics of the fit texts), heads exact.
+            "nola rows, activation": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "rows", workdir, scorer.stats(), extras="exact"
+            ),
+            "nola transform, activation": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "transform", workdir, scorer.stats(), extras="exact"
+            ),
         }
         for method, make in made.items():
             if method not in methods:
