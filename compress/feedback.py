@@ -20,7 +20,9 @@ def inverse_factor(metric: torch.Tensor) -> torch.Tensor:
     eye = torch.eye(m.shape[-1], dtype=torch.float64)
     low = torch.linalg.cholesky(m)
     inv = torch.cholesky_inverse(low)
-    inv = (inv + inv.transpose(-1, -2)) / 2 + 1e-12 * eye * inv.diagonal(dim1=-2, dim2=-1).mean(-1)[..., None, None]
+    inv = (inv + inv.transpose(-1, -2)) / 2 + 1e-12 * eye * inv.diagonal(dim1=-2, dim2=-1).mean(-1)[
+        ..., None, None
+    ]
     return torch.linalg.cholesky(inv, upper=True)
 
 

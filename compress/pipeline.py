@@ -26,6 +26,7 @@ from . import artifact
 from .calibration import collect_stats
 from .codec import CompressionReport, Progress, canonical_bytes, decode_artifact
 from .distill import DistillConfig, Teacher, distill
+from .distill_transform import distill_transform
 from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate
 from .nola import NolaConfig, NolaFit, Prepared, encode, fit_budget, lora_pairs, prepare, resolve_device
@@ -258,7 +259,14 @@ def run(
         base = start if start is not None and start.result is not None else closed_form(ratio)
         if base.result is None:
             return replace(base, method="distill")
-        fitted = distill(teacher, base.result[0], train, validation, distill_config, bar.phase(*share))
+        start = base.result[0]
+        if start.transform is not None:  # the transform code trains through its own quantizer
+            assert prepared.transform is not None
+            fitted = distill_transform(
+                teacher, start, prepared.transform, train, validation, distill_config, bar.phase(*share)
+            )
+        else:
+            fitted = distill(teacher, start, train, validation, distill_config, bar.phase(*share))
         return job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
 
     if gate is None or config.k_fraction is not None:

@@ -336,9 +336,11 @@ def fit_step(
     rounding: float = 0.5,
     gamma: float = 0.5,
     iterations: int = 40,
+    weights: np.ndarray | None = None,
 ) -> TransformCode:
-    """The code with the smallest step whose bytes fit `budget` (everything dropped if none does)."""
-    weights = module_weights(modules, gamma)
+    """The code with the smallest step whose bytes fit `budget` (everything dropped if none does).
+    `weights`: the modules' step multipliers (default `module_weights(modules, gamma)`)."""
+    weights = module_weights(modules, gamma) if weights is None else weights
     peak = max(
         (float(np.abs(m.b).max()) / _multiplier(w) for m, w in zip(modules, weights) if m.b.size), default=0.0
     )

@@ -33,11 +33,20 @@ def normalized_metric(stats: InputStats, damp: float) -> torch.Tensor:
     return (c + c.T) / 2 + max(damp, 1e-6) * torch.eye(n, dtype=torch.float64)
 
 
+GAUGE = "whitened"  # whitened | plain | whitened-unit (probe)
+
+
 def whitened_gauge(pair: LoraPair, a: torch.Tensor, b: torch.Tensor, metric: torch.Tensor):
     """(scale * U S [out, r], V^T L^-1 [r, in]) with delta-W L = U S V^T, C = L L^T."""
+    if GAUGE == "plain":
+        return _gauge(pair, a, b)
     low = torch.linalg.cholesky(metric)
     b2, a2w = _gauge(pair, a.double() @ low, b)  # the gauge of (scale B)(A L)
     a2 = torch.linalg.solve_triangular(low.T, a2w.T, upper=True).T  # a2w L^-1
+    if GAUGE == "whitened-unit":
+        t = a2.norm(dim=1)
+        t = torch.where(t > 0, t, torch.ones_like(t))
+        a2, b2 = a2 / t[:, None], b2 * t
     return b2, a2
 
 
@@ -66,8 +75,7 @@ def activation_coefficients(
     a_rot = _rotate([a for _, a in gauged], pairs, "A", seed, device)
     factors = _rotated_factors(metrics, pairs, seed, device)
     return [
-        ModuleCoefficients(p, b.numpy(), a.numpy(), f)
-        for p, b, a, f in zip(pairs, b_rot, a_rot, factors)
+        ModuleCoefficients(p, b.numpy(), a.numpy(), f) for p, b, a, f in zip(pairs, b_rot, a_rot, factors)
     ]
 
 
@@ -80,5 +88,6 @@ def _rotated_factors(metrics, pairs, seed, device):
     for i in idx:  # one module at a time: each holds an [n, n] matrix, not r rows
         once = _rotate([metrics[i]], [pairs[i]], "A", seed, device)[0]  # rows of C rotated: C P
         twice = _rotate([once.T.contiguous()], [pairs[i]], "A", seed, device)[0]  # P^T C P
-        out[i] = inverse_factor((twice + twice.T) / 2).numpy()
+        f = inverse_factor((twice + twice.T) / 2)
+        out[i] = None if f is None else f.numpy()
     return out

@@ -29,7 +29,10 @@ def _correlated(n: int, seed: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def adapter(tmp_path_factory):
     path = make_adapter(
-        tmp_path_factory.mktemp("act") / "adapter", r=8, target_modules=ALL_LINEAR, rank_pattern={"down_proj": 4}
+        tmp_path_factory.mktemp("act") / "adapter",
+        r=8,
+        target_modules=ALL_LINEAR,
+        rank_pattern={"down_proj": 4},
     )
     return _low_rank_like(read_adapter(path), seed=3)
 
@@ -88,7 +91,5 @@ def test_at_equal_bytes_it_keeps_more_of_the_output_than_the_weight_fit(adapter,
     _compress(adapter, stats, weight, fit="weight")
     assert abs(act.stat().st_size - weight.stat().st_size) < 0.03 * weight.stat().st_size
     pairs = lora_pairs(adapter)
-    errs = [
-        measure(adapter, reconstruct(p).tensors, pairs, stats)["output_rel_error"] for p in (act, weight)
-    ]
+    errs = [measure(adapter, reconstruct(p).tensors, pairs, stats)["output_rel_error"] for p in (act, weight)]
     assert errs[0] < 0.8 * errs[1]
