@@ -179,6 +179,11 @@ class MiniLmScorer:
         self.workdir = Path(tempfile.mkdtemp(prefix="codec-", dir=OUT))
         self.data, self._stats = data, None
 
+    def calibration(self) -> list[str]:
+        from data import load_split
+
+        return load_split("calibration", self.data)[0]
+
     def stats(self):
         """Input second moments over (up to 1,024 of) the training texts, as the pipeline collects them."""
         from data import load_split
@@ -239,6 +244,39 @@ def nola_row(
     }
 
 
+def distilled_row(scorer, source_file: Path, ratio: float, code: str, workdir: Path) -> dict[str, Any]:
+    """The pipeline's distillation of one code (statistics, closed form, distillation; no gate) on the
+    calibration split, within --distill-seconds."""
+    from adapters.compress.distill import DistillConfig
+
+    ckpt = scorer.ckpt
+    out = workdir / f"{code}-distilled-{ratio:g}.nola"
+    cfg = NolaConfig(ratio=ratio, code=code, fit="distill", extras="exact")
+    distill = DistillConfig(max_seconds=DISTILL_SECONDS[0])
+    codec = NolaCodec(cfg, base_model=scorer.base, texts=scorer.calibration(), distill=distill)
+    t = time.perf_counter()
+    report = codec.compress(ckpt, out, source_bytes=source_file.stat().st_size)
+    seconds = time.perf_counter() - t
+    tensors = reconstruct(out).tensors
+    record = report.fidelity.get("distill", {})
+    print(
+        f"  distill {code}: {record.get('steps_run')} steps, {record.get('stopped')}, "
+        f"validation {record.get('validation_before')} -> {record.get('validation_best')}",
+        flush=True,
+    )
+    return {
+        "file_bytes": out.stat().st_size,
+        "coefficient_bytes": report.fidelity["coefficient_bytes"],
+        "weight_error": measure(ckpt, tensors, lora_pairs(ckpt))["weight_rel_error"],
+        "seconds": round(seconds, 2),
+        "distill": {
+            k: record.get(k)
+            for k in ("steps_run", "stopped", "validation_before", "validation_best", "kept", "seconds")
+        },
+        "tensors": tensors,
+    }
+
+
 def peer_row(ckpt, target: int, container: int | None = None) -> dict[str, Any]:
     """The peer within `target` whole-file bytes, of which `container` (default: the lossless tensors
     and the plain PEFT config) are not coefficients."""
@@ -264,7 +302,10 @@ METHODS = (
     "peer, same box",
     "nola rows, activation",
     "nola transform, activation",
+    "nola rows, distilled",
+    "nola transform, distilled",
 )
+DISTILL_SECONDS = [120.0]  # set by --distill-seconds: the same time budget for both codes
 
 
 def run_case(
@@ -297,6 +338,11 @@ def run_case(
                 ckpt, source_file, r, "transform", workdir, scorer.stats(), extras="exact"
             ),
         }
+        if hasattr(scorer, "calibration"):  # distillation needs a tokenized base model (minilm)
+            for code in ("rows", "transform"):
+                made[f"nola {code}, distilled"] = lambda r=ratio, c=code: distilled_row(
+                    scorer, source_file, r, c, workdir
+                )
         for method, make in made.items():
             if method not in methods:
                 continue
@@ -332,6 +378,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--extras-only", action="store_true", help="minilm: score the head at fp16 alone")
     parser.add_argument("--curve", action="store_true", help="transform code: weight error vs agreement (lm)")
+    parser.add_argument("--distill-seconds", type=float, default=120, help="per distillation run")
     parser.add_argument("--base-seconds", type=float, default=60)
     parser.add_argument("--lora-seconds", type=float, default=120)
     parser.add_argument("--minilm-adapter", type=Path, default=ADAPTER, help="read only")
@@ -339,6 +386,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the classifier's splits (test.jsonl)")
     parser.add_argument("--out", type=Path, default=OUT / "codec_compare.json")
     args = parser.parse_args()
+    DISTILL_SECONDS[0] = args.distill_seconds
     workdir = Path(
         tempfile.mkdtemp(prefix="codec-compare-", dir=OUT.mkdir(parents=True, exist_ok=True) or OUT)
     )
