@@ -75,8 +75,8 @@ class NolaConfig:
         default="auto",
         metadata={
             "help": "transform (SVD gauge, full-size basis, one step, entropy-coded), rows (per-row "
-            "subspaces and formats), or auto: transform for the weight fit with the fast basis, rows "
-            "where statistics or distillation shape the coefficients, or bits/k_fraction are fixed"
+            "subspaces and formats), or auto: transform for the weight and activation fits with the fast "
+            "basis, rows for distillation or where bits/k_fraction are fixed"
         },
     )
     rounding: float = field(
@@ -455,12 +455,13 @@ def prepare(
 
 
 def uses_transform(cfg: NolaConfig, stats: dict[str, InputStats] | None) -> bool:
-    """Whether `cfg` codes with the transform code: asked for, or auto for a weight fit."""
+    """Whether `cfg` codes with the transform code: asked for, or auto for the weight and activation
+    fits (with statistics it codes in their metric: transform_act.py)."""
     if cfg.code != "auto":
         return cfg.code == "transform"
     if cfg.k_fraction is not None or cfg.basis != "fast" or cfg.bits != "auto":
         return False
-    return cfg.fit == "weight" or (cfg.fit == "auto" and not stats)
+    return cfg.fit in ("weight", "activation", "auto")
 
 
 def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None) -> NolaFit:

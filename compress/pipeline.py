@@ -43,6 +43,8 @@ MIN_FIT_FRACTION = 0.5
 VALIDATION_FRACTION, MAX_VALIDATION_TEXTS = 0.1, 256
 # Texts the input statistics are collected over (one forward pass each).
 MAX_STATS_TEXTS = 1024
+# The code distillation starts from under code=auto (see bench/fidelity/codec_compare.py).
+DISTILL_CODE = "rows"
 # Bytes left below a size target for the header's measured figures, which vary from fit to fit,
 # and how far below the target a fit may land (each refit costs a whole fit).
 SIZE_SLACK, SIZE_TOLERANCE = 64, 0.02
@@ -235,6 +237,8 @@ def run(
             )
         held = teacher.outputs(split.held_out) if split.held_out else []
     fit_config = replace(config, fit="weight" if method == "weight" else "activation")
+    if method == "distill" and config.code == "auto":
+        fit_config = replace(fit_config, code=DISTILL_CODE)
     prepared = prepare(checkpoint, fit_config, stats, bar.phase(0.0, 0.1))
     job = _Run(checkpoint, prepared, source_bytes, gate, teacher, held)
     distilling = method == "distill"

@@ -92,4 +92,4 @@ def test_at_equal_bytes_it_keeps_more_of_the_output_than_the_weight_fit(adapter,
     assert abs(act.stat().st_size - weight.stat().st_size) < 0.03 * weight.stat().st_size
     pairs = lora_pairs(adapter)
     errs = [measure(adapter, reconstruct(p).tensors, pairs, stats)["output_rel_error"] for p in (act, weight)]
-    assert errs[0] < 0.8 * errs[1]
+    assert errs[0] < 0.9 * errs[1]
