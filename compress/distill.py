@@ -403,6 +403,8 @@ def distill(
     losses, the steps run, why it stopped and the time taken.
     """
     cfg = cfg or DistillConfig()
+    if initial.transform is not None:
+        raise CompressError("a transform-code fit is distilled by distill_transform.distill_transform")
     if not train or not validation:
         raise CompressError("distillation needs calibration texts to train on and to validate with")
     started = time.perf_counter()

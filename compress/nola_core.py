@@ -28,6 +28,7 @@ from .protocol import CompressionReport, Progress, canonical_bytes
 from .quant import BITS, FORMATS, FactorCode, fake_quantize, row_nbytes
 from .stats import InputStats
 from .transform import ModuleCoefficients, TransformCode
+from .transform_act import activation_coefficients
 
 FITS = ("auto", "weight", "activation", "distill")
 CODES = ("auto", "transform", "rows")
@@ -69,8 +70,8 @@ class NolaConfig:
         default="auto",
         metadata={
             "help": "transform (SVD gauge, full-size basis, one step, entropy-coded), rows (per-row "
-            "subspaces and formats), or auto: transform for the weight fit with the fast basis, rows "
-            "where statistics or distillation shape the coefficients, or bits/k_fraction are fixed"
+            "subspaces and formats), or auto: transform for the weight and activation fits with the fast "
+            "basis, rows for distillation or where bits/k_fraction are fixed"
         },
     )
     rounding: float = field(
@@ -357,12 +358,13 @@ def prepare(
         for k in (p.a_key, p.b_key)
     )
     if uses_transform(cfg, stats):
-        if cfg.fit == "activation":
-            raise CompressError("code=transform codes delta-W itself: use fit=weight or code=rows")
-        coefficients = transform.coefficients(checkpoint, pairs, cfg.seed, device)
+        if stats:  # the whitened gauge, A rounded with error feedback (transform_act.py)
+            coefficients = activation_coefficients(checkpoint, pairs, stats, cfg.seed, device, cfg.damp)
+        else:
+            coefficients = transform.coefficients(checkpoint, pairs, cfg.seed, device)
         if progress:
             progress(1, 1)
-        return Prepared(checkpoint, cfg, [], [], {}, lora_bytes, device, coefficients)
+        return Prepared(checkpoint, cfg, [], [], stats, lora_bytes, device, coefficients)
     batches = list(_batches(checkpoint, pairs, stats, device))
     units: list[list[Candidate]] = []
     for done, batch in enumerate(batches, 1):
@@ -375,12 +377,13 @@ def prepare(
 
 
 def uses_transform(cfg: NolaConfig, stats: dict[str, InputStats] | None) -> bool:
-    """Whether `cfg` codes with the transform code: asked for, or auto for a weight fit."""
+    """Whether `cfg` codes with the transform code: asked for, or auto for the weight and activation
+    fits (with statistics it codes in their metric: transform_act.py)."""
     if cfg.code != "auto":
         return cfg.code == "transform"
     if cfg.k_fraction is not None or cfg.basis != "fast" or cfg.bits != "auto":
         return False
-    return cfg.fit == "weight" or (cfg.fit == "auto" and not stats)
+    return cfg.fit in ("weight", "activation", "auto")
 
 
 def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None) -> NolaFit:
@@ -391,7 +394,8 @@ def fit_budget(prepared: Prepared, budget: int, progress: Progress | None = None
         code = transform.fit_step(prepared.transform, max(0, int(budget)), cfg.rounding, gamma)
         if progress:
             progress(1, 1)
-        return NolaFit(cfg, [], "weight", {}, prepared.lora_bytes, transform=code)
+        method = "activation" if prepared.stats else "weight"
+        return NolaFit(cfg, [], method, prepared.stats, prepared.lora_bytes, transform=code)
     chosen = allocate(prepared.units, max(0, int(budget)))
     modules: list[ModuleFit] = []
     offset = 0

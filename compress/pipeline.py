@@ -25,6 +25,7 @@ from typing import Any
 from . import artifact
 from .calibration import collect_stats
 from .distill import DistillConfig, Teacher, distill
+from .distill_transform import distill_transform
 from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate
 from .nola_core import (
@@ -52,6 +53,10 @@ MIN_FIT_FRACTION = 0.5
 VALIDATION_FRACTION, MAX_VALIDATION_TEXTS = 0.1, 256
 # Texts the input statistics are collected over (one forward pass each).
 MAX_STATS_TEXTS = 1024
+# The code distillation starts from under code=auto. The transform code's distillation (code=transform)
+# has not yet been measured against the row code's at equal time (bench/fidelity/codec_compare.py,
+# "nola ..., distilled" rows), so the row code stays.
+DISTILL_CODE = "rows"
 # Bytes left below a size target for the header's measured figures, which vary from fit to fit,
 # and how far below the target a fit may land (each refit costs a whole fit).
 SIZE_SLACK, SIZE_TOLERANCE = 64, 0.02
@@ -244,6 +249,8 @@ def run(
             )
         held = teacher.outputs(split.held_out) if split.held_out else []
     fit_config = replace(config, fit="weight" if method == "weight" else "activation")
+    if method == "distill" and config.code == "auto":
+        fit_config = replace(fit_config, code=DISTILL_CODE)
     prepared = prepare(checkpoint, fit_config, stats, bar.phase(0.0, 0.1))
     job = _Run(checkpoint, prepared, source_bytes, gate, teacher, held)
     distilling = method == "distill"
@@ -268,7 +275,14 @@ def run(
         base = start if start is not None and start.result is not None else closed_form(ratio)
         if base.result is None:
             return replace(base, method="distill")
-        fitted = distill(teacher, base.result[0], train, validation, distill_config, bar.phase(*share))
+        start = base.result[0]
+        if start.transform is not None:  # the transform code trains through its own quantizer
+            assert prepared.transform is not None
+            fitted = distill_transform(
+                teacher, start, prepared.transform, train, validation, distill_config, bar.phase(*share)
+            )
+        else:
+            fitted = distill(teacher, start, train, validation, distill_config, bar.phase(*share))
         return job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
 
     if gate is None or config.k_fraction is not None:

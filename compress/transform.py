@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from .bases import FastBasis, basis_key
+from .feedback import feedback_round
 from .peft_io import LoraCheckpoint, LoraPair
 
 LAYOUT = "transform"
@@ -71,6 +72,9 @@ class ModuleCoefficients:
     pair: LoraPair
     b: np.ndarray  # [r, out] float64: column j of B'' rotated, as row j
     a: np.ndarray  # [r, in] float64: row j of A'' rotated
+    # Activation-aware: U with (P^T C P)^-1 = U^T U for the input metric C in the rotated basis P; A's
+    # rows are then rounded with error feedback (see feedback.py). None: each coefficient rounded alone.
+    feedback: np.ndarray | None = None
 
 
 @dataclass
@@ -191,6 +195,51 @@ def _multiplier(code: int) -> float:
     return 2.0 ** ((int(code) - WEIGHT_ZERO) / WEIGHT_STEPS)
 
 
+@dataclass
+class ModuleIntegers:
+    """One module's integers at a step: its columns' spread codes, and for the kept components the
+    integers of B'' [kept, out] and A'' [kept, in]."""
+
+    spreads: list[int]
+    kept: list[int]
+    qb: np.ndarray
+    qa: np.ndarray
+
+
+def module_integers(
+    modules: Sequence[ModuleCoefficients],
+    step: float,
+    rounding: float = 0.5,
+    weights: np.ndarray | None = None,
+) -> list[ModuleIntegers]:
+    """Every module's integers at `step` (A's rows with error feedback where a module has a metric)."""
+    weights = weights if weights is not None else np.full(len(modules), WEIGHT_ZERO, dtype=np.uint8)
+    out: list[ModuleIntegers] = []
+    pending: dict[int, list[tuple]] = defaultdict(list)  # n_in -> (module, scaled A rows, factor)
+    for m, w in zip(modules, weights):
+        qb = _round(m.b / (step * _multiplier(w)), rounding)  # [r, out]
+        codes = [_spread_code(row) for row in qb]
+        kept = [j for j, c in enumerate(codes) if c]
+        n_in = m.a.shape[1]
+        item = ModuleIntegers(codes, kept, qb[kept], np.zeros((len(kept), n_in), dtype=np.int64))
+        out.append(item)
+        if not kept:
+            continue
+        sums = (item.qb * item.qb).sum(1)
+        scaled = m.a[kept] / _a_steps(sums)[:, None]
+        if m.feedback is None:
+            item.qa = _round(scaled, rounding)
+        else:  # rounded below, with the other modules of its size
+            pending[n_in].append((item, scaled, m.feedback))
+    for jobs in pending.values():
+        rank = max(j[1].shape[0] for j in jobs)
+        x = np.stack([np.pad(j[1], ((0, rank - j[1].shape[0]), (0, 0))) for j in jobs])
+        q = feedback_round(x, np.stack([j[2] for j in jobs]), rounding)
+        for (item, scaled, _), qi in zip(jobs, q):
+            item.qa = qi[: scaled.shape[0]]
+    return out
+
+
 def quantize(
     modules: Sequence[ModuleCoefficients],
     step: float,
@@ -199,20 +248,14 @@ def quantize(
 ):
     """Integers and model spreads at `step`: (spread bytes, symbols, stds, bound)."""
     spread_bytes, symbols, stds = [], [], []
-    weights = weights if weights is not None else np.full(len(modules), WEIGHT_ZERO, dtype=np.uint8)
-    for m, w in zip(modules, weights):
-        qb = _round(m.b / (step * _multiplier(w)), rounding)  # [r, out]
-        codes = [_spread_code(row) for row in qb]
-        spread_bytes += codes
-        kept = [j for j, c in enumerate(codes) if c]
-        if not kept:
+    for item in module_integers(modules, step, rounding, weights):
+        spread_bytes += item.spreads
+        if not item.kept:
             continue
-        n_out, n_in = qb.shape[1], m.a.shape[1]
-        symbols.append(qb[kept].reshape(-1))
-        stds.append(np.repeat([_spread(codes[j]) for j in kept], n_out))
-        sums = (qb[kept] * qb[kept]).sum(1)
-        qa = _round(m.a[kept] / _a_steps(sums)[:, None], rounding)
-        symbols.append(qa.reshape(-1))
+        n_out, n_in = item.qb.shape[1], item.qa.shape[1]
+        sums = (item.qb * item.qb).sum(1)
+        symbols += [item.qb.reshape(-1), item.qa.reshape(-1)]
+        stds.append(np.repeat([_spread(item.spreads[j]) for j in item.kept], n_out))
         stds.append(np.repeat(np.sqrt(sums / n_in), n_in))
     flat = np.concatenate(symbols) if symbols else np.zeros(0, dtype=np.int64)
     std = np.concatenate(stds) if stds else np.zeros(0)
@@ -293,9 +336,11 @@ def fit_step(
     rounding: float = 0.5,
     gamma: float = 0.5,
     iterations: int = 40,
+    weights: np.ndarray | None = None,
 ) -> TransformCode:
-    """The code with the smallest step whose bytes fit `budget` (everything dropped if none does)."""
-    weights = module_weights(modules, gamma)
+    """The code with the smallest step whose bytes fit `budget` (everything dropped if none does).
+    `weights`: the modules' step multipliers (default `module_weights(modules, gamma)`)."""
+    weights = module_weights(modules, gamma) if weights is None else weights
     peak = max(
         (float(np.abs(m.b).max()) / _multiplier(w) for m, w in zip(modules, weights) if m.b.size), default=0.0
     )

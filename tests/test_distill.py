@@ -37,7 +37,7 @@ def setup(trained):
     fit, validation = texts[:80], texts[80:100]
     modules = [p.module for p in lora_pairs(checkpoint)]
     stats = collect_stats(teacher.model, teacher.tokenizer, fit, modules)
-    initial = fit_adapter(checkpoint, NolaConfig(fit="activation"), stats, budget=2000)
+    initial = fit_adapter(checkpoint, NolaConfig(fit="activation", code="rows"), stats, budget=2000)
     return teacher, teacher.outputs(fit, hidden=True), teacher.outputs(validation), initial
 
 

@@ -12,7 +12,7 @@ from adapters.compress import stfile, transform
 from adapters.compress.artifact import CHECKSUM_KEY, CODES_KEY, HEADER_KEY, decode_header, encode_header
 from adapters.compress.artifact import checksum as _checksum
 from adapters.compress.codec import VERSION_KEY, reconstruct, reconstruct_to_dir
-from adapters.compress.errors import CompressError, InvalidArtifact
+from adapters.compress.errors import InvalidArtifact
 from adapters.compress.fidelity import measure
 from adapters.compress.nola import NolaCodec, NolaConfig, lora_pairs, prepare, uses_transform
 from adapters.compress.peft_io import SAFETENSORS_FILE, LoraCheckpoint, read_adapter
@@ -149,7 +149,8 @@ def test_the_code_is_a_nola_model_over_the_full_size_bases(adapter):
 def test_which_fits_use_it():
     assert uses_transform(NolaConfig(fit="weight"), None)
     assert uses_transform(NolaConfig(), None)
-    assert not uses_transform(NolaConfig(), {"m": object()})  # statistics: the activation fit (rows)
+    assert uses_transform(NolaConfig(), {"m": object()})  # statistics: in their metric
+    assert uses_transform(NolaConfig(fit="activation"), {"m": object()})
     assert not uses_transform(NolaConfig(bits="int4"), None)
     assert not uses_transform(NolaConfig(basis="dense"), None)
     assert not uses_transform(NolaConfig(code="rows"), None)
@@ -159,16 +160,6 @@ def test_which_fits_use_it():
         NolaConfig(code="zip")
     with pytest.raises(ValueError, match="rounding"):
         NolaConfig(rounding=0.9)
-
-
-def test_transform_with_the_activation_fit_is_an_error(adapter, tmp_path):
-    from adapters.compress.stats import InputStats
-
-    stats = {p.module: InputStats(p.in_features, 8, full=torch.eye(p.in_features)) for p in adapter.pairs}
-    with pytest.raises(CompressError, match="code=transform"):
-        NolaCodec(NolaConfig(code="transform", fit="activation"), stats).compress(
-            adapter, tmp_path / "a.nola"
-        )
 
 
 def test_a_version_1_artifact_still_decodes():

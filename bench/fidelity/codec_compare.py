@@ -105,7 +105,9 @@ def build_lm(base_seconds: float, lora_seconds: float) -> dict[str, Any]:
     texts = _docstrings()
     held_texts, train_texts = texts[:300], texts[300:]
     held = _windows(held_texts, 32)
-    info: dict[str, Any] = {"base": LM_DIR / "base", "adapter": LM_DIR / "adapter", "held": held}
+    train = _windows(train_texts)
+    fit = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:128]]
+    info: dict[str, Any] = {"base": LM_DIR / "base", "adapter": LM_DIR / "adapter", "held": held, "fit": fit}
     if (LM_DIR / "adapter" / "adapter_model.safetensors").is_file():
         return info
     torch.manual_seed(0)
@@ -132,6 +134,20 @@ class LmScorer:
         self.reference = self._logits()
         with self.model.disable_adapter():
             self.base_logits = self._logits()
+        self.fit_windows = info["fit"]
+        self._stats = None
+
+    @torch.no_grad()
+    def stats(self):
+        """Input second moments of the adapter's modules over the fit windows (never the held ones)."""
+        from adapters.compress.stats import collecting
+
+        if self._stats is None:
+            with collecting(self.model, [p.module for p in self.ckpt.pairs]) as collector:
+                for batch in self.fit_windows.split(32):
+                    self.model(input_ids=batch)
+            self._stats = collector.result()
+        return self._stats
 
     @torch.no_grad()
     def _logits(self) -> torch.Tensor:
@@ -161,6 +177,26 @@ class MiniLmScorer:
         model, self.tokenizer = load_base_model(base, adapter=self.ckpt)
         self.reference = logits(with_adapter(model, adapter), self.tokenizer, self.texts)
         self.workdir = Path(tempfile.mkdtemp(prefix="codec-", dir=OUT))
+        self.data, self._stats = data, None
+
+    def calibration(self) -> list[str]:
+        from data import load_split
+
+        return load_split("calibration", self.data)[0]
+
+    def stats(self):
+        """Input second moments over (up to 1,024 of) the training texts, as the pipeline collects them."""
+        from data import load_split
+
+        from adapters.compress.calibration import collect_stats
+
+        if self._stats is None:
+            texts, _ = load_split("train", self.data)
+            base, _ = self._load(self.base, adapter=self.ckpt)
+            model = self._with(base, self.ckpt, self.workdir / "source")
+            modules = [p.module for p in self.ckpt.pairs]
+            self._stats = collect_stats(model, self.tokenizer, texts[:1024], modules, max_length=128)
+        return self._stats
 
     def score(self, tensors: dict[str, torch.Tensor]) -> dict[str, float]:
         from adapters.compress.peft_io import LoraCheckpoint
@@ -185,19 +221,58 @@ def compare(reference: torch.Tensor, candidate: torch.Tensor) -> dict[str, float
     }
 
 
-def nola_row(ckpt, source_file: Path, ratio: float, code: str, workdir: Path, **options) -> dict[str, Any]:
+def nola_row(
+    ckpt, source_file: Path, ratio: float, code: str, workdir: Path, stats=None, **options
+) -> dict[str, Any]:
+    """A NOLA code at `ratio`: the weight fit, or with `stats` the activation-aware fit."""
+    fit = "activation" if stats else "weight"
     suffix = "".join(f"-{k}={v}" for k, v in sorted(options.items()))
-    out = workdir / f"{code}{suffix}-{ratio:g}.nola"
-    cfg = NolaConfig(ratio=ratio, code=code, fit="weight", **options)
+    out = workdir / f"{code}-{fit}{suffix}-{ratio:g}.nola"
+    cfg = NolaConfig(ratio=ratio, code=code, fit=fit, **options)
     t = time.perf_counter()
-    report = NolaCodec(cfg).compress(ckpt, out, source_bytes=source_file.stat().st_size)
+    report = NolaCodec(cfg, stats).compress(ckpt, out, source_bytes=source_file.stat().st_size)
     seconds = time.perf_counter() - t
     tensors = reconstruct(out).tensors
+    measured = measure(ckpt, tensors, lora_pairs(ckpt), stats)
+    return {
+        "file_bytes": out.stat().st_size,
+        "coefficient_bytes": report.fidelity["coefficient_bytes"],
+        "weight_error": measured["weight_rel_error"],
+        **({"output_error": measured["output_rel_error"]} if stats else {}),
+        "seconds": round(seconds, 2),
+        "tensors": tensors,
+    }
+
+
+def distilled_row(scorer, source_file: Path, ratio: float, code: str, workdir: Path) -> dict[str, Any]:
+    """The pipeline's distillation of one code (statistics, closed form, distillation; no gate) on the
+    calibration split, within --distill-seconds."""
+    from adapters.compress.distill import DistillConfig
+
+    ckpt = scorer.ckpt
+    out = workdir / f"{code}-distilled-{ratio:g}.nola"
+    cfg = NolaConfig(ratio=ratio, code=code, fit="distill", extras="exact")
+    distill = DistillConfig(max_seconds=DISTILL_SECONDS[0])
+    codec = NolaCodec(cfg, base_model=scorer.base, texts=scorer.calibration(), distill=distill)
+    t = time.perf_counter()
+    report = codec.compress(ckpt, out, source_bytes=source_file.stat().st_size)
+    seconds = time.perf_counter() - t
+    tensors = reconstruct(out).tensors
+    record = report.fidelity.get("distill", {})
+    print(
+        f"  distill {code}: {record.get('steps_run')} steps, {record.get('stopped')}, "
+        f"validation {record.get('validation_before')} -> {record.get('validation_best')}",
+        flush=True,
+    )
     return {
         "file_bytes": out.stat().st_size,
         "coefficient_bytes": report.fidelity["coefficient_bytes"],
         "weight_error": measure(ckpt, tensors, lora_pairs(ckpt))["weight_rel_error"],
         "seconds": round(seconds, 2),
+        "distill": {
+            k: record.get(k)
+            for k in ("steps_run", "stopped", "validation_before", "validation_best", "kept", "seconds")
+        },
         "tensors": tensors,
     }
 
@@ -219,7 +294,18 @@ def peer_row(ckpt, target: int, container: int | None = None) -> dict[str, Any]:
     }
 
 
-METHODS = ("nola rows", "nola transform", "nola transform, fp16 extras", "transform peer", "peer, same box")
+METHODS = (
+    "nola rows",
+    "nola transform",
+    "nola transform, fp16 extras",
+    "transform peer",
+    "peer, same box",
+    "nola rows, activation",
+    "nola transform, activation",
+    "nola rows, distilled",
+    "nola transform, distilled",
+)
+DISTILL_SECONDS = [120.0]  # set by --distill-seconds: the same time budget for both codes
 
 
 def run_case(
@@ -244,7 +330,19 @@ def run_case(
             # The same peer in the transform artifact's container (its header, config and lossless
             # tensors): the same coefficient bytes, so only the codes differ.
             "peer, same box": lambda t=target, c=container: peer_row(ckpt, t, c[0] if c else None),
+            # The activation-aware fits (input statistics of the fit texts), heads exact.
+            "nola rows, activation": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "rows", workdir, scorer.stats(), extras="exact"
+            ),
+            "nola transform, activation": lambda r=ratio: nola_row(
+                ckpt, source_file, r, "transform", workdir, scorer.stats(), extras="exact"
+            ),
         }
+        if hasattr(scorer, "calibration"):  # distillation needs a tokenized base model (minilm)
+            for code in ("rows", "transform"):
+                made[f"nola {code}, distilled"] = lambda r=ratio, c=code: distilled_row(
+                    scorer, source_file, r, c, workdir
+                )
         for method, make in made.items():
             if method not in methods:
                 continue
@@ -280,6 +378,7 @@ def main() -> None:
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--extras-only", action="store_true", help="minilm: score the head at fp16 alone")
     parser.add_argument("--curve", action="store_true", help="transform code: weight error vs agreement (lm)")
+    parser.add_argument("--distill-seconds", type=float, default=120, help="per distillation run")
     parser.add_argument("--base-seconds", type=float, default=60)
     parser.add_argument("--lora-seconds", type=float, default=120)
     parser.add_argument("--minilm-adapter", type=Path, default=ADAPTER, help="read only")
@@ -287,6 +386,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="the classifier's splits (test.jsonl)")
     parser.add_argument("--out", type=Path, default=OUT / "codec_compare.json")
     args = parser.parse_args()
+    DISTILL_SECONDS[0] = args.distill_seconds
     workdir = Path(
         tempfile.mkdtemp(prefix="codec-compare-", dir=OUT.mkdir(parents=True, exist_ok=True) or OUT)
     )
