@@ -26,10 +26,10 @@ import numpy as np
 import torch
 
 from .bases import FastBasis, basis_key
-from .protocol import Progress
 from .distill import DistillConfig, Teacher, _Expand, _step_loss
 from .errors import CompressError
 from .nola_core import NolaFit
+from .protocol import Progress
 from .transform import (
     GAMMAS,
     ModuleCoefficients,
