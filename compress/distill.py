@@ -387,6 +387,17 @@ def _step_loss(teacher: Teacher, batch, target: _Out, weights, cfg: DistillConfi
     return loss
 
 
+def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warm-up over the first 5% of `steps`, then a cosine decay to zero."""
+    warmup = max(1, steps // 20)
+
+    def factor(step: int) -> float:
+        cosine = 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
+        return min(1.0, (step + 1) / warmup) * cosine
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def distill(
     teacher: Teacher,
     initial: NolaFit,
@@ -413,13 +424,7 @@ def distill(
     before = best = _mean_loss(student, teacher, validation, cfg)
     best_state = None
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    warmup = max(1, cfg.steps // 20)
-
-    def lr_factor(step: int) -> float:
-        cosine = 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
-        return min(1.0, (step + 1) / warmup) * cosine
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = warmup_cosine(optimizer, cfg.steps)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     losses: list[float] = []
     stale, stopped, steps = 0, "steps", 0

@@ -16,7 +16,6 @@ bytes that get written.
 
 from __future__ import annotations
 
-import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 from .bases import FastBasis, basis_key
-from .distill import DistillConfig, Teacher, _Expand, _step_loss
+from .distill import DistillConfig, Teacher, _Expand, _step_loss, warmup_cosine
 from .errors import CompressError
 from .nola_core import NolaFit
 from .protocol import Progress
@@ -183,13 +182,7 @@ def distill_transform(
     before = best = _validation_loss(teacher, validation, _decoded_params(teacher, modules, code0, seed), cfg)
     best_code = None
     optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    warmup = max(1, cfg.steps // 20)
-
-    def lr_factor(step: int) -> float:
-        cosine = 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / max(cfg.steps, 1)))
-        return min(1.0, (step + 1) / warmup) * cosine
-
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    schedule = warmup_cosine(optimizer, cfg.steps)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
     losses: list[float] = []
     stale, stopped, steps_run = 0, "steps", 0
