@@ -32,7 +32,7 @@ from .base_models import load_base_model
 from .bases import Basis, basis_key, make_basis
 from .calibration import token_batches, with_adapter
 from .errors import CompressError
-from .nola_core import ModuleFit, NolaFit
+from .nola_fit import ModuleFit, NolaFit
 from .peft_io import LoraCheckpoint
 from .protocol import Progress
 from .quant import FactorCode, fake_quantize

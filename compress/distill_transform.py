@@ -27,7 +27,7 @@ import torch
 from .bases import FastBasis, basis_key
 from .distill import DistillConfig, Teacher, _Expand, _step_loss, warmup_cosine
 from .errors import CompressError
-from .nola_core import NolaFit
+from .nola_fit import NolaFit
 from .protocol import Progress
 from .transform import (
     GAMMAS,
