@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .distill import DistillConfig
+from .distill_config import DistillConfig
 from .gate import DEFAULT_PREDICTIONS, Gate
 from .nola_config import CODES, FITS, WEIGHTINGS, NolaConfig, resolve_device  # noqa: F401 - re-exported
 from .nola_fit import (  # noqa: F401 - re-exported

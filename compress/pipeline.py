@@ -24,7 +24,8 @@ from typing import Any
 
 from . import artifact
 from .calibration import collect_stats
-from .distill import DistillConfig, Teacher, distill
+from .distill import Teacher, distill
+from .distill_config import DistillConfig
 from .distill_transform import distill_transform
 from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate

@@ -16,7 +16,15 @@ INTERFACES = ("protocol", "errors", "peft_io", "stfile", "strict_json", "limits"
 TOP = ("codec", "nola", "pipeline")
 # The middle layer (NOLA's configuration, fits, encoding and distillations): it uses the interfaces and
 # other numerics, never the codecs or the pipeline that sit on top of it.
-NUMERICS = ("nola_config", "nola_fit", "nola_format", "distill", "distill_transform")
+NUMERICS = (
+    "nola_config",
+    "nola_fit",
+    "nola_format",
+    "distill_config",
+    "distill_loop",
+    "distill",
+    "distill_transform",
+)
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
