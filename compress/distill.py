@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -31,53 +31,13 @@ import torch
 from .base_models import load_base_model
 from .bases import Basis, basis_key, make_basis
 from .calibration import token_batches, with_adapter
+from .distill_config import DistillConfig
+from .distill_loop import train as train_loop
 from .errors import CompressError
-from .nola_core import ModuleFit, NolaFit
+from .nola_fit import ModuleFit, NolaFit
 from .peft_io import LoraCheckpoint
 from .protocol import Progress
 from .quant import FactorCode, fake_quantize
-
-
-@dataclass
-class DistillConfig:
-    """How to distill. Recorded in the artifact."""
-
-    steps: int = field(default=1000, metadata={"help": "most optimizer steps"})
-    max_seconds: float = field(
-        default=600.0, metadata={"help": "time budget of one distillation run; it stops at the next check"}
-    )
-    eval_every: int = field(
-        default=50, metadata={"help": "steps between checks of the validation loss (early stopping)"}
-    )
-    patience: int = field(
-        default=4, metadata={"help": "checks without a better validation loss before stopping"}
-    )
-    batch_size: int = field(default=16, metadata={"help": "texts per step"})
-    lr: float = field(
-        default=0.02, metadata={"help": "Adam step size, relative to each coefficient tensor's RMS"}
-    )
-    max_length: int = field(default=128, metadata={"help": "tokens per text"})
-    # Softer targets carry the ranking of the other classes too: on the MiniLM benchmark 2.0 gave
-    # +0.011 test agreement and 8% less KL (measured at 1.0) over 1.0.
-    temperature: float = field(default=2.0, metadata={"help": "softmax temperature of the KL"})
-    qat: bool = field(default=True, metadata={"help": "train through the coefficient quantizer"})
-    seed: int = field(default=0, metadata={"help": "order of the training batches"})
-    # On the MiniLM benchmark (bench/RESULTS.md), 1.0 gave 18% less test KL and +0.005 agreement
-    # over KL alone, in the same time.
-    hidden_weight: float = field(
-        default=1.0,
-        metadata={"help": "weight of the last hidden states' relative MSE, added to the KL (0: KL only)"},
-    )
-
-    def __post_init__(self) -> None:
-        if self.steps < 0 or self.batch_size < 1 or self.max_length < 1:
-            raise ValueError("steps must be >= 0, batch_size and max_length >= 1")
-        if self.eval_every < 1 or self.patience < 1 or not self.max_seconds > 0:
-            raise ValueError("eval_every, patience and max_seconds must be positive")
-        if not (self.lr > 0 and math.isfinite(self.lr)) or not self.temperature > 0:
-            raise ValueError("lr and temperature must be positive")
-        if not (self.hidden_weight >= 0 and math.isfinite(self.hidden_weight)):
-            raise ValueError("hidden_weight must be a non-negative number")
 
 
 class _Expand(torch.autograd.Function):
@@ -366,13 +326,13 @@ def _relative_mse(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
     return ((student - teacher) ** 2).sum() / (teacher**2).sum().clamp_min(1e-12)
 
 
-def _mean_loss(student: _Student, teacher: Teacher, data, cfg: DistillConfig) -> float:
-    """The training loss (with the stored, quantized coefficients) averaged over `data`."""
+def validation_loss(teacher: Teacher, data, params: dict[str, torch.Tensor], cfg: DistillConfig) -> float:
+    """The training loss of the factors `params` (PEFT parameter names) averaged over `data`'s
+    predictions."""
     total, count = 0.0, 0
     with torch.no_grad():
-        weights = student.weights(teacher.names, quantized=True)
         for batch, target in data:
-            total += float(_step_loss(teacher, batch, target, weights, cfg)) * target.values.shape[0]
+            total += float(_step_loss(teacher, batch, target, params, cfg)) * target.values.shape[0]
             count += target.values.shape[0]
     return total / max(count, 1)
 
@@ -385,17 +345,6 @@ def _step_loss(teacher: Teacher, batch, target: _Out, weights, cfg: DistillConfi
     if hidden:
         loss = loss + cfg.hidden_weight * _relative_mse(out.hidden.float(), target.hidden)
     return loss
-
-
-def warmup_cosine(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """Linear warm-up over the first 5% of `steps`, then a cosine decay to zero."""
-    warmup = max(1, steps // 20)
-
-    def factor(step: int) -> float:
-        cosine = 0.5 * (1 + math.cos(math.pi * min(step, steps) / max(steps, 1)))
-        return min(1.0, (step + 1) / warmup) * cosine
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 def distill(
@@ -419,62 +368,32 @@ def distill(
     if not train or not validation:
         raise CompressError("distillation needs calibration texts to train on and to validate with")
     started = time.perf_counter()
-    group_size = initial.config.group_size
-    student = _Student(initial, teacher.device, group_size)
-    before = best = _mean_loss(student, teacher, validation, cfg)
-    best_state = None
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    schedule = warmup_cosine(optimizer, cfg.steps)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    losses: list[float] = []
-    stale, stopped, steps = 0, "steps", 0
-    for step in range(cfg.steps):
-        batch, target = train[order[step % len(order)]]
-        loss = _step_loss(teacher, batch, target, student.weights(teacher.names, quantized=cfg.qat), cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        steps = step + 1
-        if progress:
-            progress(steps, cfg.steps)
-        if steps % cfg.eval_every and steps != cfg.steps:
-            continue
-        current = _mean_loss(student, teacher, validation, cfg)
-        if current < best:
-            best, stale = current, 0
-            best_state = [p.detach().clone() for p in student.parameters()]
-        else:
-            stale += 1
-        if stale >= cfg.patience:
-            stopped = "early stop: validation loss stopped improving"
-            break
-        if time.perf_counter() - started > cfg.max_seconds:
-            stopped = f"time budget of {cfg.max_seconds:g} s"
-            break
+    student = _Student(initial, teacher.device, initial.config.group_size)
 
-    improved = best_state is not None
-    if improved:
+    def check() -> tuple[float, list[torch.Tensor]]:
+        """The loss of the stored (quantized) coefficients, and the float ones that give it."""
         with torch.no_grad():
-            for param, value in zip(student.parameters(), best_state):
+            weights = student.weights(teacher.names, quantized=True)
+        loss = validation_loss(teacher, validation, weights, cfg)
+        return loss, [p.detach().clone() for p in student.parameters()]
+
+    def step_loss(batch, target: _Out) -> torch.Tensor:
+        return _step_loss(teacher, batch, target, student.weights(teacher.names, quantized=cfg.qat), cfg)
+
+    before, _ = check()
+    run = train_loop(student.parameters(), train, step_loss, check, before, cfg, progress, started=started)
+    if run.best_state is not None:
+        with torch.no_grad():
+            for param, value in zip(student.parameters(), run.best_state):
                 param.copy_(value)
-    window = max(1, len(losses) // 10)
+    validation_predictions = sum(t.values.shape[0] for _, t in validation)
     record = {
         **asdict(cfg),
         "initial_fit": initial.method,
-        "steps_run": steps,
-        "stopped": stopped,
-        "loss_first": round(sum(losses[:window]) / window, 6) if losses else None,
-        "loss_last": round(sum(losses[-window:]) / window, 6) if losses else None,
-        "validation_before": round(before, 6),
-        "validation_best": round(best, 6),
-        "validation_predictions": sum(t.values.shape[0] for _, t in validation),
-        "kept": "distilled" if improved else "initial",
-        "seconds": round(time.perf_counter() - started, 1),
+        **run.record(validation_predictions),
         "device": str(teacher.device),
     }
-    if not improved:
+    if not run.improved:
         return replace(initial, notes={**initial.notes, "distill": record})
     return replace(
         initial, modules=student.export(), method="distill", notes={**initial.notes, "distill": record}

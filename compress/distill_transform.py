@@ -25,9 +25,11 @@ import numpy as np
 import torch
 
 from .bases import FastBasis, basis_key
-from .distill import DistillConfig, Teacher, _Expand, _step_loss, warmup_cosine
+from .distill import Teacher, _Expand, _Out, _step_loss, validation_loss
+from .distill_config import DistillConfig
+from .distill_loop import train as train_loop
 from .errors import CompressError
-from .nola_core import NolaFit
+from .nola_fit import NolaFit
 from .protocol import Progress
 from .transform import (
     GAMMAS,
@@ -134,15 +136,6 @@ def _exact_code(coeffs, code: TransformCode, budget: int, rounding: float, weigh
     return fit_step(coeffs, budget, rounding, weights=weights)
 
 
-def _validation_loss(teacher: Teacher, data, params, cfg: DistillConfig) -> float:
-    total, count = 0.0, 0
-    with torch.no_grad():
-        for batch, target in data:
-            total += float(_step_loss(teacher, batch, target, params, cfg)) * target.values.shape[0]
-            count += target.values.shape[0]
-    return total / max(count, 1)
-
-
 def _decoded_params(teacher: Teacher, modules, code: TransformCode, seed: int) -> dict[str, torch.Tensor]:
     pairs = [m.pair for m in modules]
     factors, _ = decode(
@@ -179,55 +172,26 @@ def distill_transform(
     student = _Student(
         modules, _start(modules, code0, rounding, weights), steps, rounding, seed, teacher.device
     )
-    before = best = _validation_loss(teacher, validation, _decoded_params(teacher, modules, code0, seed), cfg)
-    best_code = None
-    optimizer = torch.optim.Adam(student.parameters(), lr=cfg.lr)
-    schedule = warmup_cosine(optimizer, cfg.steps)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed)).tolist()
-    losses: list[float] = []
-    stale, stopped, steps_run = 0, "steps", 0
-    for step in range(cfg.steps):
-        batch, target = train[order[step % len(order)]]
-        loss = _step_loss(teacher, batch, target, student.weights(teacher.names), cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        steps_run = step + 1
-        if progress:
-            progress(steps_run, cfg.steps)
-        if steps_run % cfg.eval_every and steps_run != cfg.steps:
-            continue
+
+    def check() -> tuple[float, TransformCode]:
+        """The trained coefficients coded exactly as they would be written, and that code's loss."""
         code = _exact_code(student.coefficients(), code0, budget, rounding, weights)
-        current = _validation_loss(teacher, validation, _decoded_params(teacher, modules, code, seed), cfg)
-        if current < best:
-            best, best_code, stale = current, code, 0
-        else:
-            stale += 1
-        if stale >= cfg.patience:
-            stopped = "early stop: validation loss stopped improving"
-            break
-        if time.perf_counter() - started > cfg.max_seconds:
-            stopped = f"time budget of {cfg.max_seconds:g} s"
-            break
-    window = max(1, len(losses) // 10)
+        return validation_loss(teacher, validation, _decoded_params(teacher, modules, code, seed), cfg), code
+
+    def step_loss(batch, target: _Out) -> torch.Tensor:
+        return _step_loss(teacher, batch, target, student.weights(teacher.names), cfg)
+
+    before = validation_loss(teacher, validation, _decoded_params(teacher, modules, code0, seed), cfg)
+    run = train_loop(student.parameters(), train, step_loss, check, before, cfg, progress, started=started)
+    validation_predictions = sum(t.values.shape[0] for _, t in validation)
     record = {
         **asdict(cfg),
         "initial_fit": initial.method,
         "code": "transform",
-        "steps_run": steps_run,
-        "stopped": stopped,
-        "loss_first": round(sum(losses[:window]) / window, 6) if losses else None,
-        "loss_last": round(sum(losses[-window:]) / window, 6) if losses else None,
-        "validation_before": round(before, 6),
-        "validation_best": round(best, 6),
-        "validation_predictions": sum(t.values.shape[0] for _, t in validation),
-        "kept": "distilled" if best_code is not None else "initial",
-        "seconds": round(time.perf_counter() - started, 1),
+        **run.record(validation_predictions),
         "device": str(teacher.device),
     }
     notes = {**initial.notes, "distill": record}
-    if best_code is None:
+    if run.best_state is None:
         return replace(initial, notes=notes)
-    return replace(initial, transform=best_code, method="distill", notes=notes)
+    return replace(initial, transform=run.best_state, method="distill", notes=notes)

@@ -1,7 +1,8 @@
 """The NOLA codec: LoRA factors as quantized coefficients over seeded random bases.
 
 The codec object sits on top of compress/: it runs the pipeline (fit, distillation, gate). The
-numerics are in `nola_core.py` and re-exported here, where callers have always found them.
+numerics are below it and re-exported here, where callers have always found them: the configuration in
+`nola_config.py`, the fits in `nola_fit.py`, encoding and the reading side in `nola_format.py`.
 """
 
 from __future__ import annotations
@@ -10,25 +11,20 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .distill import DistillConfig
+from .distill_config import DistillConfig
 from .gate import DEFAULT_PREDICTIONS, Gate
-from .nola_core import (  # noqa: F401 - re-exported
-    CODES,
-    FITS,
-    WEIGHTINGS,
+from .nola_config import CODES, FITS, WEIGHTINGS, NolaConfig, resolve_device  # noqa: F401 - re-exported
+from .nola_fit import (  # noqa: F401 - re-exported
     ModuleFit,
-    NolaConfig,
     NolaFit,
-    NolaFormat,
     Prepared,
-    encode,
     fit_adapter,
     fit_budget,
     lora_pairs,
     prepare,
-    resolve_device,
     uses_transform,
 )
+from .nola_format import NolaFormat, encode  # noqa: F401 - re-exported
 from .peft_io import LoraCheckpoint
 from .pipeline import run
 from .protocol import CompressionReport, Progress

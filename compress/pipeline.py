@@ -24,21 +24,14 @@ from typing import Any
 
 from . import artifact
 from .calibration import collect_stats
-from .distill import DistillConfig, Teacher, distill
+from .distill import Teacher, distill
+from .distill_config import DistillConfig
 from .distill_transform import distill_transform
 from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate
-from .nola_core import (
-    NolaConfig,
-    NolaFit,
-    NolaFormat,
-    Prepared,
-    encode,
-    fit_budget,
-    lora_pairs,
-    prepare,
-    resolve_device,
-)
+from .nola_config import NolaConfig, resolve_device
+from .nola_fit import NolaFit, Prepared, fit_budget, lora_pairs, prepare
+from .nola_format import NolaFormat, encode
 from .peft_io import LoraCheckpoint
 from .protocol import CompressionReport, Progress, canonical_bytes, decode_with
 from .search import Attempt, ladder, largest_passing, refine
