@@ -276,7 +276,10 @@ def run(
             )
         else:
             fitted = distill(teacher, start, train, validation, distill_config, bar.phase(*share))
-        return job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
+        made = job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
+        run = fitted.notes.get("distill", {})
+        made.distill = {k: run[k] for k in ("steps_run", "stopped", "kept", "seconds") if k in run}
+        return made
 
     if gate is None or config.k_fraction is not None:
         chosen = closed_form(config.ratio)

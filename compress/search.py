@@ -46,6 +46,9 @@ class Attempt:
     method: str
     verdict: dict[str, Any]
     result: Any = field(default=None, repr=False)  # the codec's output, kept for the chosen attempt
+    # How a distilled attempt ran (steps, why it stopped, whether the distilled or the initial
+    # coefficients were kept), so a record shows why distillation did or did not help.
+    distill: dict[str, Any] | None = None
 
     @property
     def passed(self) -> bool:
@@ -61,6 +64,8 @@ class Attempt:
         for key in ("basis", "estimate", "bound", "predictions", "reason"):
             if key in self.verdict:
                 out[key] = self.verdict[key]
+        if self.distill:
+            out["distill"] = self.distill
         return out
 
 

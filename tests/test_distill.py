@@ -162,6 +162,26 @@ def test_an_uncompressible_adapter_misses_the_gate_at_every_size(trained):
     assert [a["ratio"] for a in attempts] == [40, ladder(40)[-1]]
 
 
+def test_a_distilled_attempt_says_how_its_run_went(trained):
+    base, checkpoint, texts = trained
+    _, report = run(
+        checkpoint,
+        NolaConfig(ratio=3),
+        base_model=base,
+        texts=texts,
+        distill_config=DistillConfig(steps=20, batch_size=8, eval_every=10),
+        gate=Gate(min_agreement=0.9999),
+        held_out_predictions=300,
+    )
+    distilled = [a for a in report.fidelity["search"]["attempts"] if a["method"] == "distill"]
+    assert distilled, "nothing passed closed form, so the search distils"
+    for attempt in distilled:
+        run_ = attempt["distill"]
+        assert 0 < run_["steps_run"] <= 20 and run_["kept"] in ("distilled", "initial")
+        assert run_["stopped"] and run_["seconds"] >= 0
+    assert all("distill" not in a for a in report.fidelity["search"]["attempts"] if a["method"] != "distill")
+
+
 def test_distill_needs_a_base_model_and_texts(trained):
     _, checkpoint, _ = trained
     with pytest.raises(CompressError, match="needs a base model"):

@@ -12,7 +12,7 @@ Each stored artifact is rebuilt, loaded with PEFT on the base model, and scored 
 that no step saw: accuracy, top-1 agreement with the uncompressed adapter (with its standard error) and
 KL. Writes bench/out/gate.json and prints a Markdown table.
 
-    .venv/bin/python bench/fidelity/gate.py [--only data-free|base-model] [--threads 2]
+    .venv/bin/python bench/fidelity/gate.py [--only data-free|base-model] [--code auto|rows|transform]
 """
 
 from __future__ import annotations
@@ -56,6 +56,9 @@ def main() -> None:
     )
     parser.add_argument("--only", choices=["data-free", "base-model"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--code", default="auto", help="NolaConfig.code: auto (the default push), rows or transform"
+    )
     parser.add_argument("--out", type=Path, default=OUT / "gate.json")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +78,7 @@ def main() -> None:
     for name, options in cases.items():
         if args.only and name != args.only:
             continue
-        codec = NolaCodec(NolaConfig(), gate=Gate(), **options)
+        codec = NolaCodec(NolaConfig(code=args.code), gate=Gate(), **options)
         with tempfile.TemporaryDirectory() as tmp:
             artifact = Path(tmp) / "a.nola"
             with Timer() as timer:
@@ -90,6 +93,7 @@ def main() -> None:
         rows.append(
             {
                 "case": name,
+                "code": args.code,
                 "stored": "nola" if f["gate_passed"] else "raw (no size passed)",
                 "source_bytes": source_bytes,
                 "artifact_bytes": report.artifact_bytes if f["gate_passed"] else source_bytes,
