@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import jobs, queue, service, tokens, workers
+from . import jobs, processing, pull, push, queue, service, tokens, workers
 from .cache import CachedAdapter, ReconstructionCache
 from .codecs import CodecEnvironment
 from .db import Database
@@ -33,7 +33,7 @@ from .metrics import JobMetrics
 from .models import Version
 from .progress import Reporter
 from .refs import AdapterName, Ref
-from .repository import QUEUED
+from .repository import QUEUED, VersionRepository
 from .schemas import (
     AdapterView,
     AliasResult,
@@ -88,7 +88,7 @@ class Registry(Protocol):
         aliases: tuple[str, ...] | list[str] = (),
         codec: str | None = None,
         params: dict[str, Any] | None = None,
-        on_gate_fail: service.GateFallback = "raw",
+        on_gate_fail: push.GateFallback = "raw",
         created_by: str | None = None,
         reporter: Reporter | None = None,
     ) -> PushResult: ...
@@ -200,7 +200,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         codec_modules: list[str] | None = None,
         user: str | None = None,
         environment: CodecEnvironment | None = None,
-        default_codec: str = service.DEFAULT_CODEC,
+        default_codec: str = push.DEFAULT_CODEC,
         tmp_dir: Path | None = None,
         sweep_after: float = 24 * 3600,
         maintenance_interval: float = 15 * 60,
@@ -334,7 +334,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
     @retry_read
     def _version_view(self, version_id: int) -> VersionView:
         with self.db.transaction() as session:
-            version = service.VersionRepository(session).get(version_id)
+            version = VersionRepository(session).get(version_id)
             assert version is not None
             return self._views(session, [(version, service.version_aliases(session, version))])[0]
 
@@ -366,7 +366,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         aliases: tuple[str, ...] | list[str] = (),
         codec: str | None = None,
         params: dict[str, Any] | None = None,
-        on_gate_fail: service.GateFallback = "raw",
+        on_gate_fail: push.GateFallback = "raw",
         created_by: str | None = None,
         process: bool | None = None,
         reporter: Reporter | None = None,
@@ -377,7 +377,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         """Push a PEFT directory stored with `codec` (default: the registry's, nola unless configured
         otherwise); with `process` (default: the registry's inline setting) compress it right away,
         else leave it pending for a worker."""
-        request = service.PushRequest(
+        request = push.PushRequest(
             path=Path(path),
             name=name if isinstance(name, AdapterName) else AdapterName.parse(name),
             task=task,
@@ -396,7 +396,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         self._ready()
         import_codec_modules(self.codec_modules)
         compress = self.inline if process is None else process
-        pushed = service.push(
+        pushed = push.push(
             self.db,
             self.storage,
             request,
@@ -426,7 +426,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
     def _run(self, job: queue.Job, reporter: Reporter | None) -> None:
         """Run a claimed job's codec here, now (inline runs are not retried)."""
         started = time.perf_counter()
-        service.run_job(
+        processing.run_job(
             self.db,
             self.storage,
             job,
@@ -512,12 +512,12 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
     def pull(
         self, ref: str | Ref, out_dir: str | Path, *, force: bool = False, reporter: Reporter | None = None
     ) -> PullResult:
-        """Write the PEFT files of the version `ref` names into `out_dir` (see service.pull). A version
+        """Write the PEFT files of the version `ref` names into `out_dir` (see pull.pull). A version
         whose compression was abandoned is compressed first, here, when this registry compresses inline."""
         self._ready()
 
-        def pull() -> tuple[int, list[str]]:
-            return service.pull(
+        def pull_once() -> tuple[int, list[str]]:
+            return pull.pull(
                 self.db,
                 self.storage,
                 ref,
@@ -530,12 +530,12 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
             )
 
         try:
-            version_id, files = pull()
+            version_id, files = pull_once()
         except VersionNotReady:
             queued = self._queued_id(ref) if self.inline else None
             if queued is None or not self._resume(queued, reporter):
                 raise
-            version_id, files = pull()
+            version_id, files = pull_once()
         return PullResult(version=self._version_view(version_id), path=str(out_dir), files=files)
 
     @retry_read
@@ -598,7 +598,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         there) and the others it stores. Close the files when done."""
         version = self._ready_version(ref)
         assert version.artifact_digest is not None and version.artifact_size is not None
-        files = service.materialize(
+        files = pull.materialize(
             self.storage,
             (version.artifact_digest, version.artifact_size),
             label=version.ref,
@@ -648,7 +648,7 @@ class LocalRegistry(LifecycleMethods, WebhookMethods):
         with self.db.transaction() as session:
             adapter = service.get_adapter(session, ref.adapter)
             _, count, latest, aliases = service.summarize(session, [adapter])[0]
-            all_versions = service.VersionRepository(session).for_adapter(adapter)
+            all_versions = VersionRepository(session).for_adapter(adapter)
             by_version: dict[int, list[str]] = {}
             for alias, number in aliases.items():
                 by_version.setdefault(number, []).append(alias)

@@ -11,7 +11,7 @@ from . import alias_audit, gc, labels, lifecycle, service
 from .errors import AliasProtected
 from .lifecycle_schemas import AliasEventView, AliasHistory, AliasProtection, Deleted, LabelsView
 from .refs import AdapterName, Ref
-from .repository import AliasRepository
+from .repository import AdapterRepository, AliasRepository
 
 if TYPE_CHECKING:
     from .db import Database
@@ -88,7 +88,7 @@ class LifecycleMethods:
             return
         self._ready()
         with self.db.reading() as session:
-            adapter = service.AdapterRepository(session).get(name)
+            adapter = AdapterRepository(session).get(name)
             if adapter is None:
                 return
             for alias in aliases:
