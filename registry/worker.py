@@ -31,8 +31,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, start_http_server
 
 from . import events, jobs, processing, queue, webhooks
-from .client import LocalRegistry, import_codec_modules
-from .codecs import CodecEnvironment
+from .client import LocalRegistry
+from .codecs import CodecEnvironment, import_codec_modules
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 from .sweep import log_sweep
