@@ -1,5 +1,5 @@
 """The lifecycle and lineage operations of `LocalRegistry`: delete, retain, collect garbage, alias
-history and protection, labels. A mixin, so client.py stays about pushing and reading; the methods
+history and protection, labels. A mixin, like the write, read and admin ones (client.py); the methods
 use the registry's database (`db`), blob store (`storage`) and schema check (`_ready`)."""
 
 from __future__ import annotations
