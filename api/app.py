@@ -18,7 +18,8 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry, disable_created_metrics
 
-from adapters.registry.client import LocalRegistry, import_codec_modules
+from adapters.registry.client import LocalRegistry
+from adapters.registry.codecs import import_codec_modules
 from adapters.registry.metrics import JobMetrics, RegistryCollector
 from adapters.registry.settings import Settings, get_settings
 from adapters.registry.sweep import log_sweep

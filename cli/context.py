@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 
 if TYPE_CHECKING:
-    from adapters.registry.client import Registry
+    from adapters.registry.client_protocol import Registry
     from adapters.registry.progress import Advance, Reporter
     from adapters.registry.schemas import VersionView
     from adapters.registry.settings import Settings

@@ -14,6 +14,7 @@ queue hands the jobs that want a base model to the workers that hold it (see wor
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +23,12 @@ from typing import Any
 
 # A Hugging Face hub cache folder: models--<org>--<name>/snapshots/<revision>/config.json.
 HF_MODEL_PREFIX = "models--"
+
+
+def import_codec_modules(modules: list[str]) -> None:
+    """Import modules that register extra codecs (ADAPTERS_EXTRA_CODECS)."""
+    for module in modules:
+        importlib.import_module(module)
 
 
 def uses_base_model(codec: Any) -> bool:

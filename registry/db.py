@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import select
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -197,6 +198,26 @@ def connection_errors() -> Iterator[None]:
         if not is_connection_error(exc):
             raise
         raise unavailable(exc) from exc
+
+
+R = TypeVar("R", bound=Callable[..., Any])
+log = logging.getLogger("adapters.registry")
+
+
+def retry_read(method: R) -> R:
+    """Run an idempotent read once more when the database dropped its connection. The pool replaces
+    dead connections as it meets them, so the second try gets a fresh one (after a restart, or
+    `pg_terminate_backend`); if the database is down, it fails the same way a moment later."""
+
+    @functools.wraps(method)
+    def read(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except DatabaseUnavailable as exc:
+            log.info("retrying a read on a fresh connection: %s", exc)
+            return method(*args, **kwargs)
+
+    return read  # type: ignore[return-value]
 
 
 class Database:

@@ -16,7 +16,7 @@ from .sweep import temp_prefix
 from .sync import CONFIG_FILE, rewrite_base_model
 
 if TYPE_CHECKING:
-    from .client import Registry
+    from .client_protocol import Registry
 
 
 def parse_s3_url(url: str) -> tuple[str, str]:

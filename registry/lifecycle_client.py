@@ -1,5 +1,5 @@
 """The lifecycle and lineage operations of `LocalRegistry`: delete, retain, collect garbage, alias
-history and protection, labels. A mixin, so client.py stays about pushing and reading; the methods
+history and protection, labels. A mixin, like the write, read and admin ones (client.py); the methods
 use the registry's database (`db`), blob store (`storage`) and schema check (`_ready`)."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from . import alias_audit, gc, labels, lifecycle, service
 from .errors import AliasProtected
 from .lifecycle_schemas import AliasEventView, AliasHistory, AliasProtection, Deleted, LabelsView
 from .refs import AdapterName, Ref
-from .repository import AliasRepository
+from .repository import AdapterRepository, AliasRepository
 
 if TYPE_CHECKING:
     from .db import Database
@@ -88,7 +88,7 @@ class LifecycleMethods:
             return
         self._ready()
         with self.db.reading() as session:
-            adapter = service.AdapterRepository(session).get(name)
+            adapter = AdapterRepository(session).get(name)
             if adapter is None:
                 return
             for alias in aliases:

@@ -1,6 +1,6 @@
 """The registry's limits on what a push, a yank or a lookup may carry: one set for every interface.
 
-The embedded registry (service.py), the API's request models and the remote client all check these,
+The embedded registry (push.py, service.py), the API's request models and the remote client all check these,
 so a value one of them accepts the others accept too. Limits on the adapter's own files (config
 size, safetensors header, tensor count, patterns) are the compression library's: compress/limits.py.
 """

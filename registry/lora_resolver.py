@@ -35,7 +35,7 @@ from .refs import Ref
 from .storage import sha256_file
 
 if TYPE_CHECKING:
-    from .client import Registry
+    from .client_protocol import Registry
     from .schemas import VersionView
 
 log = logging.getLogger("adapters.resolver")

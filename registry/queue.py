@@ -4,7 +4,7 @@ Which version runs where and when is the job queue's business (jobs.py, worker.p
 the version row, the domain state, in step. Claiming a version (`claim_for_run` for a queue job,
 `claim_version` for an inline run) sets `compressing` with a lease that the claimer renews from a
 heartbeat thread (`Lease`) while the codec runs. When the run ends the
-claimer records the outcome (`service.record_outcome`), gives the job back (`release`, on shutdown), or
+claimer records the outcome (`processing.run_job`), gives the job back (`release`, on shutdown), or
 reports the error (`fail`): an error that another run could cure (storage, a crash of the codec's
 machinery) puts the version back (pending) until `max_attempts` runs were spent, and the queue
 retries its job with exponential backoff; input the codec refuses fails at once. An inline claimer

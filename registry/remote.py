@@ -325,7 +325,7 @@ class RemoteRegistry(RemoteLifecycleMethods, RemoteWebhookMethods):
         on_change: Callable[[VersionView], None] | None = None,
     ) -> VersionView:
         """Poll until the version `ref` names is ready, rejected or failed."""
-        from .client import poll_until_settled
+        from .client_protocol import poll_until_settled
 
         return poll_until_settled(lambda: self.resolve(ref), timeout=timeout, on_change=on_change)
 

@@ -28,7 +28,7 @@ from .progress import Reporter, SilentReporter
 from .storage import sha256_file
 
 if TYPE_CHECKING:
-    from .client import Registry
+    from .client_protocol import Registry
     from .schemas import VersionView
 
 MARKER = ".adapters-sync.json"

@@ -30,9 +30,9 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import events, jobs, queue, service, webhooks
-from .client import LocalRegistry, import_codec_modules
-from .codecs import CodecEnvironment
+from . import events, jobs, processing, queue, webhooks
+from .client import LocalRegistry
+from .codecs import CodecEnvironment, import_codec_modules
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 from .sweep import log_sweep
@@ -320,7 +320,7 @@ class Worker:
                     self._current = (job, threading.get_ident())
                 if self.stopping.is_set() and (self._signals > 1 or settings.worker_grace_seconds <= 0):
                     raise queue.Interrupted  # stopped between the fetch and here
-                result = service.run_job(
+                result = processing.run_job(
                     self.registry.db,
                     self.registry.storage,
                     job,

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from adapters.compress.peft_io import CONFIG_FILE, SAFETENSORS_FILE
-from adapters.registry import service
+from adapters.registry import pull
 from adapters.registry.cache import MANIFEST, ReconstructionCache
 from adapters.registry.errors import BlobCorrupted
 from tests.factories import adapter_variants
@@ -119,7 +119,7 @@ def test_an_adapter_larger_than_the_cache_is_still_served(registry, adapter_dir,
 def test_materialize_without_a_cache(registry, adapter_dir):
     version = registry.push(adapter_dir, "acme/x", task="t").version
     artifact = (version.artifact_digest, version.artifact_size)
-    with service.materialize(registry.storage, artifact, label=version.ref) as adapter:
+    with pull.materialize(registry.storage, artifact, label=version.ref) as adapter:
         assert sorted(adapter.files) == [CONFIG_FILE, SAFETENSORS_FILE]
         body = b"".join(adapter.files[SAFETENSORS_FILE].chunks())
     assert len(body) == adapter.files[SAFETENSORS_FILE].size

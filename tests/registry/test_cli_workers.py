@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from adapters.registry import service
+from adapters.registry import processing
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.repository import WorkerRepository
@@ -53,7 +53,7 @@ def test_show_and_workers_tell_where_jobs_wait_and_ran(cli, backend, adapter_dir
     assert jobqueue.claim(registry, "cpu-1", wait=0) is None  # gpu-1 holds the model and is live
     job = jobqueue.claim(registry, "gpu-1", (MODEL,))
     assert "worker      gpu-1 on cuda:0" in cli("show", "acme/w:1").stdout  # compressing, on that device
-    service.run_job(registry.db, registry.storage, job, device="cuda:0", lease_seconds=60)
+    processing.run_job(registry.db, registry.storage, job, device="cuda:0", lease_seconds=60)
     shown = cli("show", "acme/w:1").stdout
     assert "status      ready" in shown and "worker      gpu-1 on cuda:0" in shown and "waiting" not in shown
     registry.close()
@@ -67,7 +67,7 @@ def test_show_says_a_version_was_compressed_without_its_model(cli, backend, adap
     )  # fmt: skip
     registry = LocalRegistry(Database(backend.database_url), backend.storage)
     job = jobqueue.claim(registry, "cpu-1", wait=0)
-    service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
+    processing.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
     registry.close()
     shown = cli("show", "acme/d:1").stdout
     assert "worker      cpu-1 on cpu" in shown

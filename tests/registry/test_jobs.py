@@ -10,7 +10,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.registry import jobs, models, queue, service
+from adapters.registry import jobs, models, push, queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.errors import InvalidRequest, NotFound
 from adapters.registry.metrics import RegistryCollector
@@ -62,10 +62,10 @@ def test_a_push_defers_its_job_with_the_version(registry, adapter_dir, tmp_path)
         raise InvalidRequest("refused after the job was deferred")
 
     with pytest.raises(InvalidRequest):
-        service.push(
+        push.push(
             registry.db,
             registry.storage,
-            service.PushRequest(
+            push.PushRequest(
                 path=adapter_variants(adapter_dir, tmp_path, 2)[1],
                 name=AdapterName.parse("acme/j"),
                 codec="raw",

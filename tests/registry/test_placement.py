@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from adapters.registry import models, service
+from adapters.registry import models, processing, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.codecs import CodecEnvironment
 from adapters.registry.metrics import RegistryCollector
@@ -138,7 +138,7 @@ def test_the_record_says_which_worker_compressed_and_why_without_the_model(
 ):
     without = _push(registry, variants[0], "acme/d0", tmp_path)
     job = _claim(registry, "worker:a:1:x", wait=0)
-    assert service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60) == "ready"
+    assert processing.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60) == "ready"
     setup = _version(registry, without).fidelity["setup"]
     assert setup["worker"] == "worker:a:1:x" and setup["device"] == "cpu"
     assert setup["base_model_found"] is False
@@ -149,7 +149,7 @@ def test_the_record_says_which_worker_compressed_and_why_without_the_model(
     job = _claim(registry, "worker:b:2:y", (MODEL,))
     environment = CodecEnvironment(models_dir)
     assert (
-        service.run_job(
+        processing.run_job(
             registry.db, registry.storage, job, device="cuda:1", environment=environment, lease_seconds=60
         )
         == "ready"
@@ -207,7 +207,7 @@ def test_show_says_what_a_pending_version_waits_for(registry, variants, tmp_path
     compressing = registry.versions("acme/s0")[0]
     assert (compressing.status, compressing.worker, compressing.device) == ("compressing", "holder", "cpu")
     assert compressing.waiting is None
-    service.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
+    processing.run_job(registry.db, registry.storage, job, device="cpu", lease_seconds=60)
     done = registry.resolve("acme/s0:1")
     assert (done.status, done.worker, done.device, done.waiting) == ("ready", "holder", "cpu", None)
 

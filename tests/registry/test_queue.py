@@ -9,11 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from adapters.registry import models, queue, service
+from adapters.registry import models, processing, queue, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.errors import StorageError, VersionNotReady
-from adapters.registry.service import Outcome
+from adapters.registry.processing import Outcome
 from adapters.registry.worker import CompressionFailed, GivenBack, RetryLater, retry_policy
 from tests.conftest import RAW_BY_DEFAULT
 from tests.factories import adapter_variants
@@ -63,7 +63,7 @@ def test_claims_take_the_oldest_job_once(registry, variants):
 def test_a_job_runs_records_and_clears_its_lease(registry, variants):
     (version_id,) = _pending(registry, variants[:1])
     job = jobqueue.claim(registry, "w1", lease_seconds=60, max_attempts=3)
-    assert service.run_job(registry.db, registry.storage, job, lease_seconds=60) == "ready"
+    assert processing.run_job(registry.db, registry.storage, job, lease_seconds=60) == "ready"
     done = _version(registry, version_id)
     assert (done.status, done.leased_by, done.lease_expires_at, done.attempts) == ("ready", None, None, 1)
 
@@ -80,10 +80,10 @@ def test_a_stalled_job_is_claimed_again_and_the_old_holder_records_nothing(regis
     assert queue.renew(registry.db, fresh, lease_seconds=60)
     outcome = Outcome("raw", {}, {}, artifact=stale.source)
     with registry.db.transaction() as session:
-        assert service._record_outcome(session, stale, outcome) == "lost"
+        assert processing._record_outcome(session, stale, outcome) == "lost"
     assert queue.fail(registry.db, stale, RuntimeError("late"), max_attempts=3) == "lost"
     assert _version(registry, version_id).status == "compressing"
-    assert service.run_job(registry.db, registry.storage, fresh, lease_seconds=60) == "ready"
+    assert processing.run_job(registry.db, registry.storage, fresh, lease_seconds=60) == "ready"
 
 
 @ON_POSTGRESQL
@@ -146,9 +146,9 @@ def test_an_interrupted_run_releases_its_job(registry, variants, monkeypatch):
     def interrupted(*args, **kwargs):
         raise queue.Interrupted
 
-    monkeypatch.setattr(service, "run_codec", interrupted)
+    monkeypatch.setattr(processing, "run_codec", interrupted)
     with pytest.raises(queue.Interrupted):
-        service.run_job(registry.db, registry.storage, job, lease_seconds=60)
+        processing.run_job(registry.db, registry.storage, job, lease_seconds=60)
     assert _version(registry, version_id).status == "pending"
 
 
@@ -166,7 +166,7 @@ def test_inline_processing_refuses_a_version_that_is_not_pending(registry, varia
     (version_id,) = _pending(registry, variants[:1])
     jobqueue.claim(registry, "w1", lease_seconds=60, max_attempts=3)
     with pytest.raises(VersionNotReady, match="is compressing, not pending"):
-        service.process_version(registry.db, registry.storage, version_id)
+        processing.process_version(registry.db, registry.storage, version_id)
 
 
 def test_the_retry_policy_waits_the_backoff_and_gives_back_at_once():
