@@ -9,7 +9,8 @@ library leaves to its users: every half lease, jobs of workers that stopped hear
 run counts the attempt, or fails the version when its attempts are spent, and pending versions
 without a job get one; at every poll, jobs that waited long enough for a base model nobody holds
 move to the data-free queue; every maintenance interval, leftovers of interrupted work are swept,
-and succeeded jobs older than a week deleted.
+succeeded jobs older than a week deleted, and the event outbox and delivery log pruned
+(event_pruning.py).
 
 Shutdown: the first SIGTERM (or SIGINT) stops fetching jobs; the current job gets
 `worker_grace_seconds` to finish, after which (or at a second signal) it is interrupted and given
@@ -33,6 +34,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from . import events, jobs, queue, service, webhooks
 from .client import LocalRegistry, import_codec_modules
 from .codecs import CodecEnvironment
+from .event_pruning import prune_events
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 from .sweep import log_sweep
@@ -213,6 +215,15 @@ class Worker:
                 await app.job_manager.delete_old_jobs(nb_hours=jobs.KEEP_SUCCEEDED_HOURS)
             except Exception:  # as above
                 log.exception("deleting old jobs failed")
+            try:  # delivered events and old delivery-log rows (never an event still being retried)
+                await asyncio.to_thread(
+                    prune_events,
+                    db,
+                    event_retention_seconds=settings.webhook_event_retention_seconds,
+                    delivery_retention_seconds=settings.webhook_delivery_retention_seconds,
+                )
+            except Exception:  # as above
+                log.exception("pruning events failed")
 
     def _sweep(self) -> None:
         """Leftovers of interrupted work (temporary folders, partial blobs, incomplete uploads)."""
