@@ -47,7 +47,8 @@ def maintenance(app: AppContext, older_than: float | None) -> None:
         for removed in report.removed:
             click.echo(f"removed {removed}")
         click.echo(f"{len(report.removed)} leftovers removed")
-        click.echo(f"{pruned.events} events and {pruned.deliveries} delivery-log rows pruned")
+        if registry.db.dialect == "postgresql":  # SQLite registries have no events
+            click.echo(f"{pruned.events} events and {pruned.deliveries} delivery-log rows pruned")
 
     app.emit(report.to_json() | {"pruned": pruned.to_json()}, human)
     if report.errors:
