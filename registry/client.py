@@ -32,6 +32,7 @@ from .lifecycle_client import LifecycleMethods
 from .metrics import JobMetrics
 from .models import Version
 from .progress import Reporter
+from .recompress_client import RecompressMethods
 from .refs import AdapterName, Ref
 from .repository import QUEUED
 from .schemas import (
@@ -185,7 +186,7 @@ def import_codec_modules(modules: list[str]) -> None:
         importlib.import_module(module)
 
 
-class LocalRegistry(LifecycleMethods, WebhookMethods):
+class LocalRegistry(LifecycleMethods, WebhookMethods, RecompressMethods):
     def __init__(
         self,
         database: Database,

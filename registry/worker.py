@@ -31,7 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import events, jobs, queue, service, webhooks
+from . import events, jobs, queue, recompress, service, webhooks
 from .client import LocalRegistry, import_codec_modules
 from .codecs import CodecEnvironment
 from .event_pruning import prune_events
@@ -148,6 +148,9 @@ class Worker:
             max_attempts=settings.webhook_max_attempts,
             backoff_base=settings.webhook_backoff_seconds,
         )  # deliveries of events.py, on the `events` queue
+        recompress.register(
+            app, self.registry, device=self._device, max_attempts=settings.worker_max_attempts
+        )  # re-encodings of recompress.py, on the compression queues
         if settings.worker_deliver_events or not settings.worker_compress:
             queues = [*queues, events.EVENTS_QUEUE]
         lease = settings.worker_lease_seconds
@@ -204,7 +207,10 @@ class Worker:
             )
             if time.monotonic() >= self._next_recovery:
                 self._next_recovery = time.monotonic() + settings.worker_lease_seconds / 2
-                await jobs.retry_stalled(app, seconds_since_heartbeat=settings.worker_lease_seconds)
+                for task in (jobs.COMPRESS_TASK, jobs.RECOMPRESS_TASK):
+                    await jobs.retry_stalled(
+                        app, seconds_since_heartbeat=settings.worker_lease_seconds, task_name=task
+                    )
                 await asyncio.to_thread(jobs.reconcile, db, older_than=settings.worker_lease_seconds)
         except Exception:  # the database may be down for a while; the next round tries again
             log.exception("queue maintenance failed")
