@@ -49,7 +49,10 @@ def recompress(
             if item.detail:
                 line += f": {item.detail}"
             click.echo(line)
-        verb = "would recompress" if report.dry_run else "recompress"
-        click.echo(f"{len(report.versions)} versions to {verb} with {report.codec}")
+        counts: dict[str, int] = {}
+        for item in report.versions:
+            counts[item.action] = counts.get(item.action, 0) + 1
+        summary = ", ".join(f"{n} {action}" for action, n in counts.items()) or "nothing to do"
+        click.echo(f"{len(report.versions)} versions, codec {report.codec}: {summary}")
 
     app.emit(report, human)

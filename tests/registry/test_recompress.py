@@ -161,4 +161,5 @@ def test_cli_recompresses_a_version_pushed_raw_and_bad_refs_are_one_line_errors(
     assert [(v["action"], v["new_codec"]) for v in report["versions"]] == [("recompressed", "nola")]
     shown = cli("recompress", "acme/c:1", "--codec", "nola", "--dry-run").stdout
     assert shown.startswith("acme/c:1: would-recompress (nola, ratio ")
+    assert "1 versions, codec nola: 1 would-recompress" in shown
     assert "adapters recompress --namespace acme --json" in cli("recompress", "--help").stdout
