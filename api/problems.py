@@ -50,6 +50,7 @@ STATUS: dict[str, int] = {
     errors.AdapterConflict.code: 409,
     errors.VersionNotReady.code: 409,
     errors.VersionAliased.code: 409,
+    errors.SourceMissing.code: 409,
     errors.AuthenticationRequired.code: 401,
     errors.InvalidToken.code: 401,
     errors.PermissionDenied.code: 403,

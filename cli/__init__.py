@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "rm": "lifecycle:rm",
     "retain": "lifecycle:retain",
     "gc": "lifecycle:gc",
+    "recompress": "recompress:recompress",
     "label": "label:label",
     "db": "db:db",
     "compress": "compress:compress",

@@ -34,6 +34,7 @@ from .models import Version
 from .progress import Reporter
 from .push import DEFAULT_CODEC
 from .read_client import ReadMethods
+from .recompress_client import RecompressMethods
 from .refs import Ref
 from .repository import QUEUED, VersionRepository
 from .schemas import VersionView
@@ -47,7 +48,9 @@ SWEPT_MARKER = ".swept"  # in the temporary folder: when leftovers were last swe
 log = logging.getLogger("adapters.registry")
 
 
-class LocalRegistry(WriteMethods, ReadMethods, AdminMethods, LifecycleMethods, WebhookMethods):
+class LocalRegistry(
+    WriteMethods, ReadMethods, AdminMethods, LifecycleMethods, WebhookMethods, RecompressMethods
+):
     def __init__(
         self,
         database: Database,

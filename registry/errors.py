@@ -220,3 +220,9 @@ class WebhookNotFound(NotFound):
     """No webhook with that id (or not in a namespace the caller administers)."""
 
     code = "webhook-not-found"
+
+
+class SourceMissing(RegistryError):
+    """A version whose lossless source blob is not in the store: it cannot be re-encoded."""
+
+    code = "source-missing"

@@ -25,10 +25,19 @@ VERSION_READY = "version.ready"
 VERSION_FAILED = "version.failed"
 VERSION_REJECTED = "version.rejected"
 VERSION_YANKED = "version.yanked"
+VERSION_RECOMPRESSED = "version.recompressed"  # re-encoded from its source (recompress.py)
 ALIAS_MOVED = "alias.moved"  # created or moved
 ALIAS_DELETED = "alias.deleted"
 PING = "ping"  # sent by `adapters webhook test` only
-EVENT_TYPES = (VERSION_READY, VERSION_FAILED, VERSION_REJECTED, VERSION_YANKED, ALIAS_MOVED, ALIAS_DELETED)
+EVENT_TYPES = (
+    VERSION_READY,
+    VERSION_FAILED,
+    VERSION_REJECTED,
+    VERSION_YANKED,
+    VERSION_RECOMPRESSED,
+    ALIAS_MOVED,
+    ALIAS_DELETED,
+)
 STATUS_EVENTS = {"ready": VERSION_READY, "failed": VERSION_FAILED, "rejected": VERSION_REJECTED}
 
 DELIVER_TASK = "deliver_webhook"
@@ -121,6 +130,18 @@ def version_failed(session: Session, version_id: int) -> None:
 def version_yanked(session: Session, version: Version) -> None:
     data = _version_data(version) | {"reason": version.yank_reason}
     emit(session, VERSION_YANKED, version.adapter.namespace, data)
+
+
+def version_recompressed(
+    session: Session, version: Version, *, from_codec: str | None, from_artifact_digest: str | None
+) -> None:
+    """Report a version whose artifact was re-encoded: same version, new codec and artifact."""
+    data = _version_data(version) | {
+        "codec": version.codec,
+        "from_codec": from_codec,
+        "from_artifact_digest": from_artifact_digest,
+    }
+    emit(session, VERSION_RECOMPRESSED, version.adapter.namespace, data)
 
 
 def alias_changed(

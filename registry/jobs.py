@@ -41,6 +41,7 @@ from .workers import live_since
 log = logging.getLogger("adapters.jobs")
 
 COMPRESS_TASK = "compress"
+RECOMPRESS_TASK = "recompress"  # recompress.py: re-encode a ready version from its source
 DATA_FREE_QUEUE = "compress"
 MODEL_QUEUE_PREFIX = "compress:"
 MIN_PRIORITY = -1000  # fairness priorities stop here: beyond that, oldest first
@@ -170,7 +171,7 @@ _MOVABLE = sa.text(
     """
     SELECT j.id, v.wants_base_model FROM procrastinate_jobs j
       JOIN versions v ON v.id = (j.args->>'version_id')::bigint
-     WHERE j.task_name = :task AND j.status = 'todo' AND j.queue_name LIKE 'compress:%'
+     WHERE j.task_name IN (:task, :recompress) AND j.status = 'todo' AND j.queue_name LIKE 'compress:%'
        AND v.created_at < :before
      FOR UPDATE OF j SKIP LOCKED
     """
@@ -185,7 +186,9 @@ def move_waiting(db: Database, *, wait_seconds: float, live_seconds: float) -> l
         workers = WorkerRepository(session)
         now = workers.now()
         before = now - dt.timedelta(seconds=wait_seconds)
-        rows = session.execute(_MOVABLE, {"task": COMPRESS_TASK, "before": before})
+        rows = session.execute(
+            _MOVABLE, {"task": COMPRESS_TASK, "recompress": RECOMPRESS_TASK, "before": before}
+        )
         waiting = [(job_id, model) for job_id, model in rows if model]
         held = workers.holders([model for _, model in waiting], live_since(now, live_seconds))
         for job_id, model in waiting:
@@ -202,7 +205,9 @@ def move_waiting(db: Database, *, wait_seconds: float, live_seconds: float) -> l
     return moved
 
 
-async def retry_stalled(app: Any, *, seconds_since_heartbeat: float) -> list[int]:
+async def retry_stalled(
+    app: Any, *, seconds_since_heartbeat: float, task_name: str = COMPRESS_TASK
+) -> list[int]:
     """Put the compression jobs of workers that stopped heartbeating back in their queue (the
     library's stalled-job recovery); the next run counts the attempt, or fails the version when its
     attempts are spent. Returns the job ids."""
@@ -210,7 +215,7 @@ async def retry_stalled(app: Any, *, seconds_since_heartbeat: float) -> list[int
 
     retried = []
     stalled = await app.job_manager.get_stalled_jobs(
-        task_name=COMPRESS_TASK, seconds_since_heartbeat=seconds_since_heartbeat
+        task_name=task_name, seconds_since_heartbeat=seconds_since_heartbeat
     )
     for job in stalled:
         try:

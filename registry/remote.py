@@ -42,6 +42,7 @@ from .output import install, prepare_output, staging_for, write_error
 from .progress import Advance, Reporter, SilentReporter
 from .refs import NAME_PATTERN, AdapterName, Ref, check_alias, check_name
 from .remote_lifecycle import RemoteLifecycleMethods
+from .remote_recompress import RemoteRecompressMethods
 from .remote_webhooks import RemoteWebhookMethods
 from .schemas import (
     AdapterView,
@@ -115,7 +116,7 @@ def _as_name(name: str | AdapterName) -> AdapterName:
     return name if isinstance(name, AdapterName) else AdapterName.parse(name)
 
 
-class RemoteRegistry(RemoteLifecycleMethods, RemoteWebhookMethods):
+class RemoteRegistry(RemoteLifecycleMethods, RemoteWebhookMethods, RemoteRecompressMethods):
     def __init__(
         self,
         url: str,

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     webhook_backoff_seconds: int = Field(
         default=2, ge=0, description="Retry n of a webhook delivery waits this ** (n + 1) seconds."
     )
+    webhook_event_retention_seconds: float = Field(
+        default=7 * 24 * 3600,
+        ge=0,
+        description="Outbox events older than this are pruned once no delivery of theirs is waiting or "
+        "running (an event still being retried is kept); one the delivery log still shows stays with it.",
+    )
+    webhook_delivery_retention_seconds: float = Field(
+        default=30 * 24 * 3600,
+        ge=0,
+        description="Webhook delivery-log rows older than this are pruned.",
+    )
     worker_grace_seconds: float = Field(
         default=30, ge=0, description="On SIGTERM: time the current job gets to finish before it is released."
     )

@@ -9,7 +9,8 @@ library leaves to its users: every half lease, jobs of workers that stopped hear
 run counts the attempt, or fails the version when its attempts are spent, and pending versions
 without a job get one; at every poll, jobs that waited long enough for a base model nobody holds
 move to the data-free queue; every maintenance interval, leftovers of interrupted work are swept,
-and succeeded jobs older than a week deleted.
+succeeded jobs older than a week deleted, and the event outbox and delivery log pruned
+(event_pruning.py).
 
 Shutdown: the first SIGTERM (or SIGINT) stops fetching jobs; the current job gets
 `worker_grace_seconds` to finish, after which (or at a second signal) it is interrupted and given
@@ -30,9 +31,10 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, start_http_server
 
-from . import events, jobs, processing, queue, webhooks
+from . import events, jobs, processing, queue, recompress, webhooks
 from .client import LocalRegistry
 from .codecs import CodecEnvironment, import_codec_modules
+from .event_pruning import prune_events
 from .metrics import JobMetrics, RegistryCollector
 from .settings import Settings
 from .sweep import log_sweep
@@ -146,6 +148,9 @@ class Worker:
             max_attempts=settings.webhook_max_attempts,
             backoff_base=settings.webhook_backoff_seconds,
         )  # deliveries of events.py, on the `events` queue
+        recompress.register(
+            app, self.registry, device=self._device, max_attempts=settings.worker_max_attempts
+        )  # re-encodings of recompress.py, on the compression queues
         if settings.worker_deliver_events or not settings.worker_compress:
             queues = [*queues, events.EVENTS_QUEUE]
         lease = settings.worker_lease_seconds
@@ -202,7 +207,10 @@ class Worker:
             )
             if time.monotonic() >= self._next_recovery:
                 self._next_recovery = time.monotonic() + settings.worker_lease_seconds / 2
-                await jobs.retry_stalled(app, seconds_since_heartbeat=settings.worker_lease_seconds)
+                for task in (jobs.COMPRESS_TASK, jobs.RECOMPRESS_TASK):
+                    await jobs.retry_stalled(
+                        app, seconds_since_heartbeat=settings.worker_lease_seconds, task_name=task
+                    )
                 await asyncio.to_thread(jobs.reconcile, db, older_than=settings.worker_lease_seconds)
         except Exception:  # the database may be down for a while; the next round tries again
             log.exception("queue maintenance failed")
@@ -213,6 +221,15 @@ class Worker:
                 await app.job_manager.delete_old_jobs(nb_hours=jobs.KEEP_SUCCEEDED_HOURS)
             except Exception:  # as above
                 log.exception("deleting old jobs failed")
+            try:  # delivered events and old delivery-log rows (never an event still being retried)
+                await asyncio.to_thread(
+                    prune_events,
+                    db,
+                    event_retention_seconds=settings.webhook_event_retention_seconds,
+                    delivery_retention_seconds=settings.webhook_delivery_retention_seconds,
+                )
+            except Exception:  # as above
+                log.exception("pruning events failed")
 
     def _sweep(self) -> None:
         """Leftovers of interrupted work (temporary folders, partial blobs, incomplete uploads)."""
