@@ -522,7 +522,7 @@ def _encode_transform(
             "step": code.step,
             "bound": code.bound,
             "bytes": code.nbytes,
-            "model": "quantized-gaussian",
+            "model": transform.MODEL,
         },
         "source_digest": hashlib.sha256(source).hexdigest(),
         "params": asdict(cfg),
