@@ -22,6 +22,7 @@ from .nola_core import (  # noqa: F401 - re-exported
     NolaFormat,
     Prepared,
     encode,
+    encode_decoded,
     fit_adapter,
     fit_budget,
     lora_pairs,

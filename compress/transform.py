@@ -441,8 +441,20 @@ def _rebuild(window, pairs, dtypes, seed, device, out: list, digests: list[str])
                         out[i] = (y.to(dtypes[i][0]).cpu(), out[i][1])
 
 
+_LAST_DIGEST: list[tuple[tuple, str]] = []  # the last adapter's: a size search asks again and again
+
+
 def bases_digest(pairs: Sequence[LoraPair], seed: int, device: torch.device) -> str:
     """One digest of every module's two full-size bases (what `decode` checks against)."""
+    key = (tuple((p.module, p.in_features, p.out_features) for p in pairs), seed, str(device))
+    if _LAST_DIGEST and _LAST_DIGEST[0][0] == key:
+        return _LAST_DIGEST[0][1]
+    digest = _bases_digest(pairs, seed, device)
+    _LAST_DIGEST[:] = [(key, digest)]
+    return digest
+
+
+def _bases_digest(pairs: Sequence[LoraPair], seed: int, device: torch.device) -> str:
     digests: list[str] = []
     for side in ("B", "A"):
         for n, members in sorted(_by_size(pairs, side).items()):

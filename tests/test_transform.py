@@ -101,6 +101,22 @@ def test_deterministic_bytes_and_reconstruction(adapter, compressed, tmp_path):
     ).read_bytes()
 
 
+def test_the_encoder_measures_what_a_reader_decodes(adapter):
+    """The size search measures the tensors the encoder decoded itself: they are the reader's."""
+    from adapters.compress.nola import encode_decoded, fit_budget
+    from adapters.compress.stfile import loads
+
+    fitted = fit_budget(prepare(adapter, NolaConfig()), 4000)
+    data, _, decoded = encode_decoded(adapter, fitted)
+    from adapters.compress.nola import NolaFormat
+    from adapters.compress.protocol import decode_with
+
+    back = decode_with(NolaFormat, *loads(data))
+    for p in lora_pairs(adapter):
+        for key in (p.a_key, p.b_key):
+            assert torch.equal(decoded[key], back.tensors[key]) and decoded[key].dtype == torch.float32
+
+
 def test_at_equal_bytes_the_transform_code_beats_the_row_code(adapter, tmp_path):
     errors = {}
     for code in ("rows", "transform"):
