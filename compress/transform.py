@@ -36,6 +36,7 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,6 +133,20 @@ def _by_size(pairs: Sequence[LoraPair], side: str) -> dict[int, list[int]]:
     return groups
 
 
+@contextmanager
+def one_torch_thread():
+    """Torch ops on one thread each, for work spread over threads of our own (modules, or reading
+    and rotating): small ops under a team of OpenMP threads waste most of their time waiting on each
+    other once the cores are shared (measured: a whole decode 13x slower under load), and each
+    module's result no longer depends on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _stack(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """[b, r_max, n]: modules of different rank padded with zero rows."""
     rank = max(r.shape[0] for r in rows)
@@ -155,7 +170,11 @@ def coefficients(
     checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair], seed: int, device: torch.device
 ) -> list[ModuleCoefficients]:
     """Every module's rotated coefficients in the SVD gauge (what does not depend on the budget)."""
-    gauged = [_gauge(p, checkpoint.tensors[p.a_key], checkpoint.tensors[p.b_key]) for p in pairs]
+    workers = torch.get_num_threads()
+    with one_torch_thread(), ThreadPoolExecutor(workers) as pool:  # modules in parallel, see below
+        gauged = list(
+            pool.map(lambda p: _gauge(p, checkpoint.tensors[p.a_key], checkpoint.tensors[p.b_key]), pairs)
+        )
     b_rot = _rotate([b.T.contiguous() for b, _ in gauged], pairs, "B", seed, device)
     a_rot = _rotate([a for _, a in gauged], pairs, "A", seed, device)
     return [ModuleCoefficients(p, b.numpy(), a.numpy()) for p, b, a in zip(pairs, b_rot, a_rot)]
@@ -378,7 +397,8 @@ def decode(
     held, at = 0, 0
     # The ANS decoder holds the GIL, the rotations mostly run in torch without it: one window is
     # rotated in a second thread while the next is read (each window's result is independent of it).
-    with ThreadPoolExecutor(1) as pool:
+    threads = one_torch_thread() if torch.device(device).type == "cpu" else nullcontext()
+    with threads, ThreadPoolExecutor(1) as pool:
         pending = []
         for i, (p, w) in enumerate(zip(pairs, weights)):
             b_step = step * _multiplier(w)
