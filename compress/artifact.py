@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import philox, stfile, transform, transform_v2
+from . import philox, stfile, transform, transform_read, transform_v2
 from .bases import FAMILIES, basis_key, make_basis
 from .errors import InvalidArtifact
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
@@ -305,7 +305,7 @@ def _decode_transform(
     scales = [p.scale for p in pairs]
     try:
         if model == transform.MODEL:
-            factors, digest = transform.decode(
+            factors, digest = transform_read.decode(
                 pairs, scales, step, bound, codes.numpy().tobytes(), seed, device, dtypes
             )
         else:  # format 2: float64 factors, converted below
