@@ -32,8 +32,15 @@ def reconstruct(app: AppContext, artifact: Path, output: Path, force: bool) -> N
     Example:
       adapters reconstruct my-lora.nola -o ./my-lora-rebuilt
     """
+    import torch
+
     from adapters.compress.codec import reconstruct as rebuild
     from adapters.compress.peft_io import write_adapter
+
+    # The decoder overlaps reading and rotating on two threads of its own; the remaining passes
+    # (checks, writing) are memory-bound. An OpenMP team on top only costs, and on a shared
+    # machine it can cost far more than it saves (threads spin waiting for descheduled peers).
+    torch.set_num_threads(1)
 
     if output.exists() and any(output.iterdir()) and not force:
         raise click.ClickException(f"{output} is not empty (use --force to replace it)")

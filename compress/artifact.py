@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from . import philox, stfile, transform
+from . import philox, stfile, transform, transform_read, transform_v2
 from .bases import FAMILIES, basis_key, make_basis
 from .errors import InvalidArtifact
 from .peft_io import KEY_PREFIX, LoraCheckpoint, LoraPair, config_json
@@ -36,9 +36,10 @@ from .protocol import CONFIG_KEY, FORMAT_KEY, VERSION_KEY
 from .quant import FORMATS, FactorCode
 
 FORMAT = "nola"
-# Version 2 added the transform layout (transform.py); version 1 files (rows layout) still read.
-FORMAT_VERSION = 2
-READ_VERSIONS = (1, 2)
+# Version 2 added the transform layout (transform.py); version 3 codes its integers under tabulated
+# models (transform_entropy.py). Version 1 files (rows layout) and version 2 files still read.
+FORMAT_VERSION = 3
+READ_VERSIONS = (1, 2, 3)
 HEADER_KEY = "nola.header"
 CHECKSUM_KEY = "nola.checksum"
 CODES_KEY = "nola.codes"
@@ -298,10 +299,19 @@ def _decode_transform(
         raise InvalidArtifact("corrupt: coefficient tensors missing or of the wrong type")
     if codes.numel() != code.get("bytes"):
         raise InvalidArtifact("corrupt: the coefficient stream is not the length the header records")
+    model = code.get("model")
+    if model not in (transform.MODEL, transform_v2.MODEL):
+        raise InvalidArtifact(f"unsupported coefficient model {model!r}")
+    scales = [p.scale for p in pairs]
     try:
-        factors, digest = transform.decode(
-            pairs, [p.scale for p in pairs], step, bound, codes.numpy().tobytes(), seed, device
-        )
+        if model == transform.MODEL:
+            factors, digest = transform_read.decode(
+                pairs, scales, step, bound, codes.numpy().tobytes(), seed, device, dtypes
+            )
+        else:  # format 2: float64 factors, converted below
+            factors, digest = transform_v2.decode(
+                pairs, scales, step, bound, codes.numpy().tobytes(), seed, device
+            )
     except (ValueError, RuntimeError) as exc:
         raise InvalidArtifact(f"corrupt: {exc}") from None
     if digest != header.get("digest"):
@@ -309,7 +319,7 @@ def _decode_transform(
     out = {k: v for k, v in tensors.items() if k != CODES_KEY}
     for i, (pair, (dtype_a, dtype_b)) in enumerate(zip(pairs, dtypes)):
         a, b = factors[i]
-        factors[i] = None  # the float64 factors go as soon as converted: a lower peak
+        factors[i] = None  # the working factors go as soon as converted: a lower peak
         out[pair.a_key], out[pair.b_key] = a.to(dtype_a), b.to(dtype_b)
     return out
 

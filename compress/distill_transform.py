@@ -36,12 +36,12 @@ from .transform import (
     ModuleCoefficients,
     TransformCode,
     _multiplier,
-    decode,
     encode,
     fit_step,
     module_integers,
     module_weights,
 )
+from .transform_read import decode
 
 
 def _ste_round(x: torch.Tensor, rounding: float) -> torch.Tensor:

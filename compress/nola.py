@@ -24,7 +24,7 @@ from .nola_fit import (  # noqa: F401 - re-exported
     prepare,
     uses_transform,
 )
-from .nola_format import NolaFormat, encode  # noqa: F401 - re-exported
+from .nola_format import NolaFormat, encode, encode_decoded  # noqa: F401 - re-exported
 from .peft_io import LoraCheckpoint
 from .pipeline import run
 from .protocol import CompressionReport, Progress

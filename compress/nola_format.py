@@ -43,6 +43,15 @@ class NolaFormat:
 
 def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, CompressionReport]:
     """The artifact for fitted coefficients, with fidelity measured on what a reader rebuilds."""
+    data, report, _ = encode_decoded(checkpoint, fitted)
+    return data, report
+
+
+def encode_decoded(
+    checkpoint: LoraCheckpoint, fitted: NolaFit
+) -> tuple[bytes, CompressionReport, dict[str, torch.Tensor]]:
+    """`encode`, with the tensors a reader rebuilds from the artifact (decoded once, to measure it):
+    whoever measures the artifact further needs not decode it again."""
     cfg = fitted.config
     device = resolve_device(cfg.device)
     if fitted.transform is not None:
@@ -102,7 +111,7 @@ def encode(checkpoint: LoraCheckpoint, fitted: NolaFit) -> tuple[bytes, Compress
         params=params,
         fidelity=fidelity,
     )
-    return data, report
+    return data, report, decoded
 
 
 def _generator(seed: int, device: torch.device) -> dict[str, Any]:
@@ -116,7 +125,7 @@ def _generator(seed: int, device: torch.device) -> dict[str, Any]:
 
 def _encode_transform(
     checkpoint: LoraCheckpoint, fitted: NolaFit, device: torch.device
-) -> tuple[bytes, CompressionReport]:
+) -> tuple[bytes, CompressionReport, dict[str, torch.Tensor]]:
     """The transform layout: the header lists modules (no per-row sizes or formats), one digest
     stands for every basis, and the codes tensor holds the whole coefficient stream."""
     cfg, code = fitted.config, fitted.transform
@@ -131,7 +140,7 @@ def _encode_transform(
             "step": code.step,
             "bound": code.bound,
             "bytes": code.nbytes,
-            "model": "quantized-gaussian",
+            "model": transform.MODEL,
         },
         "source_digest": hashlib.sha256(source).hexdigest(),
         "params": asdict(cfg),
@@ -179,7 +188,7 @@ def _encode_transform(
         params=params,
         fidelity=fidelity,
     )
-    return data, report
+    return data, report, decoded
 
 
 def _lossless_keys(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> list[str]:

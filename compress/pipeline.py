@@ -31,12 +31,11 @@ from .errors import CompressError
 from .gate import DEFAULT_PREDICTIONS, Gate
 from .nola_config import NolaConfig, resolve_device
 from .nola_fit import NolaFit, Prepared, fit_budget, lora_pairs, prepare
-from .nola_format import NolaFormat, encode
+from .nola_format import encode, encode_decoded
 from .peft_io import LoraCheckpoint
-from .protocol import CompressionReport, Progress, canonical_bytes, decode_with
+from .protocol import CompressionReport, Progress, canonical_bytes
 from .search import Attempt, ladder, largest_passing, refine
 from .stats import InputStats
-from .stfile import loads
 
 # Distillation runs (minutes each on a CPU) the search spends above the best closed-form size.
 MAX_DISTILL_RUNS = 3
@@ -137,13 +136,13 @@ class _Run:
         """The artifact of a fit, judged: held-out agreement of the artifact as a reader decodes it,
         on texts the fit never saw, and the gate's verdict, both also recorded in its header (so
         `adapters inspect` shows them, and the size counts them)."""
-        data, report = encode(self.checkpoint, fitted)
+        data, report, decoded = encode_decoded(self.checkpoint, fitted)
         report.source_bytes = self.source_bytes
         recorded: dict[str, Any] = {}
         if self.teacher is not None and self.held:
-            decoded = decode_with(NolaFormat, *loads(data))
+            # What a reader rebuilds from `data`: the encoder decoded the artifact's stream already.
             pairs = lora_pairs(self.checkpoint)
-            factors = {k: decoded.tensors[k] for p in pairs for k in (p.a_key, p.b_key)}
+            factors = {k: decoded[k] for p in pairs for k in (p.a_key, p.b_key)}
             recorded["held_out"] = self.teacher.agreement(self.held, self.teacher.params(factors))
             report.fidelity["held_out"] = recorded["held_out"]
         if self.gate is not None:

@@ -17,13 +17,17 @@ gamma 0 weighs absolute error, 1 relative error, 0.5 between; see `module_weight
   from the integers.
 A component whose B column rounds to zero is dropped (its A row is not stored).
 
-Entropy coding: the integers are coded with an ANS coder (`constriction`) under a quantized Gaussian
-model whose spread is known per column: for B a log-scale code per column (0: dropped), for A
-sqrt(sum q_j^2 / n_in) from the decoded column. The stream is `codes` bytes: ANS words holding first
-the side information (each module's weight code and its columns' spread codes, as residuals from
-their predictions under a Laplace model), then the integers. The step is found by bisection for
-the smallest stream within a budget. The reader rebuilds B = B^'' / (scale g), A = g A^'' with
-g_j = sqrt(s^_j / scale), so the factors keep PEFT's shapes and rank and are balanced.
+Entropy coding: the integers are coded with an ANS coder (`constriction`) under a Gaussian model
+binned to the integers whose spread is known per column: for B a log-scale code per column (0:
+dropped), for A the code of sqrt(sum q_j^2 / n_in) from the decoded column. Each code's model is one
+table (transform_entropy.py; format 2 used a model per symbol, still read by transform_v2.py). The
+stream is `codes` bytes: ANS words holding first the side information (each module's weight code and
+its columns' spread codes, as residuals from their predictions under a Laplace model), then the
+integers, module by module. The step is found by bisection for the smallest stream within a budget.
+The reader (transform_read.py) rebuilds B = B^'' / (scale g), A = g A^'' with g_j = sqrt(s^_j /
+|scale|), so the factors keep PEFT's shapes and rank and are balanced; s^_j = step mu_m sqrt(sum
+q_j^2) is exact from the integers, so the scaling folds into the coefficients and one float32
+rotation per factor rebuilds them.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import hashlib
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,10 +46,11 @@ import torch
 from .bases import FastBasis, basis_key
 from .feedback import feedback_round
 from .peft_io import LoraCheckpoint, LoraPair
+from .transform_entropy import SPREAD_ZERO, Models, spread_codes
 
 LAYOUT = "transform"
-# Log-scale code of a B column's integer spread: std = 2 ** ((code - STD_ZERO) / STD_STEPS), code 1..255.
-STD_ZERO, STD_STEPS = 64, 16
+MODEL = "gaussian-table"  # the header's name for the coefficient model (format 2: transform_v2.MODEL)
+# (The format-3 reader is transform_read.py.)
 # The largest |integer| coded: finer steps than this allows are never needed (16 bits per coefficient
 # is more than the fp16 / bf16 a source stores) and the coder's model needs a bounded support.
 MAX_BOUND = 1 << 15
@@ -126,6 +133,20 @@ def _by_size(pairs: Sequence[LoraPair], side: str) -> dict[int, list[int]]:
     return groups
 
 
+@contextmanager
+def one_torch_thread():
+    """Torch ops on one thread each, for work spread over threads of our own (modules, or reading
+    and rotating): small ops under a team of OpenMP threads waste most of their time waiting on each
+    other once the cores are shared (measured: a whole decode 13x slower under load), and each
+    module's result no longer depends on the thread count."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _stack(rows: Sequence[torch.Tensor]) -> torch.Tensor:
     """[b, r_max, n]: modules of different rank padded with zero rows."""
     rank = max(r.shape[0] for r in rows)
@@ -149,7 +170,11 @@ def coefficients(
     checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair], seed: int, device: torch.device
 ) -> list[ModuleCoefficients]:
     """Every module's rotated coefficients in the SVD gauge (what does not depend on the budget)."""
-    gauged = [_gauge(p, checkpoint.tensors[p.a_key], checkpoint.tensors[p.b_key]) for p in pairs]
+    workers = torch.get_num_threads()
+    with one_torch_thread(), ThreadPoolExecutor(workers) as pool:  # modules in parallel, see below
+        gauged = list(
+            pool.map(lambda p: _gauge(p, checkpoint.tensors[p.a_key], checkpoint.tensors[p.b_key]), pairs)
+        )
     b_rot = _rotate([b.T.contiguous() for b, _ in gauged], pairs, "B", seed, device)
     a_rot = _rotate([a for _, a in gauged], pairs, "A", seed, device)
     return [ModuleCoefficients(p, b.numpy(), a.numpy()) for p, b, a in zip(pairs, b_rot, a_rot)]
@@ -158,17 +183,6 @@ def coefficients(
 def _round(x: np.ndarray, rounding: float) -> np.ndarray:
     """sign(x) floor(|x| + rounding): 0.5 rounds to nearest, less widens the dead zone at zero."""
     return (np.sign(x) * np.floor(np.abs(x) + rounding)).astype(np.int64)
-
-
-def _spread_code(q: np.ndarray) -> int:
-    if not q.any():
-        return 0
-    std = math.sqrt(float((q * q).mean()))
-    return int(min(255, max(1, round(STD_STEPS * math.log2(std)) + STD_ZERO)))
-
-
-def _spread(code: int) -> float:
-    return 2.0 ** ((code - STD_ZERO) / STD_STEPS)
 
 
 def _a_steps(sums: np.ndarray) -> np.ndarray:
@@ -218,7 +232,7 @@ def module_integers(
     pending: dict[int, list[tuple]] = defaultdict(list)  # n_in -> (module, scaled A rows, factor)
     for m, w in zip(modules, weights):
         qb = _round(m.b / (step * _multiplier(w)), rounding)  # [r, out]
-        codes = [_spread_code(row) for row in qb]
+        codes = spread_codes((qb * qb).sum(1), qb.shape[1]).tolist()
         kept = [j for j, c in enumerate(codes) if c]
         n_in = m.a.shape[1]
         item = ModuleIntegers(codes, kept, qb[kept], np.zeros((len(kept), n_in), dtype=np.int64))
@@ -240,29 +254,6 @@ def module_integers(
     return out
 
 
-def quantize(
-    modules: Sequence[ModuleCoefficients],
-    step: float,
-    rounding: float = 0.5,
-    weights: np.ndarray | None = None,
-):
-    """Integers and model spreads at `step`: (spread bytes, symbols, stds, bound)."""
-    spread_bytes, symbols, stds = [], [], []
-    for item in module_integers(modules, step, rounding, weights):
-        spread_bytes += item.spreads
-        if not item.kept:
-            continue
-        n_out, n_in = item.qb.shape[1], item.qa.shape[1]
-        sums = (item.qb * item.qb).sum(1)
-        symbols += [item.qb.reshape(-1), item.qa.reshape(-1)]
-        stds.append(np.repeat([_spread(item.spreads[j]) for j in item.kept], n_out))
-        stds.append(np.repeat(np.sqrt(sums / n_in), n_in))
-    flat = np.concatenate(symbols) if symbols else np.zeros(0, dtype=np.int64)
-    std = np.concatenate(stds) if stds else np.zeros(0)
-    bound = max(1, int(np.abs(flat).max())) if flat.size else 1
-    return np.array(spread_bytes, dtype=np.uint8), flat, std, bound
-
-
 def encode(
     modules: Sequence[ModuleCoefficients],
     step: float,
@@ -271,14 +262,22 @@ def encode(
 ) -> TransformCode | None:
     """The code at `step`, or None when the step is too fine for the coder (see MAX_BOUND)."""
     weights = weights if weights is not None else np.full(len(modules), WEIGHT_ZERO, dtype=np.uint8)
-    spreads, symbols, stds, bound = quantize(modules, step, rounding, weights)
+    items = module_integers(modules, step, rounding, weights)
+    spreads = np.array([c for item in items for c in item.spreads], dtype=np.uint8)
+    bound = max([1] + [int(np.abs(q).max()) for item in items if item.kept for q in (item.qb, item.qa)])
     if bound > MAX_BOUND:
         return None
-    cs = _ans()
-    coder = cs.stream.stack.AnsCoder()
-    if symbols.size:  # a stack: coded last, read first, so the side information goes in after
-        model = cs.stream.model.QuantizedGaussian(-bound, bound)
-        coder.encode_reverse(symbols.astype(np.int32), model, np.zeros_like(stds), stds)
+    coder = _ans().stream.stack.AnsCoder()
+    models = Models(bound)
+    # A stack: what is coded last is read first, so everything goes in back to front.
+    for item in reversed(items):
+        if not item.kept:
+            continue
+        a_codes = spread_codes((item.qb * item.qb).sum(1), item.qa.shape[1])
+        for row, code in zip(item.qa[::-1], a_codes[::-1].tolist()):
+            coder.encode_reverse((row + bound).astype(np.int32), models[code])
+        for row, j in zip(item.qb[::-1], item.kept[::-1]):
+            coder.encode_reverse((row + bound).astype(np.int32), models[item.spreads[j]])
     side = _side_residuals(weights, spreads, [m.pair.rank for m in modules])
     coder.encode_reverse(side.astype(np.int32), _side_model())
     words = coder.get_compressed().astype("<u4").tobytes()
@@ -295,7 +294,7 @@ def _side_residuals(weights: np.ndarray, spreads: np.ndarray, ranks: Sequence[in
     before, a column's spread from the column before in its module (the first from the first of the
     module before), since singular values, and so spreads, fall smoothly within a module."""
     out, at = [], 0
-    last_weight, last_first = WEIGHT_ZERO, STD_ZERO
+    last_weight, last_first = WEIGHT_ZERO, SPREAD_ZERO
     for w, rank in zip(weights.tolist(), ranks):
         out.append(w - last_weight)
         last_weight = w
@@ -313,7 +312,7 @@ def _side_residuals(weights: np.ndarray, spreads: np.ndarray, ranks: Sequence[in
 def _side_values(residuals: np.ndarray, ranks: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """The inverse of `_side_residuals`: (weights, spreads); ValueError outside 0..255."""
     weights, spreads, at = [], [], 0
-    last_weight, last_first = WEIGHT_ZERO, STD_ZERO
+    last_weight, last_first = WEIGHT_ZERO, SPREAD_ZERO
     values = residuals.tolist()
     for rank in ranks:
         last_weight += values[at]
@@ -371,62 +370,20 @@ def kept_coefficients(pairs: Sequence[LoraPair], code: TransformCode) -> int:
     return total
 
 
-def decode(
-    pairs: Sequence[LoraPair],
-    scales: Sequence[float],
-    step: float,
-    bound: int,
-    codes: bytes,
-    seed: int,
-    device: torch.device,
-) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
-    """Every module's (A [r, in], B [out, r]) in float64, and the digest of all the bases used.
-    ValueError when the stream does not match the modules."""
-    if not codes or len(codes) % 4 or not step > 0 or not 1 <= bound <= MAX_BOUND:
-        raise ValueError("the coefficient stream does not match the module list")
-    words = np.frombuffer(codes, dtype="<u4").astype(np.uint32)
-    cs = _ans()
-    model = cs.stream.model.QuantizedGaussian(-bound, bound)
-    coder = cs.stream.stack.AnsCoder(words)
-    ranks = [p.rank for p in pairs]
-    side = coder.decode(_side_model(), len(pairs) + sum(ranks)).astype(np.int64)
-    weights, spreads = _side_values(side, ranks)
-    b_rows, a_rows, at = [], [], 0
-    for p, w in zip(pairs, weights):
-        codes_p = spreads[at : at + p.rank].tolist()
-        at += p.rank
-        kept = [j for j, c in enumerate(codes_p) if c]
-        qb = np.zeros((p.rank, p.out_features))
-        qa = np.zeros((p.rank, p.in_features))
-        if kept:
-            std_b = np.repeat([_spread(codes_p[j]) for j in kept], p.out_features)
-            ints_b = coder.decode(model, np.zeros_like(std_b), std_b).astype(np.int64)
-            ints_b = ints_b.reshape(len(kept), p.out_features)
-            sums = (ints_b * ints_b).sum(1)
-            if not sums.all():
-                raise ValueError("a kept component decodes to zero")
-            std_a = np.repeat(np.sqrt(sums / p.in_features), p.in_features)
-            ints_a = coder.decode(model, np.zeros_like(std_a), std_a).astype(np.int64)
-            qb[kept] = ints_b * (step * _multiplier(w))
-            qa[kept] = ints_a.reshape(len(kept), p.in_features) * _a_steps(sums)[:, None]
-        b_rows.append(torch.from_numpy(qb))
-        a_rows.append(torch.from_numpy(qa))
-    if not coder.is_empty():
-        raise ValueError("the coefficient stream is longer than its modules need")
-    digests: list[str] = []
-    b_full = _expand(b_rows, pairs, "B", seed, device, digests)
-    a_full = _expand(a_rows, pairs, "A", seed, device, digests)
-    out = []
-    for s, a, b in zip(scales, a_full, b_full):
-        norms = b.norm(dim=1)  # s^_j: the decoded column norms (rows of b here)
-        g = (norms / s).sqrt()
-        safe = torch.where(g > 0, g, torch.ones_like(g))
-        out.append(((a * g[:, None]), (b / (s * safe)[:, None]).T.contiguous()))
-    return out, hashlib.sha256("".join(sorted(digests)).encode()).hexdigest()[:16]
+_LAST_DIGEST: list[tuple[tuple, str]] = []  # the last adapter's: a size search asks again and again
 
 
 def bases_digest(pairs: Sequence[LoraPair], seed: int, device: torch.device) -> str:
     """One digest of every module's two full-size bases (what `decode` checks against)."""
+    key = (tuple((p.module, p.in_features, p.out_features) for p in pairs), seed, str(device))
+    if _LAST_DIGEST and _LAST_DIGEST[0][0] == key:
+        return _LAST_DIGEST[0][1]
+    digest = _bases_digest(pairs, seed, device)
+    _LAST_DIGEST[:] = [(key, digest)]
+    return digest
+
+
+def _bases_digest(pairs: Sequence[LoraPair], seed: int, device: torch.device) -> str:
     digests: list[str] = []
     for side in ("B", "A"):
         for n, members in sorted(_by_size(pairs, side).items()):

@@ -1,5 +1,5 @@
-"""NOLA's transform code: the default weight fit, its artifact (format 2), its size search, and the old
-format still read."""
+"""NOLA's transform code: the default weight fit, its artifact (format 3), its size search, and the old
+formats still read."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapters.compress import stfile, transform
+from adapters.compress import stfile, transform, transform_read
 from adapters.compress.artifact import CHECKSUM_KEY, CODES_KEY, HEADER_KEY, decode_header, encode_header
 from adapters.compress.artifact import checksum as _checksum
 from adapters.compress.codec import VERSION_KEY, reconstruct, reconstruct_to_dir
@@ -57,7 +57,8 @@ def test_the_weight_fit_uses_the_transform_code_by_default(compressed):
     path, report = compressed
     header = decode_header(stfile.read_metadata(path)[HEADER_KEY])
     assert header["layout"] == "transform" and report.params["layout"] == "transform"
-    assert stfile.read_metadata(path)[VERSION_KEY] == "2"
+    assert stfile.read_metadata(path)[VERSION_KEY] == "3"
+    assert header["code"]["model"] == "gaussian-table"
     # The header lists modules, not rows: no per-row sizes, formats or byte ranges.
     assert all(isinstance(m, list) and len(m) == 7 for m in header["modules"])
     assert report.fidelity["coefficient_bytes"] == stfile.load(path)[0][CODES_KEY].numel()
@@ -100,6 +101,33 @@ def test_deterministic_bytes_and_reconstruction(adapter, compressed, tmp_path):
     ).read_bytes()
 
 
+def test_the_encoder_measures_what_a_reader_decodes(adapter):
+    """The size search measures the tensors the encoder decoded itself: they are the reader's."""
+    from adapters.compress.nola import encode_decoded, fit_budget
+    from adapters.compress.stfile import loads
+
+    fitted = fit_budget(prepare(adapter, NolaConfig()), 4000)
+    data, _, decoded = encode_decoded(adapter, fitted)
+    from adapters.compress.nola import NolaFormat
+    from adapters.compress.protocol import decode_with
+
+    back = decode_with(NolaFormat, *loads(data))
+    for p in lora_pairs(adapter):
+        for key in (p.a_key, p.b_key):
+            assert torch.equal(decoded[key], back.tensors[key]) and decoded[key].dtype == torch.float32
+
+
+def test_decoding_does_not_depend_on_how_modules_are_windowed(compressed, monkeypatch):
+    """The reader rotates modules a window at a time, in a second thread: any windowing gives the
+    same bits (each row's arithmetic is its own)."""
+    path, _ = compressed
+    whole = reconstruct(path).tensors
+    monkeypatch.setattr(transform_read, "DECODE_ELEMENTS", 1)  # every module a window of its own
+    one_by_one = reconstruct(path).tensors
+    assert whole.keys() == one_by_one.keys()
+    assert all(torch.equal(whole[k], one_by_one[k]) for k in whole)
+
+
 def test_at_equal_bytes_the_transform_code_beats_the_row_code(adapter, tmp_path):
     errors = {}
     for code in ("rows", "transform"):
@@ -127,12 +155,13 @@ def test_the_code_is_a_nola_model_over_the_full_size_bases(adapter):
     coefficients = transform.coefficients(adapter, pairs, 0, torch.device("cpu"))
     code = transform.fit_step(coefficients, 20000)
     args = (pairs, [p.scale for p in pairs], code.step, code.bound, code.codes)
-    mine, digest = transform.decode(*args, 0, torch.device("cpu"))
-    other, other_digest = transform.decode(*args, 1, torch.device("cpu"))
+    mine, digest = transform_read.decode(*args, 0, torch.device("cpu"))
+    other, other_digest = transform_read.decode(*args, 1, torch.device("cpu"))
     assert digest != other_digest
     for (a, b), (a2, b2) in zip(mine, other):
         # The same singular values either way (the rotation is orthonormal) but other factors.
-        assert torch.allclose(torch.linalg.svdvals(b @ a), torch.linalg.svdvals(b2 @ a2), atol=1e-9)
+        assert a.dtype == b.dtype == torch.float32
+        assert torch.allclose(torch.linalg.svdvals(b @ a), torch.linalg.svdvals(b2 @ a2), atol=1e-6)
         if (b @ a).norm() > 0:
             assert not torch.allclose(a, a2)
     mine_rel = measure(
@@ -179,6 +208,87 @@ def test_a_version_1_artifact_still_decodes():
     assert fid["weight_rel_error"] == pytest.approx(header["fidelity"]["weight_rel_error"], abs=1e-5)
 
 
+# sha256 of the canonical bytes of what tests/data/nola-v2.safetensors decoded to when the format-2
+# writer made it (tests/data: the adapter of the version-1 test at ratio 4).
+V2_DECODED = "962e083b6dd995f1fe583d0f2aa66f3238ae026b36bb00d6163209b94f69fafe"
+
+
+def test_a_version_2_artifact_still_decodes_to_the_same_tensors():
+    """Format 2 (a quantized-Gaussian model per symbol, float64 rotation) keeps its own reader."""
+    import hashlib
+
+    from adapters.compress.codec import canonical_bytes
+
+    path = DATA / "nola-v2.safetensors"
+    assert stfile.read_metadata(path)[VERSION_KEY] == "2"
+    header = decode_header(stfile.read_metadata(path)[HEADER_KEY])
+    assert header["code"]["model"] == "quantized-gaussian"
+    assert hashlib.sha256(canonical_bytes(reconstruct(path))).hexdigest() == V2_DECODED
+
+
+def test_format_3_rebuilds_what_format_2_math_gives(compressed):
+    """The float32 reader with the scaling folded into the coefficients agrees with a float64
+    rebuild of the same integers (the format-2 reader's arithmetic) to float32 precision."""
+    from adapters.compress.peft_io import LoraPair
+
+    path, _ = compressed
+    tensors, metadata = stfile.load(path)
+    header = decode_header(metadata[HEADER_KEY])
+    pairs = [
+        LoraPair(m, "a", "b", "linear", rank, n_in, n_out, scale)
+        for m, rank, n_in, n_out, _, _, scale in header["modules"]
+    ]
+    step, bound = header["code"]["step"], header["code"]["bound"]
+    codes = tensors[CODES_KEY].numpy().tobytes()
+    args = (pairs, [p.scale for p in pairs], step, bound, codes, 0, torch.device("cpu"))
+    fast, digest = transform_read.decode(*args)
+    assert digest == header["digest"]
+    reference = _float64_rebuild(*args)
+    for (a, b), (a64, b64) in zip(fast, reference):
+        assert torch.allclose(a.double(), a64, rtol=1e-5, atol=1e-7 * a64.abs().max())
+        assert torch.allclose(b.double(), b64, rtol=1e-5, atol=1e-7 * b64.abs().max())
+
+
+def _float64_rebuild(pairs, scales, step, bound, codes, seed, device):
+    """Format 3's integers rebuilt as format 2 rebuilds its own: float64 rotation, column norms
+    measured after it."""
+    import numpy as np
+
+    from adapters.compress.transform_entropy import Models, spread_codes
+
+    coder = transform._ans().stream.stack.AnsCoder(np.frombuffer(codes, dtype="<u4").astype(np.uint32))
+    models = Models(bound)
+    ranks = [p.rank for p in pairs]
+    weights, spreads = transform._side_values(
+        coder.decode(transform._side_model(), len(pairs) + sum(ranks)).astype(np.int64), ranks
+    )
+    b_rows, a_rows, at = [], [], 0
+    for p, w in zip(pairs, weights):
+        codes_p = spreads[at : at + p.rank]
+        at += p.rank
+        qb, qa = np.zeros((p.rank, p.out_features)), np.zeros((p.rank, p.in_features))
+        kept = np.flatnonzero(codes_p)
+        if kept.size:
+            ib = np.stack([coder.decode(models[int(c)], p.out_features) for c in codes_p[kept]]) - bound
+            sums = (ib.astype(np.int64) ** 2).sum(1)
+            ia = np.stack(
+                [coder.decode(models[int(c)], p.in_features) for c in spread_codes(sums, p.in_features)]
+            )
+            qb[kept] = ib * (step * transform._multiplier(w))
+            qa[kept] = (ia - bound) * transform._a_steps(sums)[:, None]
+        b_rows.append(torch.from_numpy(qb))
+        a_rows.append(torch.from_numpy(qa))
+    assert coder.is_empty()
+    b_full = transform._expand(b_rows, pairs, "B", seed, device, [])
+    a_full = transform._expand(a_rows, pairs, "A", seed, device, [])
+    out = []
+    for s, a, b in zip(scales, a_full, b_full):
+        g = (b.norm(dim=1) / s).sqrt()
+        safe = torch.where(g > 0, g, torch.ones_like(g))
+        out.append((a * g[:, None], (b / (s * safe)[:, None]).T))
+    return out
+
+
 def _rewrite(path, out, edit_header=None, edit_metadata=None, edit_tensors=None, fix_checksum=True):
     tensors, metadata = stfile.load(path)
     if edit_header:
@@ -205,7 +315,7 @@ def _drop_module(header):
 
 BAD = {
     "wrong version": (
-        {"edit_metadata": lambda m: m.update({VERSION_KEY: "3"})},
+        {"edit_metadata": lambda m: m.update({VERSION_KEY: "4"})},
         "unsupported nola artifact version",
     ),
     "tampered stream": ({"edit_tensors": _cut_stream, "fix_checksum": False}, "checksum mismatch"),
@@ -215,6 +325,10 @@ BAD = {
     "other seed": ({"edit_header": lambda h: h["generator"].update(fingerprint="0" * 16)}, "fingerprint"),
     "no config": ({"edit_header": lambda h: h.pop("peft_config")}, "no PEFT config"),
     "no step": ({"edit_header": lambda h: h["code"].pop("step")}, "corrupt"),
+    "other model": (
+        {"edit_header": lambda h: h["code"].update(model="laplace")},
+        "unsupported coefficient model",
+    ),
 }
 
 
