@@ -34,8 +34,7 @@ def reconstruct(app: AppContext, artifact: Path, output: Path, force: bool) -> N
     """
     import torch
 
-    from adapters.compress.codec import reconstruct as rebuild
-    from adapters.compress.peft_io import write_adapter
+    from adapters.compress.codec import write_reconstructed
 
     # The decoder overlaps reading and rotating on two threads of its own; the remaining passes
     # (checks, writing) are memory-bound. An OpenMP team on top only costs, and on a shared
@@ -44,24 +43,28 @@ def reconstruct(app: AppContext, artifact: Path, output: Path, force: bool) -> N
 
     if output.exists() and any(output.iterdir()) and not force:
         raise click.ClickException(f"{output} is not empty (use --force to replace it)")
-    with app.reporter().task("reconstructing"):
-        checkpoint = rebuild(artifact)
+    # Written into a sibling directory and renamed at the end: a failure leaves nothing behind, and
+    # an existing output is replaced only by a complete one.
     tmp = output.with_name(output.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
-    write_adapter(checkpoint, tmp)
+    try:
+        with app.reporter().task("reconstructing"):
+            written = write_reconstructed(artifact, tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if output.exists():
         shutil.rmtree(output)
     tmp.rename(output)
-    size = checkpoint.nbytes()
+    size = written.nbytes
     app.emit(
         {
             "output": str(output),
-            "tensors": len(checkpoint.tensors),
+            "tensors": written.tensors,
             "bytes": size,
-            "modules": len(checkpoint.pairs),
+            "modules": written.modules,
         },
         lambda: click.echo(
-            f"wrote {output}: {len(checkpoint.pairs)} LoRA modules, {len(checkpoint.tensors)} tensors, "
-            f"{human_size(size)}"
+            f"wrote {output}: {written.modules} LoRA modules, {written.tensors} tensors, {human_size(size)}"
         ),
     )

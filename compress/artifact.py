@@ -48,6 +48,7 @@ CONFIG_FIELD = "peft_config"  # the header field holding the PEFT config (transf
 LAYOUT = "rows"
 _DTYPE_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 _DTYPES = {v: k for k, v in _DTYPE_NAMES.items()}
+DIGEST_MISMATCH = "basis digest mismatch (generator or module list differ)"
 # Modules decoded together are bounded so the largest intermediate stays near this many numbers.
 BATCH_ELEMENTS = 1 << 25
 
@@ -177,19 +178,25 @@ def decode_tensors(
     header: dict[str, Any], tensors: dict[str, torch.Tensor], device: torch.device
 ) -> dict[str, torch.Tensor]:
     """Rebuild every PEFT tensor from the header and stored coefficients, module batch by batch."""
-    seed = _check_generator(header, device)
+    seed = check_generator(header, device)
     if header.get("layout") == transform.LAYOUT:
         out = _decode_transform(header, tensors, seed, device)
     else:
         out = _decode_rows(header, tensors, seed, device)
-    widened = header.get("fp16_extras", [])
-    if not isinstance(widened, list) or any(not isinstance(k, str) or k not in out for k in widened):
-        raise InvalidArtifact("corrupt: the fp16 tensors the header lists are not in the artifact")
-    for key in widened:
-        if out[key].dtype != torch.float16:
-            raise InvalidArtifact(f"corrupt: {key} is listed as fp16 but is stored as {out[key].dtype}")
+    for key in widened_extras(header, out):
         out[key] = out[key].float()
     return out
+
+
+def widened_extras(header: dict[str, Any], tensors: dict[str, torch.Tensor]) -> list[str]:
+    """The keys of the fp16 tensors a reader widens back to fp32, checked against `tensors`."""
+    widened = header.get("fp16_extras", [])
+    if not isinstance(widened, list) or any(not isinstance(k, str) or k not in tensors for k in widened):
+        raise InvalidArtifact("corrupt: the fp16 tensors the header lists are not in the artifact")
+    for key in widened:
+        if tensors[key].dtype != torch.float16:
+            raise InvalidArtifact(f"corrupt: {key} is listed as fp16 but is stored as {tensors[key].dtype}")
+    return widened
 
 
 def store_extras(
@@ -241,7 +248,7 @@ def _decode_rows(
     return out
 
 
-def _check_generator(header: dict[str, Any], device: torch.device) -> int:
+def check_generator(header: dict[str, Any], device: torch.device) -> int:
     """The seed, once the generator named in the header is this build's and gives the same numbers here."""
     try:
         generator = header["generator"]
@@ -278,9 +285,11 @@ def transform_records(checkpoint: LoraCheckpoint, pairs: Sequence[LoraPair]) -> 
     return records
 
 
-def _decode_transform(
-    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
-) -> dict[str, torch.Tensor]:
+def transform_plan(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor]
+) -> tuple[list[LoraPair], list[tuple[torch.dtype, torch.dtype]], float, int, str]:
+    """The transform layout's modules, their (A, B) dtypes, step, bound and coefficient model, checked
+    against the stored stream (InvalidArtifact where they do not fit)."""
     try:
         code = header["code"]
         step, bound = float(code["step"]), int(code["bound"])
@@ -302,6 +311,14 @@ def _decode_transform(
     model = code.get("model")
     if model not in (transform.MODEL, transform_v2.MODEL):
         raise InvalidArtifact(f"unsupported coefficient model {model!r}")
+    return pairs, dtypes, step, bound, model
+
+
+def _decode_transform(
+    header: dict[str, Any], tensors: dict[str, torch.Tensor], seed: int, device: torch.device
+) -> dict[str, torch.Tensor]:
+    pairs, dtypes, step, bound, model = transform_plan(header, tensors)
+    codes = tensors[CODES_KEY]
     scales = [p.scale for p in pairs]
     try:
         if model == transform.MODEL:
@@ -315,7 +332,7 @@ def _decode_transform(
     except (ValueError, RuntimeError) as exc:
         raise InvalidArtifact(f"corrupt: {exc}") from None
     if digest != header.get("digest"):
-        raise InvalidArtifact("basis digest mismatch (generator or module list differ)")
+        raise InvalidArtifact(DIGEST_MISMATCH)
     out = {k: v for k, v in tensors.items() if k != CODES_KEY}
     for i, (pair, (dtype_a, dtype_b)) in enumerate(zip(pairs, dtypes)):
         a, b = factors[i]

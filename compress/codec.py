@@ -12,9 +12,10 @@ from typing import Any
 
 import torch
 
-from . import stfile
+from . import stfile, stream_write
 from .errors import InvalidArtifact
 from .nola import NolaCodec
+from .nola_config import resolve_device
 from .peft_io import LoraCheckpoint, write_adapter
 from .protocol import (  # noqa: F401 - re-exported
     CONFIG_KEY,
@@ -74,4 +75,19 @@ def reconstruct(path: str | Path) -> LoraCheckpoint:
 
 def reconstruct_to_dir(path: str | Path, out_dir: str | Path) -> Path:
     """Read any artifact and write the PEFT directory it stands for."""
-    return write_adapter(reconstruct(path), out_dir)
+    return write_reconstructed(path, out_dir).out_dir
+
+
+def write_reconstructed(path: str | Path, out_dir: str | Path) -> stream_write.Written:
+    """`reconstruct_to_dir`, saying what it wrote. Transform-code artifacts are rebuilt straight into
+    the file, module by module (stream_write.py); others in memory, then written. The same bytes
+    either way; on an error the safetensors file it began is removed."""
+    tensors, metadata = load_artifact(path)
+    written = stream_write.write(tensors, metadata, out_dir, resolve_device("auto"))
+    if written is not None:
+        return written
+    checkpoint = decode_artifact(tensors, metadata)
+    write_adapter(checkpoint, out_dir)
+    return stream_write.Written(
+        Path(out_dir), len(checkpoint.tensors), len(checkpoint.pairs), checkpoint.nbytes()
+    )

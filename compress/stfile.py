@@ -11,6 +11,7 @@ tampered file is an error, never data.
 from __future__ import annotations
 
 import json
+import os
 import struct
 from pathlib import Path
 
@@ -49,29 +50,83 @@ def _tensor_bytes(tensor: torch.Tensor) -> bytes:
 
 def _prefix(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None) -> bytes:
     """The length field and JSON header for `tensors`, stored in sorted key order."""
+    return layout({k: (t.dtype, tuple(t.shape)) for k, t in tensors.items()}, metadata)[0]
+
+
+def layout(
+    specs: dict[str, tuple[torch.dtype, tuple[int, ...]]], metadata: dict[str, str] | None
+) -> tuple[bytes, dict[str, tuple[int, int]]]:
+    """The length field and JSON header for tensors of these (dtype, shape), and each one's byte span
+    in the file (data in sorted key order): all a writer needs before it holds any tensor."""
     header: dict[str, object] = {}
     if metadata:
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
             raise TypeError("safetensors metadata must map str to str")
         header["__metadata__"] = dict(sorted(metadata.items()))
     offset = 0
-    for key in sorted(tensors):
-        tensor = tensors[key]
-        if tensor.dtype not in _NAMES:
-            raise TypeError(f"{key}: dtype {tensor.dtype} cannot be stored")
-        size = tensor.numel() * tensor.element_size()
-        header[key] = {
-            "dtype": _NAMES[tensor.dtype],
-            "shape": list(tensor.shape),
-            "data_offsets": [offset, offset + size],
-        }
+    spans: dict[str, tuple[int, int]] = {}
+    for key in sorted(specs):
+        dtype, shape = specs[key]
+        if dtype not in _NAMES:
+            raise TypeError(f"{key}: dtype {dtype} cannot be stored")
+        numel = 1
+        for d in shape:
+            numel *= d
+        size = numel * torch.empty((), dtype=dtype).element_size()
+        header[key] = {"dtype": _NAMES[dtype], "shape": list(shape), "data_offsets": [offset, offset + size]}
+        spans[key] = (offset, offset + size)
         offset += size
     text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     text += b" " * (-len(text) % 8)
     check_header_size(len(text))
-    if len(tensors) > MAX_TENSORS:
-        raise LimitExceeded(f"{len(tensors)} tensors are more than the limit of {MAX_TENSORS}")
-    return struct.pack("<Q", len(text)) + text
+    if len(specs) > MAX_TENSORS:
+        raise LimitExceeded(f"{len(specs)} tensors are more than the limit of {MAX_TENSORS}")
+    prefix = struct.pack("<Q", len(text)) + text
+    return prefix, {k: (len(prefix) + a, len(prefix) + b) for k, (a, b) in spans.items()}
+
+
+class PlannedFile:
+    """A safetensors file whose header is written first, from the tensors' dtypes and shapes; each
+    tensor's bytes go to their place as soon as it exists, in any order (positional writes, which
+    release the GIL). The same bytes as `write` once every tensor is in. `close` checks that they all
+    are; a file that is not closed is incomplete and is the caller's to remove."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        specs: dict[str, tuple[torch.dtype, tuple[int, ...]]],
+        metadata: dict[str, str] | None = None,
+    ):
+        prefix, self._spans = layout(specs, metadata)
+        self._specs = dict(specs)
+        self._left = set(specs)
+        self.size = max((end for _, end in self._spans.values()), default=len(prefix))
+        self._fh = Path(path).open("wb")  # noqa: SIM115 - open across put() calls until close()
+        self._fh.write(prefix)
+        self._fh.flush()
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        """Write one planned tensor's bytes (its dtype and shape must be the planned ones)."""
+        if key not in self._left:
+            raise ValueError(f"{key}: not planned, or written twice")
+        if (tensor.dtype, tuple(tensor.shape)) != self._specs[key]:
+            raise ValueError(f"{key}: {tensor.dtype} {tuple(tensor.shape)} is not the planned tensor")
+        start = self._spans[key][0]
+        view = _tensor_view(tensor)
+        while view.nbytes:  # pwrite may write less than asked
+            done = os.pwrite(self._fh.fileno(), view, start)
+            view, start = view[done:], start + done
+        self._left.discard(key)
+
+    def close(self) -> int:
+        """Close the file; its size in bytes. ValueError (file closed, incomplete) if a tensor is missing."""
+        self._fh.close()
+        if self._left:
+            raise ValueError(f"{len(self._left)} planned tensors were never written")
+        return self.size
+
+    def abandon(self) -> None:
+        self._fh.close()
 
 
 def dumps(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> bytes:

@@ -10,7 +10,7 @@ read. Each row's arithmetic is its own, so any windowing gives the same bits.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 
@@ -45,10 +45,13 @@ def decode(
     seed: int,
     device: torch.device,
     dtypes: Sequence[tuple[torch.dtype, torch.dtype]] | None = None,
+    sink: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], str]:
     """Every module's (A [r, in], B [out, r]) in its (A, B) dtypes (default float32), and the digest of
     all the bases used. Modules are rebuilt a few at a time as the stream is read, so the working
-    copies stay small. ValueError when the stream does not match the modules."""
+    copies stay small. With a `sink`, each module goes to sink(index, A, B) as soon as its window is
+    rebuilt (on the rotating thread, one window after another, modules in order) and is not kept: the
+    list returned then holds None. ValueError when the stream does not match the modules."""
     if not codes or len(codes) % 4 or not step > 0 or not 1 <= bound <= MAX_BOUND:
         raise ValueError("the coefficient stream does not match the module list")
     dtypes = dtypes or [(torch.float32, torch.float32)] * len(pairs)
@@ -75,7 +78,7 @@ def decode(
             if held >= DECODE_ELEMENTS or i == len(pairs) - 1:
                 if len(pending) > 1:  # at most two windows in flight: bounded memory
                     pending.pop(0).result()
-                pending.append(pool.submit(_rebuild, window, pairs, dtypes, seed, device, out, digests))
+                pending.append(pool.submit(_rebuild, window, pairs, dtypes, seed, device, out, digests, sink))
                 window, held = [], 0
         for job in pending:
             job.result()
@@ -106,9 +109,10 @@ def _read_module(coder, models: Models, p: LoraPair, codes: np.ndarray, b_step: 
     return a, b
 
 
-def _rebuild(window, pairs, dtypes, seed, device, out: list, digests: list[str]) -> None:
+def _rebuild(window, pairs, dtypes, seed, device, out: list, digests: list[str], sink=None) -> None:
     """Rotate a window's rows back by their bases (float32: the seeded bases are exact signs and
-    permutations, the rest fixed IEEE operations) and store each factor in its dtype."""
+    permutations, the rest fixed IEEE operations) and store each factor in its dtype (or hand it to
+    `sink`)."""
     for side in ("B", "A"):
         rows = {i: (b if side == "B" else a) for i, a, b in window}
         sub_pairs = [pairs[i] for i in rows]
@@ -125,3 +129,8 @@ def _rebuild(window, pairs, dtypes, seed, device, out: list, digests: list[str])
                         out[i] = (None, y.T.to(dtypes[i][1]).contiguous().cpu())
                     else:
                         out[i] = (y.to(dtypes[i][0]).cpu(), out[i][1])
+    if sink is not None:
+        for i, _, _ in window:
+            a, b = out[i]
+            out[i] = None
+            sink(i, a, b)
