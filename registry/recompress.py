@@ -37,10 +37,11 @@ from .db import Database, utcnow
 from .errors import InvalidRequest, SourceMissing, StorageError
 from .models import Adapter, Blob, Version, VersionStatus
 from .progress import SilentReporter
+from .queue_repository import WorkerRepository
 from .recompress_views import Recompressed, RecompressReport
 from .refs import Ref, check_name
-from .repository import BlobRepository, VersionRepository, WorkerRepository
 from .storage import BlobStorage
+from .version_repository import BlobRepository, VersionRepository
 from .workers import live_since
 
 log = logging.getLogger("adapters.recompress")
