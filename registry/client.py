@@ -39,7 +39,8 @@ from .recompress_client import RecompressMethods
 from .refs import Ref
 from .schemas import VersionView
 from .settings import Settings
-from .storage import BlobStorage, LocalBlobStorage, storage_from_url
+from .storage import BlobStorage, LocalBlobStorage
+from .storage_url import storage_from_url
 from .sweep import SweepReport, sweep_cache, sweep_temp
 from .version_repository import VersionRepository
 from .webhook_client import WebhookMethods
