@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from .models import Version, VersionStatus, WorkerBaseModel, WorkerRecord
 from .repository import db_now, dialect_insert
 
-QUEUED = (VersionStatus.PENDING.value, VersionStatus.COMPRESSING.value)
+QUEUED = (VersionStatus.PENDING.value, VersionStatus.COMPRESSING.value)  # waiting for or in a run
 
 
 def held_by_live_worker(model: sa.ColumnElement[str | None], live_since: dt.datetime) -> sa.Exists:
