@@ -31,7 +31,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from . import events, jobs, service
+from . import events, jobs, processing, push, service
 from .codecs import CodecEnvironment
 from .db import Database, utcnow
 from .errors import InvalidRequest, SourceMissing, StorageError
@@ -92,7 +92,7 @@ def before(version: Version, action: str, **more: Any) -> Recompressed:
 
 def check(codec: str, params: dict[str, Any] | None = None) -> Any:
     """The codec (InvalidCodec when unknown or its parameters are wrong)."""
-    return service.check_codec(codec, dict(params or {}))
+    return push.check_codec(codec, dict(params or {}))
 
 
 # ---------------------------------------------------------------------------------------- running
@@ -126,7 +126,7 @@ def run(
             "be recompressed (restore the blob, or push the adapter again)"
         )
     requested = {"codec": codec, "params": dict(params or {}), "on_gate_fail": "raw"}
-    outcome = service.run_codec(
+    outcome = processing.run_codec(
         storage,
         source,
         requested,
