@@ -1,6 +1,7 @@
 """Re-compression through the API with a worker, on PostgreSQL + S3 (moto): an admin queues a
-`recompress` job, a worker runs it, the record shows the new codec and a PEFT pull of the result
-loads; other tokens are refused and bad requests are problem+json with a stable type."""
+`recompress` job, a worker runs it (and counts it among the jobs it ran, failed or not, up to
+--max-jobs), the record shows the new codec and a PEFT pull of the result loads; other tokens are
+refused and bad requests are problem+json with a stable type."""
 
 from __future__ import annotations
 
