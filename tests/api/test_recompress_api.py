@@ -101,8 +101,9 @@ def test_bad_requests_are_problems_and_change_nothing(queue_service, adapter_dir
 
 def test_a_missing_source_is_a_409_with_its_own_type(queue_service, adapter_dir):
     client = queue_service.client()
-    pushed = client.push(adapter_dir, "acme/m", task="t", codec="raw").version
+    client.push(adapter_dir, "acme/m", task="t", codec="raw")
     _work(queue_service)
+    pushed = client.resolve("acme/m:1")
     queue_service.registry.storage.delete(pushed.source_digest)
     # Queued, the job fails in the worker and changes nothing; inline (the server's own registry
     # compressing in the request) the caller gets the problem at once.

@@ -39,8 +39,10 @@ def _rows(registry) -> list[tuple]:
 
 
 def test_a_raw_version_is_recompressed_keeping_its_identity_and_still_loads(registry, adapter_dir, tmp_path):
-    with registry.db.transaction() as session:
-        webhooks.create(session, "acme", "http://127.0.0.1:9/hook", [events.VERSION_RECOMPRESSED])
+    postgresql = registry.db.dialect == "postgresql"  # webhooks and their outbox: PostgreSQL only
+    if postgresql:
+        with registry.db.transaction() as session:
+            webhooks.create(session, "acme", "http://127.0.0.1:9/hook", [events.VERSION_RECOMPRESSED])
     pushed = registry.push(adapter_dir, "acme/r", task="t", codec="raw", aliases=["prod"]).version
     assert (pushed.status, pushed.codec) == ("ready", "raw")
 
@@ -58,7 +60,11 @@ def test_a_raw_version_is_recompressed_keeping_its_identity_and_still_loads(regi
     assert note["by"] == registry.principal.name
     assert registry.resolve("acme/r@prod").artifact_digest == after.artifact_digest
     with registry.db.reading() as session:
-        (event,) = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.type == "version.recompressed"))
+        recorded = list(
+            session.scalars(sa.select(OutboxEvent).where(OutboxEvent.type == "version.recompressed"))
+        )
+    assert len(recorded) == (1 if postgresql else 0)  # SQLite records no events: nothing to deliver
+    for event in recorded:
         assert event.payload["data"]["from_codec"] == "raw" and event.payload["data"]["codec"] == "nola"
 
     pulled = registry.pull("acme/r:1", tmp_path / "pulled")
