@@ -9,7 +9,9 @@ from .context import AppContext, pass_app
 
 @click.command()
 @click.option("--once", is_flag=True, help="Exit when the queue is empty instead of waiting for jobs.")
-@click.option("--max-jobs", type=click.IntRange(min=1), help="Exit after this many jobs.")
+@click.option(
+    "--max-jobs", type=click.IntRange(min=1), help="Exit after this many compression or re-compression jobs."
+)
 @pass_app
 def worker(app: AppContext, once: bool, max_jobs: int | None) -> None:
     """Take compression jobs from the job queue in PostgreSQL, compress (on CUDA when present, or

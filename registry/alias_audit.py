@@ -16,7 +16,7 @@ from . import events
 from .errors import AliasNotFound, AliasProtected
 from .models import Adapter, Alias, AliasEvent
 from .refs import check_alias
-from .repository import AliasRepository
+from .version_repository import AliasRepository
 
 
 def record(

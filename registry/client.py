@@ -33,14 +33,16 @@ from .metrics import JobMetrics
 from .models import Version
 from .progress import Reporter
 from .push import DEFAULT_CODEC
+from .queue_repository import QUEUED
 from .read_client import ReadMethods
 from .recompress_client import RecompressMethods
 from .refs import Ref
-from .repository import QUEUED, VersionRepository
 from .schemas import VersionView
 from .settings import Settings
-from .storage import BlobStorage, LocalBlobStorage, storage_from_url
+from .storage import BlobStorage, LocalBlobStorage
+from .storage_url import storage_from_url
 from .sweep import SweepReport, sweep_cache, sweep_temp
+from .version_repository import VersionRepository
 from .webhook_client import WebhookMethods
 from .write_client import WriteMethods
 

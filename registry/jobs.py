@@ -35,7 +35,7 @@ from .db import Database
 from .errors import InvalidRequest, NotFound
 from .job_views import JobView
 from .models import Adapter, Version, VersionStatus
-from .repository import QUEUED, WorkerRepository
+from .queue_repository import QUEUED, WorkerRepository
 from .workers import live_since
 
 log = logging.getLogger("adapters.jobs")

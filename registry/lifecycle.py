@@ -17,12 +17,15 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from . import alias_audit
+from .adapter_repository import AdapterRepository
 from .errors import AdapterNotFound, InvalidRequest, VersionAliased
 from .lifecycle_schemas import Deleted
 from .models import Adapter, Alias, Blob, Version
+from .queue_repository import QUEUED
 from .refs import AdapterName, Ref
-from .repository import QUEUED, AdapterRepository, AliasRepository, VersionRepository, db_now
+from .repository import db_now
 from .service import resolve
+from .version_repository import AliasRepository, VersionRepository
 
 
 def _adapter(session: Session, name: AdapterName) -> Adapter:

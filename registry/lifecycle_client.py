@@ -8,10 +8,11 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 from . import alias_audit, gc, labels, lifecycle, service
+from .adapter_repository import AdapterRepository
 from .errors import AliasProtected
 from .lifecycle_schemas import AliasEventView, AliasHistory, AliasProtection, Deleted, LabelsView
 from .refs import AdapterName, Ref
-from .repository import AdapterRepository, AliasRepository
+from .version_repository import AliasRepository
 
 if TYPE_CHECKING:
     from .db import Database

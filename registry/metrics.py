@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import Blob, Version
-from .repository import QUEUED, WorkerRepository
+from .queue_repository import QUEUED, WorkerRepository
 from .workers import live_since
 
 log = logging.getLogger("adapters.metrics")

@@ -23,10 +23,10 @@ from .models import VersionStatus
 from .progress import Reporter, SilentReporter
 from .push import SOURCE_FILE
 from .queue import Job
-from .repository import BlobRepository, VersionRepository
 from .service import point_alias
 from .storage import BlobStorage, sha256_file
 from .sweep import temp_prefix
+from .version_repository import BlobRepository, VersionRepository
 
 ARTIFACT_FILE = "artifact.bin"
 

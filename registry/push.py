@@ -18,6 +18,7 @@ from typing import Any, Literal
 from sqlalchemy.orm import Session
 
 from . import folder_files, gc, labels, limits
+from .adapter_repository import AdapterRepository
 from .codecs import uses_base_model
 from .compat import facts_of
 from .db import Database
@@ -25,10 +26,10 @@ from .errors import AdapterConflict, AdapterTooLarge, InvalidAdapterUpload, Inva
 from .models import Adapter, Version, VersionFile, VersionStatus
 from .progress import Reporter, SilentReporter
 from .refs import AdapterName, check_alias, check_name
-from .repository import AdapterRepository, BlobRepository, VersionRepository
 from .service import point_alias
 from .storage import BlobStorage
 from .sweep import temp_prefix
+from .version_repository import BlobRepository, VersionRepository
 
 GateFallback = Literal["raw", "reject"]
 # Pushes compress by default: the size is searched for the smallest artifact that passes the

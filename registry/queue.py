@@ -30,7 +30,7 @@ from . import events
 from .db import Database
 from .errors import BlobNotFound, RegistryError, StorageError, VersionNotFound, VersionNotReady
 from .models import Version, VersionStatus
-from .repository import QUEUED, QueueRepository
+from .queue_repository import QUEUED, QueueRepository
 from .sweep import process_alive
 from .workers import Capabilities
 

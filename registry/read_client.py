@@ -16,9 +16,10 @@ from .engines import CompatFilter
 from .errors import VersionNotReady
 from .folder_files import StoredFile
 from .progress import Reporter
+from .queue_repository import QUEUED
 from .refs import AdapterName, Ref
-from .repository import QUEUED, VersionRepository
 from .schemas import AdapterView, PullResult, ShowResult, VersionView, adapter_view
+from .version_repository import VersionRepository
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

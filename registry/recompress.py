@@ -24,7 +24,7 @@ what, when and by whom) and the `version.recompressed` event in the outbox.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +37,11 @@ from .db import Database, utcnow
 from .errors import InvalidRequest, SourceMissing, StorageError
 from .models import Adapter, Blob, Version, VersionStatus
 from .progress import SilentReporter
+from .queue_repository import WorkerRepository
 from .recompress_views import Recompressed, RecompressReport
 from .refs import Ref, check_name
-from .repository import BlobRepository, VersionRepository, WorkerRepository
 from .storage import BlobStorage
+from .version_repository import BlobRepository, VersionRepository
 from .workers import live_since
 
 log = logging.getLogger("adapters.recompress")
@@ -272,26 +273,38 @@ def recompress(
     return report
 
 
-def register(app: Any, registry: Any, *, device: str | None, max_attempts: int = 1) -> None:
+def register(
+    app: Any,
+    registry: Any,
+    *,
+    device: str | None,
+    max_attempts: int = 1,
+    on_run: Callable[[], None] | None = None,
+) -> None:
     """Add the `recompress` task to a worker's Procrastinate app. A failed run changes nothing on
     the version; the library retries it (up to `max_attempts` runs), then the job stays failed for
-    `adapters jobs ls | retry`."""
+    `adapters jobs ls | retry`. `on_run` is called after every run, failed or not (the worker counts
+    its jobs with it)."""
     from procrastinate import RetryStrategy
 
     def recompress_version(
         version_id: int, codec: str, params: dict[str, Any] | None = None, by: str | None = None
     ) -> str:
-        done = run(
-            registry.db,
-            registry.storage,
-            version_id,
-            codec=codec,
-            params=params,
-            by=by,
-            device=device,
-            environment=registry.environment,
-            tmp_dir=registry.temp_dir(),
-        )
+        try:
+            done = run(
+                registry.db,
+                registry.storage,
+                version_id,
+                codec=codec,
+                params=params,
+                by=by,
+                device=device,
+                environment=registry.environment,
+                tmp_dir=registry.temp_dir(),
+            )
+        finally:
+            if on_run is not None:
+                on_run()
         return done.action
 
     retry = RetryStrategy(max_attempts=max_attempts - 1, exponential_wait=2) if max_attempts > 1 else None

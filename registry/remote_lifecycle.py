@@ -1,5 +1,5 @@
 """The lifecycle and lineage operations of `RemoteRegistry`, over the API (see api/routes/lifecycle.py).
-A mixin, so remote.py stays about pushing and reading. Garbage collection is not here: it works on the
+A mixin, like remote_read.py and remote_write.py. Garbage collection is not here: it works on the
 database and blob store directly (`adapters gc`)."""
 
 from __future__ import annotations

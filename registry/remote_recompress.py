@@ -1,5 +1,5 @@
-"""`recompress` of `RemoteRegistry`, over the API (api/routes/recompress.py): a mixin, so remote.py
-stays about pushing and reading. The local counterpart is recompress_client.py."""
+"""`recompress` of `RemoteRegistry`, over the API (api/routes/recompress.py): a mixin, like
+remote_read.py and remote_write.py. The local counterpart is recompress_client.py."""
 
 from __future__ import annotations
 

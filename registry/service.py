@@ -15,12 +15,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from . import alias_audit, events, limits
+from .adapter_repository import AdapterRepository
 from .db import utcnow
 from .engines import CompatFilter
 from .errors import AdapterNotFound, AliasNotFound, VersionNotFound, VersionNotReady
 from .models import Adapter, Alias, Version, VersionStatus
 from .refs import AdapterName, Ref, check_alias
-from .repository import AdapterRepository, AliasRepository, VersionRepository
+from .version_repository import AliasRepository, VersionRepository
 
 
 def as_ref(ref: str | Ref) -> Ref:

@@ -1,25 +1,24 @@
-"""Content-addressed blob storage behind a small protocol: a local folder or S3.
+"""Content-addressed blob storage behind a small protocol, and its local-folder backend (the S3 backend
+is s3_storage.py; storage_url.py picks one from a URL).
 
 A blob's key is its address, `sha256/<first two hex digits>/<hex>`, under the store's prefix. Writes are
 atomic (a folder store renames a finished temporary file; S3 makes an object visible only when its
 upload completes). Every read is verified: the bytes are hashed on the way to the caller's file, and a
-mismatch raises BlobCorrupted and leaves nothing behind. Errors of the underlying client are translated
-here into the registry's errors.
+mismatch raises BlobCorrupted and leaves nothing behind. Each backend translates the errors of its
+underlying client into the registry's errors.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
 import os
 import re
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, Protocol
-from urllib.parse import urlparse
+from typing import IO, Protocol
 
-from .errors import BlobCorrupted, BlobNotFound, ConfigurationError, StorageError
+from .errors import BlobCorrupted, BlobNotFound, StorageError
 from .refs import check_digest
 from .sweep import SweepReport, sweep_folder
 
@@ -103,7 +102,7 @@ def _read_chunks(src: IO[bytes]) -> Iterator[bytes]:
             yield chunk
 
 
-def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
+def verified_chunks(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[bytes]:
     """Pass chunks through, holding the last one back until the sha256 is checked."""
     hasher, held = hashlib.sha256(), b""
     for chunk in chunks:
@@ -118,12 +117,12 @@ def _verified(digest: str, chunks: Iterator[bytes], where: str) -> Iterator[byte
         yield held
 
 
-# What `_temp_beside` makes: .<final name>.<random>.part
+# What `temp_beside` makes: .<final name>.<random>.part
 PART_FILE = re.compile(r"\..+\.[A-Za-z0-9_]+\.part")
 DIGEST = re.compile(r"[0-9a-f]{64}")
 
 
-def _temp_beside(dest: Path) -> Path:
+def temp_beside(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
     os.close(fd)
@@ -150,7 +149,7 @@ class LocalBlobStorage:
         if final.is_file():
             return
         try:
-            tmp = _temp_beside(final)
+            tmp = temp_beside(final)
             try:
                 with Path(path).open("rb") as src, tmp.open("wb") as dst:
                     actual, _ = _copy_hashing(src, dst, progress)
@@ -175,7 +174,7 @@ class LocalBlobStorage:
             raise BlobNotFound(f"blob sha256:{digest} is missing from {self.root}") from None
         except OSError as exc:
             raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
-        tmp = _temp_beside(dest)
+        tmp = temp_beside(dest)
         try:
             hasher, size = hashlib.sha256(), 0
             with src, tmp.open("wb") as dst:
@@ -208,7 +207,7 @@ class LocalBlobStorage:
             raise BlobNotFound(f"blob sha256:{digest} is missing from {self.root}") from None
         except OSError as exc:
             raise StorageError(f"cannot read blob sha256:{digest}: {exc}") from exc
-        return _verified(digest, _read_chunks(src), self.describe())
+        return verified_chunks(digest, _read_chunks(src), self.describe())
 
     def delete(self, digest: str) -> None:
         self.path(digest).unlink(missing_ok=True)
@@ -242,203 +241,3 @@ class LocalBlobStorage:
             self.root if self.root.is_dir() else self.root.parent, os.W_OK
         ):
             raise StorageError(f"blob folder {self.root} is not writable")
-
-
-class S3BlobStorage:
-    """Blobs as objects in an S3 bucket (AWS, MinIO, or any S3-compatible store).
-
-    The client has explicit timeouts and standard-mode retries; uploads and downloads above
-    `multipart_threshold` go in parallel parts through boto3's transfer manager.
-    """
-
-    def __init__(
-        self,
-        bucket: str,
-        prefix: str = "",
-        *,
-        endpoint_url: str | None = None,
-        region: str | None = None,
-        connect_timeout: float = 10,
-        read_timeout: float = 60,
-        max_attempts: int = 5,
-        multipart_threshold: int = 64 * 1024 * 1024,
-        multipart_chunksize: int = 16 * 1024 * 1024,
-        max_concurrency: int = 4,
-        max_pool_connections: int = 32,
-    ) -> None:
-        import boto3
-        from boto3.s3.transfer import TransferConfig
-        from botocore.config import Config
-
-        self.bucket = bucket
-        self.prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        self._client = boto3.client(
-            "s3",
-            endpoint_url=endpoint_url,
-            region_name=region,
-            config=Config(
-                connect_timeout=connect_timeout,
-                read_timeout=read_timeout,
-                retries={"max_attempts": max_attempts, "mode": "standard"},
-                max_pool_connections=max_pool_connections,
-            ),
-        )
-        self._transfer = TransferConfig(
-            multipart_threshold=multipart_threshold,
-            multipart_chunksize=multipart_chunksize,
-            max_concurrency=max_concurrency,
-        )
-
-    def key(self, digest: str) -> str:
-        return self.prefix + blob_key(digest)
-
-    def describe(self) -> str:
-        return f"s3://{self.bucket}/{self.prefix}"
-
-    def _error(self, action: str, digest: str, exc: Exception) -> Exception:
-        from botocore.exceptions import ClientError
-
-        if isinstance(exc, ClientError):
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchKey", "NotFound"):
-                return BlobNotFound(f"blob sha256:{digest} is missing from {self.describe()}")
-            return StorageError(f"cannot {action} blob sha256:{digest} in {self.describe()}: {code or exc}")
-        return StorageError(f"cannot {action} blob sha256:{digest} in {self.describe()}: {exc}")
-
-    def _client_errors(self) -> tuple[type[Exception], ...]:
-        from boto3.exceptions import S3TransferFailedError, S3UploadFailedError
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        return (BotoCoreError, ClientError, S3UploadFailedError, S3TransferFailedError)
-
-    def exists(self, digest: str) -> bool:
-        try:
-            self._client.head_object(Bucket=self.bucket, Key=self.key(digest))
-        except self._client_errors() as exc:
-            error = self._error("look up", digest, exc)
-            if isinstance(error, BlobNotFound):
-                return False
-            raise error from exc
-        return True
-
-    def put_file(self, digest: str, path: Path, *, progress: ByteProgress | None = None) -> None:
-        if self.exists(digest):
-            return
-        actual, _ = sha256_file(path)
-        if actual != digest:
-            raise BlobCorrupted(f"refusing to store {path} as sha256:{digest}: its sha256 is {actual}")
-        extra: dict[str, Any] = {"ContentType": "application/octet-stream", "Metadata": {"sha256": digest}}
-        try:
-            self._client.upload_file(
-                str(path),
-                self.bucket,
-                self.key(digest),
-                ExtraArgs=extra,
-                Config=self._transfer,
-                Callback=progress,
-            )
-        except self._client_errors() as exc:
-            raise self._error("upload", digest, exc) from exc
-
-    def get_file(self, digest: str, dest: Path, *, progress: ByteProgress | None = None) -> int:
-        dest = Path(dest)
-        tmp = _temp_beside(dest)
-        try:
-            try:
-                self._client.download_file(
-                    self.bucket, self.key(digest), str(tmp), Config=self._transfer, Callback=progress
-                )
-            except self._client_errors() as exc:
-                raise self._error("download", digest, exc) from exc
-            actual, size = sha256_file(tmp)
-            if actual != digest:
-                raise BlobCorrupted(
-                    f"blob sha256:{digest} in {self.describe()} is corrupted (its bytes hash to {actual})"
-                )
-            tmp.replace(dest)
-            return size
-        finally:
-            tmp.unlink(missing_ok=True)
-
-    def iter_chunks(self, digest: str) -> Iterator[bytes]:
-        try:
-            body = self._client.get_object(Bucket=self.bucket, Key=self.key(digest))["Body"]
-        except self._client_errors() as exc:
-            raise self._error("download", digest, exc) from exc
-
-        def chunks() -> Iterator[bytes]:
-            try:
-                yield from body.iter_chunks(CHUNK)
-            except self._client_errors() as exc:
-                raise self._error("download", digest, exc) from exc
-            finally:
-                body.close()
-
-        return _verified(digest, chunks(), self.describe())
-
-    def delete(self, digest: str) -> None:
-        try:
-            self._client.delete_object(Bucket=self.bucket, Key=self.key(digest))
-        except self._client_errors() as exc:
-            raise self._error("delete", digest, exc) from exc
-
-    def list_blobs(self) -> Iterator[tuple[str, float]]:
-        start = self.prefix + "sha256/"
-        try:
-            for page in self._client.get_paginator("list_objects_v2").paginate(
-                Bucket=self.bucket, Prefix=start
-            ):
-                for obj in page.get("Contents", []):
-                    digest = obj["Key"].rsplit("/", 1)[-1]
-                    if DIGEST.fullmatch(digest) and obj["Key"] == self.key(digest):
-                        yield digest, obj["LastModified"].timestamp()
-        except self._client_errors() as exc:
-            raise StorageError(f"cannot list blobs in {self.describe()}: {exc}") from exc
-
-    def sweep(self, older_than: float) -> SweepReport:
-        """Abort multipart uploads under the prefix started more than `older_than` seconds ago: a
-        killed upload leaves its parts stored (and billed) until someone does."""
-        report = SweepReport()
-        cutoff = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=older_than)
-        try:
-            pages = self._client.get_paginator("list_multipart_uploads").paginate(
-                Bucket=self.bucket, Prefix=self.prefix
-            )
-            stale = [u for page in pages for u in page.get("Uploads", []) if u["Initiated"] < cutoff]
-        except self._client_errors() as exc:
-            report.errors.append(f"cannot list multipart uploads in {self.describe()}: {exc}")
-            return report
-        for upload in stale:
-            where = f"s3://{self.bucket}/{upload['Key']}#{upload['UploadId']}"
-            try:
-                self._client.abort_multipart_upload(
-                    Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
-                )
-            except self._client_errors() as exc:
-                report.errors.append(f"cannot abort {where}: {exc}")
-                continue
-            report.removed.append(where)
-        return report
-
-    def ping(self) -> None:
-        try:
-            self._client.head_bucket(Bucket=self.bucket)
-        except self._client_errors() as exc:
-            raise StorageError(f"cannot reach {self.describe()}: {exc}") from exc
-
-
-def storage_from_url(url: str) -> BlobStorage:
-    """`s3://bucket/prefix` (endpoint from AWS_ENDPOINT_URL, credentials from the AWS chain),
-    `file:///path`, or a plain folder path."""
-    parsed = urlparse(url)
-    if parsed.scheme == "s3":
-        if not parsed.netloc:
-            raise ConfigurationError(f"invalid storage URL {url!r}: expected s3://bucket/prefix")
-        return S3BlobStorage(parsed.netloc, parsed.path)
-    if parsed.scheme == "file":
-        return LocalBlobStorage(parsed.path)
-    if not parsed.scheme or len(parsed.scheme) == 1:  # a path (or a Windows drive letter)
-        return LocalBlobStorage(url)
-    raise ConfigurationError(
-        f"unsupported storage URL {url!r}: use a folder path, file:///path or s3://bucket/prefix"
-    )

@@ -23,7 +23,8 @@ from .db import utcnow
 from .errors import AuthenticationRequired, InvalidRequest, InvalidToken, PermissionDenied, TokenNotFound
 from .models import Token, TokenScope
 from .refs import check_name
-from .repository import TokenRepository, db_now
+from .repository import db_now
+from .token_repository import TokenRepository
 
 PREFIX = "adp_"
 RANK = {TokenScope.READ: 0, TokenScope.WRITE: 1, TokenScope.ADMIN: 2}

@@ -107,7 +107,8 @@ class Worker:
     # --------------------------------------------------------------------------------------- run
 
     def run(self, *, once: bool = False, max_jobs: int | None = None) -> int:
-        """Work until stopped (or, with `once`, until no job is due); returns the jobs run."""
+        """Work until stopped (or, with `once`, until no job is due); returns the compression and
+        re-compression jobs run (event deliveries are not counted)."""
         settings = self.settings
         jobs.require_queue(self.registry.db)
         import_codec_modules(settings.codec_modules)
@@ -149,7 +150,11 @@ class Worker:
             backoff_base=settings.webhook_backoff_seconds,
         )  # deliveries of events.py, on the `events` queue
         recompress.register(
-            app, self.registry, device=self._device, max_attempts=settings.worker_max_attempts
+            app,
+            self.registry,
+            device=self._device,
+            max_attempts=settings.worker_max_attempts,
+            on_run=self._count_job,
         )  # re-encodings of recompress.py, on the compression queues
         if settings.worker_deliver_events or not settings.worker_compress:
             queues = [*queues, events.EVENTS_QUEUE]
@@ -316,9 +321,7 @@ class Worker:
             result,
             extra={"worker": self.id, "version": job.ref, "result": result, "seconds": round(seconds, 3)},
         )
-        self._done += 1
-        if self._max_jobs is not None and self._done >= self._max_jobs:
-            self._procrastinate.stop()
+        self._count_job()
         if result == "released":
             raise GivenBack(job.ref)
         if result == "retry":
@@ -327,6 +330,12 @@ class Worker:
         if result == "failed":
             raise CompressionFailed(job.ref)
         return result
+
+    def _count_job(self) -> None:
+        """One more compression or re-compression run; after `max_jobs` of them, fetch no more."""
+        self._done += 1
+        if self._max_jobs is not None and self._done >= self._max_jobs:
+            self._procrastinate.stop()
 
     def _run(self, job: queue.Job) -> str:
         settings = self.settings

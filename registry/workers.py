@@ -28,7 +28,7 @@ from sqlalchemy.orm import Session
 
 from .db import Database
 from .models import Version, VersionStatus
-from .repository import WorkerRepository
+from .queue_repository import WorkerRepository
 from .schemas import WaitingView, WorkerView
 
 log = logging.getLogger("adapters.workers")

@@ -12,8 +12,8 @@ from . import jobs, push, service
 from .client_protocol import poll_until_settled
 from .codecs import import_codec_modules
 from .progress import Reporter
+from .queue_repository import QUEUED
 from .refs import AdapterName, Ref
-from .repository import QUEUED
 from .schemas import AliasResult, PushResult, VersionView
 
 if TYPE_CHECKING:

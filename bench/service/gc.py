@@ -19,7 +19,7 @@ import sqlalchemy as sa
 
 from adapters.registry import gc, models
 from adapters.registry.db import Database
-from adapters.registry.storage import S3BlobStorage
+from adapters.registry.s3_storage import S3BlobStorage
 from bench.service.common import OUT, database, machine, make_bucket, s3_server
 
 

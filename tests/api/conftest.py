@@ -21,8 +21,8 @@ from adapters.registry.cache import ReconstructionCache
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
 from adapters.registry.remote import RemoteRegistry
+from adapters.registry.s3_storage import S3BlobStorage
 from adapters.registry.settings import Settings
-from adapters.registry.storage import S3BlobStorage
 from tests.conftest import free_port, make_bucket, pg_schema
 
 

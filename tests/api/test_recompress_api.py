@@ -1,6 +1,7 @@
 """Re-compression through the API with a worker, on PostgreSQL + S3 (moto): an admin queues a
-`recompress` job, a worker runs it, the record shows the new codec and a PEFT pull of the result
-loads; other tokens are refused and bad requests are problem+json with a stable type."""
+`recompress` job, a worker runs it (and counts it among the jobs it ran, failed or not, up to
+--max-jobs), the record shows the new codec and a PEFT pull of the result loads; other tokens are
+refused and bad requests are problem+json with a stable type."""
 
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ def queue_service(pg_url, s3_endpoint, tmp_path) -> Iterator[Service]:
         yield running
 
 
-def _work(service: Service) -> int:
-    settings = get_settings().model_copy(
-        update={"worker_poll_seconds": 0.05, "device": "cpu", "worker_capability_wait_seconds": 0}
+def _work(service: Service, **settings: object) -> int:
+    """Run a worker until no job is due; returns the jobs it counted."""
+    update = {"worker_poll_seconds": 0.05, "device": "cpu", "worker_capability_wait_seconds": 0}
+    return Worker(get_settings().model_copy(update=update | settings), registry=service.registry).run(
+        once=True
     )
-    return Worker(settings, registry=service.registry).run(once=True)
 
 
 def _logits(path) -> torch.Tensor:
@@ -67,7 +69,7 @@ def test_an_admin_queues_a_recompression_a_worker_runs_it_and_the_pull_loads(
     assert (job.task, job.status, job.version) == ("recompress", "todo", "acme/q:1")
     assert client.resolve("acme/q:1").codec == "raw"  # nothing changes before the job runs
 
-    _work(queue_service)
+    assert _work(queue_service) == 1  # the re-compression counts as a job run
     assert [j.status for j in client.list_jobs() if j.id == queued.job] == ["succeeded"]
     after = client.resolve("acme/q:1")
     assert (after.number, after.content_digest, after.codec) == (1, pushed.content_digest, "nola")
@@ -99,8 +101,9 @@ def test_bad_requests_are_problems_and_change_nothing(queue_service, adapter_dir
 
 def test_a_missing_source_is_a_409_with_its_own_type(queue_service, adapter_dir):
     client = queue_service.client()
-    pushed = client.push(adapter_dir, "acme/m", task="t", codec="raw").version
+    client.push(adapter_dir, "acme/m", task="t", codec="raw")
     _work(queue_service)
+    pushed = client.resolve("acme/m:1")
     queue_service.registry.storage.delete(pushed.source_digest)
     # Queued, the job fails in the worker and changes nothing; inline (the server's own registry
     # compressing in the request) the caller gets the problem at once.
@@ -113,3 +116,25 @@ def test_a_missing_source_is_a_409_with_its_own_type(queue_service, adapter_dir)
     _problem(response, 409, "source-missing")
     assert "missing from the blob store" in response.json()["detail"]
     assert client.resolve("acme/m:1").codec == "raw"
+
+    (queued,) = client.recompress("acme/m:1", codec="nola").versions
+    assert _work(queue_service, worker_max_attempts=1) == 1  # a failed run counts too
+    assert [j.status for j in client.list_jobs() if j.id == queued.job] == ["failed"]
+    after = client.resolve("acme/m:1")
+    assert (after.status, after.codec, after.artifact_digest) == ("ready", "raw", pushed.artifact_digest)
+
+
+def test_max_jobs_counts_recompressions(queue_service, adapter_dir, other_adapter_dir):
+    client = queue_service.client()
+    for name, folder in (("acme/x", adapter_dir), ("acme/y", other_adapter_dir)):
+        client.push(folder, name, task="t", codec="raw")
+    assert _work(queue_service) == 2
+    report = client.recompress(namespace="acme", codec="nola")
+    assert [v.action for v in report.versions] == ["queued", "queued"]
+    settings = get_settings().model_copy(
+        update={"worker_poll_seconds": 0.05, "device": "cpu", "worker_capability_wait_seconds": 0}
+    )
+    assert Worker(settings, registry=queue_service.registry).run(once=True, max_jobs=1) == 1
+    statuses = sorted(j.status for j in client.list_jobs() if j.task == "recompress")
+    assert statuses == ["succeeded", "todo"]  # it stopped after one
+    assert sorted(client.resolve(ref).codec for ref in ("acme/x:1", "acme/y:1")) == ["nola", "raw"]

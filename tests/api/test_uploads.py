@@ -187,11 +187,11 @@ def test_refusals_name_the_clients_own_path(upload_service, adapter_dir, tmp_pat
 
 
 def test_a_file_changed_during_upload_is_caught(upload_service, adapter_dir, tmp_path, monkeypatch):
-    import adapters.registry.remote as remote
+    import adapters.registry.remote_write as remote_write
 
-    real = remote.sha256_file
+    real = remote_write.sha256_file
     monkeypatch.setattr(
-        remote,
+        remote_write,
         "sha256_file",
         lambda path: ("0" * 64, 0) if path.name == SAFETENSORS_FILE else real(path),
     )

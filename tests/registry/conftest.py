@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database, make_engine, upgrade
-from adapters.registry.storage import BlobStorage, LocalBlobStorage, S3BlobStorage
+from adapters.registry.s3_storage import S3BlobStorage
+from adapters.registry.storage import BlobStorage, LocalBlobStorage
 from tests.conftest import RAW_BY_DEFAULT, pg_schema
 
 BACKENDS = ["sqlite", "postgresql"]

@@ -10,7 +10,7 @@ import pytest
 from adapters.registry import processing
 from adapters.registry.client import LocalRegistry
 from adapters.registry.db import Database
-from adapters.registry.repository import WorkerRepository
+from adapters.registry.queue_repository import WorkerRepository
 from tests.registry import jobqueue
 from tests.worker import slow_codec  # noqa: F401 - registers the test codecs
 

@@ -16,7 +16,8 @@ import torch
 
 from adapters.registry import limits
 from adapters.registry.errors import InvalidAdapterUpload
-from adapters.registry.storage import LocalBlobStorage, S3BlobStorage
+from adapters.registry.s3_storage import S3BlobStorage
+from adapters.registry.storage import LocalBlobStorage
 from adapters.registry.sync import SyncRequest, sync
 from tests.factories import FOLDER_EXTRAS, make_adapter_folder, save_two_adapters, tiny_llama, token_batch
 

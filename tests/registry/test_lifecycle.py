@@ -22,7 +22,7 @@ from adapters.registry.errors import (
 )
 from adapters.registry.models import Adapter, Version
 from adapters.registry.refs import AdapterName
-from adapters.registry.storage import S3BlobStorage
+from adapters.registry.s3_storage import S3BlobStorage
 from tests.factories import make_adapter
 from tests.registry.test_service import stored_blobs
 

@@ -17,7 +17,7 @@ from adapters.registry import models, processing, service
 from adapters.registry.client import LocalRegistry
 from adapters.registry.codecs import CodecEnvironment
 from adapters.registry.metrics import RegistryCollector
-from adapters.registry.repository import WorkerRepository
+from adapters.registry.queue_repository import WorkerRepository
 from adapters.registry.workers import Presence
 from tests.factories import adapter_variants
 from tests.registry import jobqueue

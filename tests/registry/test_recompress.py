@@ -1,7 +1,9 @@
-"""Re-compression in a registry that compresses inline, on PostgreSQL + S3 (moto): a version pushed
-raw gets a NOLA artifact with its identity kept and still loads in PEFT; the old artifact goes to
-garbage collection only after the swap; a missing source, bad refs and unready versions change
-nothing; dry runs list."""
+"""Re-compression in a registry that compresses inline, on both backends (the embedded SQLite + folder
+registry, and PostgreSQL + S3 over moto): a version pushed raw gets a NOLA artifact with its identity
+kept and still loads in PEFT; the old artifact goes to garbage collection only after the swap; a
+missing source, bad refs and unready versions change nothing; dry runs list. The embedded registry
+has no job queue: it re-encodes in the caller's process. (Queued re-compressions: tests/api and
+tests/worker.)"""
 
 from __future__ import annotations
 
@@ -12,13 +14,13 @@ import sqlalchemy as sa
 import torch
 from peft import PeftModel
 
-from adapters.registry import events, gc, webhooks
+from adapters.registry import events, gc, recompress, webhooks
 from adapters.registry.errors import InvalidRequest, NotFound, SourceMissing, VersionNotFound
 from adapters.registry.models import Blob, Version
 from adapters.registry.webhook_models import OutboxEvent
 from tests.factories import make_adapter, tiny_llama, token_batch
 
-ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
+ON_SQLITE = pytest.mark.parametrize("backend", ["sqlite"], indirect=True)
 
 
 def _logits(path) -> torch.Tensor:
@@ -36,10 +38,11 @@ def _rows(registry) -> list[tuple]:
         ]
 
 
-@ON_POSTGRESQL
 def test_a_raw_version_is_recompressed_keeping_its_identity_and_still_loads(registry, adapter_dir, tmp_path):
-    with registry.db.transaction() as session:
-        webhooks.create(session, "acme", "http://127.0.0.1:9/hook", [events.VERSION_RECOMPRESSED])
+    postgresql = registry.db.dialect == "postgresql"  # webhooks and their outbox: PostgreSQL only
+    if postgresql:
+        with registry.db.transaction() as session:
+            webhooks.create(session, "acme", "http://127.0.0.1:9/hook", [events.VERSION_RECOMPRESSED])
     pushed = registry.push(adapter_dir, "acme/r", task="t", codec="raw", aliases=["prod"]).version
     assert (pushed.status, pushed.codec) == ("ready", "raw")
 
@@ -57,7 +60,11 @@ def test_a_raw_version_is_recompressed_keeping_its_identity_and_still_loads(regi
     assert note["by"] == registry.principal.name
     assert registry.resolve("acme/r@prod").artifact_digest == after.artifact_digest
     with registry.db.reading() as session:
-        (event,) = session.scalars(sa.select(OutboxEvent).where(OutboxEvent.type == "version.recompressed"))
+        recorded = list(
+            session.scalars(sa.select(OutboxEvent).where(OutboxEvent.type == "version.recompressed"))
+        )
+    assert len(recorded) == (1 if postgresql else 0)  # SQLite records no events: nothing to deliver
+    for event in recorded:
         assert event.payload["data"]["from_codec"] == "raw" and event.payload["data"]["codec"] == "nola"
 
     pulled = registry.pull("acme/r:1", tmp_path / "pulled")
@@ -66,7 +73,6 @@ def test_a_raw_version_is_recompressed_keeping_its_identity_and_still_loads(regi
     assert torch.allclose(original, reconstructed, atol=1e-2)
 
 
-@ON_POSTGRESQL
 def test_the_old_artifact_is_released_to_gc_only_by_the_swap(registry, tmp_path):
     source = make_adapter(tmp_path / "src", seed=3)
     registry.push(source, "acme/g", task="t", codec="nola")
@@ -89,7 +95,6 @@ def test_the_old_artifact_is_released_to_gc_only_by_the_swap(registry, tmp_path)
     assert torch.equal(_logits(source), _logits(pulled.path))  # raw: bit-exact again
 
 
-@ON_POSTGRESQL
 def test_selections_dry_runs_and_what_is_left_alone(registry, adapter_dir, other_adapter_dir):
     registry.push(adapter_dir, "acme/a", task="t", codec="raw")
     registry.push(other_adapter_dir, "acme/a", task="t", codec="raw")
@@ -126,7 +131,6 @@ def test_selections_dry_runs_and_what_is_left_alone(registry, adapter_dir, other
     assert [(row[1], row[4]) for row in changed] == [(1, "raw")]  # acme/b:1 only
 
 
-@ON_POSTGRESQL
 def test_a_version_whose_source_is_gone_says_so_and_changes_nothing(registry, adapter_dir):
     pushed = registry.push(adapter_dir, "acme/s", task="t", codec="raw").version
     registry.push(adapter_dir, "acme/p", task="t", codec="raw", process=False)  # stays pending
@@ -139,7 +143,6 @@ def test_a_version_whose_source_is_gone_says_so_and_changes_nothing(registry, ad
     assert _rows(registry) == before
 
 
-@ON_POSTGRESQL
 def test_cli_recompresses_a_version_pushed_raw_and_bad_refs_are_one_line_errors(cli, adapter_dir):
     cli("push", adapter_dir, "--name", "acme/c", "--task", "t", "--codec", "raw")
     before = json.loads(cli("show", "acme/c:1", "--json").stdout)
@@ -163,3 +166,16 @@ def test_cli_recompresses_a_version_pushed_raw_and_bad_refs_are_one_line_errors(
     assert shown.startswith("acme/c:1: would-recompress (nola, ratio ")
     assert "1 versions, codec nola: 1 would-recompress" in shown
     assert "adapters recompress --namespace acme --json" in cli("recompress", "--help").stdout
+
+
+@ON_SQLITE
+def test_the_embedded_registry_recompresses_in_process_and_queues_nothing(registry, adapter_dir):
+    assert registry.db.dialect == "sqlite" and registry.inline
+    registry.push(adapter_dir, "acme/e", task="t", codec="raw")
+    before = _rows(registry)
+    with pytest.raises(InvalidRequest, match="PostgreSQL registries only"):
+        recompress.recompress(registry.db, registry.storage, ref="acme/e:1", codec="nola", inline=False)
+    assert _rows(registry) == before
+    (done,) = registry.recompress("acme/e:1", codec="nola").versions
+    assert (done.action, done.job, done.new_codec) == ("recompressed", None, "nola")
+    assert registry.resolve("acme/e:1").codec == "nola"

@@ -6,9 +6,10 @@ import datetime as dt
 
 import sqlalchemy as sa
 
+from adapters.registry.adapter_repository import AdapterRepository
 from adapters.registry.models import Adapter, Version
 from adapters.registry.refs import AdapterName
-from adapters.registry.repository import AdapterRepository, AliasRepository, BlobRepository, VersionRepository
+from adapters.registry.version_repository import AliasRepository, BlobRepository, VersionRepository
 
 ACME = AdapterName("acme", "x")
 

@@ -9,7 +9,9 @@ import boto3
 import pytest
 
 from adapters.registry.errors import BlobCorrupted, BlobNotFound, ConfigurationError, InvalidRef, StorageError
-from adapters.registry.storage import LocalBlobStorage, S3BlobStorage, storage_from_url
+from adapters.registry.s3_storage import S3BlobStorage
+from adapters.registry.storage import LocalBlobStorage
+from adapters.registry.storage_url import storage_from_url
 from tests.conftest import free_port
 
 

@@ -18,8 +18,8 @@ from click.testing import CliRunner
 
 from adapters.cli import main
 from adapters.registry.client import LocalRegistry
+from adapters.registry.s3_storage import S3BlobStorage
 from adapters.registry.settings import Settings, reset_settings
-from adapters.registry.storage import S3BlobStorage
 from adapters.registry.worker import Worker
 from tests.api.conftest import running_service
 from tests.worker.slow_codec import killed_push

@@ -17,7 +17,7 @@ import pytest
 from adapters.registry.client import LocalRegistry
 from adapters.registry.codecs import CodecEnvironment
 from adapters.registry.db import Database
-from adapters.registry.storage import S3BlobStorage
+from adapters.registry.s3_storage import S3BlobStorage
 from adapters.registry.worker import Worker
 from tests.api.conftest import Service, running_service
 from tests.factories import adapter_variants

@@ -1,6 +1,7 @@
 """Compression workers as real processes on the queue: they race without doubling work, a killed
-worker's job is finished by another, SIGTERM finishes or gives back the current job, and failures are
-retried and then recorded (the device a worker compresses on: test_device.py)."""
+worker's job (a compression or a re-compression) is finished by another, SIGTERM finishes or gives
+back the current job, and failures are retried and then recorded (the device a worker compresses on:
+test_device.py)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from adapters.registry import recompress
 from adapters.registry.worker import Worker
 from tests.api.conftest import Service, running_service
 from tests.factories import adapter_variants
@@ -174,6 +176,68 @@ def test_a_killed_workers_job_is_finished_by_another(queue_service, workers, ada
     assert [pid for pid, _ in runs(log)] == [doomed.pid, rescuer.pid]
     assert rescuer.finished() == [ref]
     client.pull(ref, tmp_path / "pulled")
+    assert rescuer.stop() == 0
+
+
+def test_a_killed_workers_recompression_is_finished_by_another_with_an_artifact_throughout(
+    queue_service, workers, adapter_dir, tmp_path
+):
+    log, release = tmp_path / "runs.log", tmp_path / "release"
+    doomed = workers()
+    client, storage = queue_service.client(), queue_service.registry.storage
+    ref = client.push(adapter_dir, "acme/rk", task="t", codec="raw").version.ref
+    raw = client.wait(ref, timeout=120)
+    assert (raw.status, raw.codec) == ("ready", "raw")
+    (queued,) = recompress.recompress(
+        queue_service.registry.db,
+        storage,
+        ref=ref,
+        codec="test-slow",
+        params={"log": str(log), "release": str(release)},
+        inline=False,
+        by="test",
+    ).versions
+    assert queued.action == "queued"
+    _wait_until(lambda: len(runs(log)) == 1)  # the re-encoding is running in `doomed`
+    doomed.proc.send_signal(signal.SIGKILL)
+    assert doomed.proc.wait(30) == -signal.SIGKILL
+
+    orphaned = client.resolve(ref)  # the version is untouched and still serves its raw artifact
+    assert (orphaned.status, orphaned.codec, orphaned.artifact_digest) == (
+        "ready",
+        "raw",
+        raw.artifact_digest,
+    )
+    assert [j.status for j in client.list_jobs() if j.id == queued.job] == ["doing"]
+    client.pull(ref, tmp_path / "orphaned")
+
+    release.touch()
+    rescuer = workers()
+    seen = []
+
+    def swapped() -> bool:  # at every look: ready, with an artifact the store holds
+        now = client.resolve(ref)
+        assert now.status == "ready" and storage.exists(now.artifact_digest), now
+        seen.append(now.artifact_digest)
+        return now.codec == "test-slow"
+
+    _wait_until(swapped, timeout=120)
+    final = client.resolve(ref)
+    assert (final.number, final.content_digest) == (1, raw.content_digest)
+    assert final.artifact_digest != raw.artifact_digest and set(seen) == {
+        raw.artifact_digest,
+        final.artifact_digest,
+    }
+    assert final.fidelity["recompressed"]["from"]["codec"] == "raw"
+    assert [pid for pid, _ in runs(log)] == [doomed.pid, rescuer.pid]
+    _wait_until(lambda: [j.status for j in client.list_jobs() if j.id == queued.job] == ["succeeded"])
+    assert any(
+        e.get("msg") == "retrying the job of a stopped worker" and e.get("job") == queued.job
+        for e in rescuer.events
+    )
+    pulled = client.pull(ref, tmp_path / "pulled")
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert (Path(pulled.path) / name).read_bytes() == (tmp_path / "orphaned" / name).read_bytes()
     assert rescuer.stop() == 0
 
 
