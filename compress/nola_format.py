@@ -61,12 +61,7 @@ def encode_decoded(
     records, codes, scales = artifact.pack(checkpoint, stored, digests)
     source = canonical_bytes(checkpoint)
     header: dict[str, Any] = {
-        "generator": {
-            "name": philox.GENERATOR,
-            "version": philox.GENERATOR_VERSION,
-            "seed": cfg.seed,
-            "fingerprint": philox.fingerprint(cfg.seed, device),
-        },
+        "generator": _generator(cfg.seed, device),
         "basis": cfg.basis,
         "layout": artifact.LAYOUT,
         "group_size": cfg.group_size,

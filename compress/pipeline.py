@@ -237,9 +237,8 @@ def run(
             )
         held = teacher.outputs(split.held_out) if split.held_out else []
     fit_config = replace(config, fit="weight" if method == "weight" else "activation")
-    # Distillation starts from the closed-form code of the same fit: under code=auto the transform code,
-    # whose search with the base model reached 5.66x at the default gate on the MiniLM benchmark against
-    # the row code's 4.76x, with unseen agreement 0.9975 against 0.9925 (bench/RESULTS.md).
+    # Distillation starts from the closed-form code of the same fit (under code=auto the transform code:
+    # 5.66x against the row code's 4.76x at the default gate on MiniLM, bench/RESULTS.md).
     prepared = prepare(checkpoint, fit_config, stats, bar.phase(0.0, 0.1))
     job = _Run(checkpoint, prepared, source_bytes, gate, teacher, held)
     distilling = method == "distill"
@@ -273,8 +272,8 @@ def run(
         else:
             fitted = distill(teacher, start, train, validation, distill_config, bar.phase(*share))
         made = job.attempt(ratio, (fitted, *job.measure(fitted)), "distill")
-        run = fitted.notes.get("distill", {})
-        made.distill = {k: run[k] for k in ("steps_run", "stopped", "kept", "seconds") if k in run}
+        record = fitted.notes.get("distill", {})
+        made.distill = {k: record[k] for k in ("steps_run", "stopped", "kept", "seconds") if k in record}
         return made
 
     if gate is None or config.k_fraction is not None:

@@ -148,10 +148,7 @@ def write(
 
 
 def _nbytes(dtype: torch.dtype, shape: tuple[int, ...]) -> int:
-    n = torch.empty((), dtype=dtype).element_size()
-    for d in shape:
-        n *= d
-    return n
+    return torch.Size(shape).numel() * dtype.itemsize
 
 
 def _put(file: stfile.PlannedFile, key: str, tensor: torch.Tensor) -> None:

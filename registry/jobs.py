@@ -104,24 +104,47 @@ def _waiting_in_namespace(session: Session, namespace: str, but: int) -> int:
 
 def defer_in(session: Session, version: Version) -> int:
     """Defer the compression of `version` in the session's transaction; returns the job id."""
-    from procrastinate import jobs as pjobs
-    from procrastinate import manager, sync_psycopg_connector
-
     namespace = session.get(Adapter, version.adapter_id).namespace  # type: ignore[union-attr]
     priority = max(-_waiting_in_namespace(session, namespace, version.id), MIN_PRIORITY)
-    job = pjobs.Job(
-        id=None,
+    job_id = defer(
+        session,
+        task_name=COMPRESS_TASK,
         queue=queue_of(version),
         priority=priority,
         lock=f"version:{version.id}",
         queueing_lock=f"version:{version.id}",
-        task_name=COMPRESS_TASK,
         task_kwargs={"version_id": version.id},
     )
-    # The library's defer, on our connection: the job exists iff the transaction commits.
+    log.debug("deferred", extra={"version": version.ref, "queue": queue_of(version), "priority": priority})
+    return job_id
+
+
+def defer(
+    session: Session,
+    *,
+    task_name: str,
+    queue: str,
+    priority: int,
+    lock: str,
+    queueing_lock: str,
+    task_kwargs: dict[str, Any],
+) -> int:
+    """The library's defer, on the session's connection: the job exists iff the transaction commits.
+    procrastinate's AlreadyEnqueued when a job with `queueing_lock` is waiting already."""
+    from procrastinate import jobs as pjobs
+    from procrastinate import manager, sync_psycopg_connector
+
+    job = pjobs.Job(
+        id=None,
+        queue=queue,
+        priority=priority,
+        lock=lock,
+        queueing_lock=queueing_lock,
+        task_name=task_name,
+        task_kwargs=task_kwargs,
+    )
     jobs = manager.JobManager(sync_psycopg_connector.SyncPsycopgConnector())
     deferred = jobs.defer_job(job, connection=_driver(session))
-    log.debug("deferred", extra={"version": version.ref, "queue": job.queue, "priority": priority})
     assert deferred.id is not None
     return deferred.id
 

@@ -192,8 +192,6 @@ def enqueue(
 ) -> int | None:
     """Defer the re-encoding of `version` in the session's transaction; None when one is waiting
     already (its queueing lock)."""
-    from procrastinate import jobs as pjobs
-    from procrastinate import manager, sync_psycopg_connector
     from procrastinate.exceptions import AlreadyEnqueued
 
     queue = jobs.DATA_FREE_QUEUE
@@ -202,22 +200,19 @@ def enqueue(
         workers = WorkerRepository(session)
         if workers.holders([model], live_since(workers.now(), live_seconds)):
             queue = jobs.model_queue(model)
-    job = pjobs.Job(
-        id=None,
-        queue=queue,
-        priority=jobs.MIN_PRIORITY,  # behind pushes: a re-encoding is never urgent
-        lock=f"version:{version.id}",
-        queueing_lock=f"recompress:{version.id}",
-        task_name=RECOMPRESS_TASK,
-        task_kwargs={"version_id": version.id, "codec": codec, "params": params, "by": by},
-    )
-    manager_ = manager.JobManager(sync_psycopg_connector.SyncPsycopgConnector())
     try:
         with session.begin_nested():
-            deferred = manager_.defer_job(job, connection=session.connection().connection.driver_connection)
+            return jobs.defer(
+                session,
+                task_name=RECOMPRESS_TASK,
+                queue=queue,
+                priority=jobs.MIN_PRIORITY,  # behind pushes: a re-encoding is never urgent
+                lock=f"version:{version.id}",
+                queueing_lock=f"recompress:{version.id}",
+                task_kwargs={"version_id": version.id, "codec": codec, "params": params, "by": by},
+            )
     except AlreadyEnqueued:
         return None
-    return deferred.id
 
 
 def recompress(

@@ -269,3 +269,25 @@ def save_two_adapters(path: Path) -> dict[str, torch.Tensor]:
         with torch.no_grad():
             expected[adapter] = model.eval()(token_batch()).logits
     return expected
+
+
+def rewrite_artifact(path, out, edit_header=None, edit_metadata=None, edit_tensors=None, fix_checksum=True):
+    """A copy of the NOLA artifact `path` at `out`, its header, metadata or tensors edited in place by
+    the given callables, and its checksum made to match again unless `fix_checksum` is false: the
+    corrupt and tampered artifacts of the reader tests."""
+    from adapters.compress import stfile
+    from adapters.compress.artifact import CHECKSUM_KEY, HEADER_KEY, checksum, decode_header, encode_header
+
+    tensors, metadata = stfile.load(path)
+    if edit_header:
+        header = decode_header(metadata[HEADER_KEY])
+        edit_header(header)
+        metadata[HEADER_KEY] = encode_header(header)
+    if edit_metadata:
+        edit_metadata(metadata)
+    if edit_tensors:
+        edit_tensors(tensors)
+    if fix_checksum:
+        metadata[CHECKSUM_KEY] = checksum(tensors, metadata)
+    stfile.write(out, tensors, metadata)
+    return out

@@ -176,9 +176,9 @@ def test_a_distilled_attempt_says_how_its_run_went(trained):
     distilled = [a for a in report.fidelity["search"]["attempts"] if a["method"] == "distill"]
     assert distilled, "nothing passed closed form, so the search distils"
     for attempt in distilled:
-        run_ = attempt["distill"]
-        assert 0 < run_["steps_run"] <= 20 and run_["kept"] in ("distilled", "initial")
-        assert run_["stopped"] and run_["seconds"] >= 0
+        record = attempt["distill"]
+        assert 0 < record["steps_run"] <= 20 and record["kept"] in ("distilled", "initial")
+        assert record["stopped"] and record["seconds"] >= 0
     assert all("distill" not in a for a in report.fidelity["search"]["attempts"] if a["method"] != "distill")
 
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from adapters.compress import stfile
-from adapters.compress.artifact import CHECKSUM_KEY, CODES_KEY, HEADER_KEY, decode_header, encode_header
-from adapters.compress.artifact import checksum as _checksum
+from adapters.compress.artifact import CODES_KEY, HEADER_KEY, decode_header
 from adapters.compress.codec import (
     FORMAT_KEY,
     VERSION_KEY,
@@ -23,6 +22,7 @@ from adapters.compress.nola import NolaCodec, NolaConfig
 from adapters.compress.peft_io import SAFETENSORS_FILE, read_adapter
 from adapters.compress.stats import InputStats, load_stats, save_stats
 from tests.factories import make_adapter, tiny_llama, token_batch
+from tests.factories import rewrite_artifact as _rewrite
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -174,22 +174,6 @@ def test_bad_parameters(params):
         make_codec("nola", **params)
     with pytest.raises(ValueError, match="bad NOLA parameters"):
         make_codec("nola", colour="red")
-
-
-def _rewrite(path, out, edit_header=None, edit_metadata=None, edit_tensors=None, fix_checksum=True):
-    tensors, metadata = stfile.load(path)
-    if edit_header:
-        header = decode_header(metadata[HEADER_KEY])
-        edit_header(header)
-        metadata[HEADER_KEY] = encode_header(header)
-    if edit_metadata:
-        edit_metadata(metadata)
-    if edit_tensors:
-        edit_tensors(tensors)
-    if fix_checksum:
-        metadata[CHECKSUM_KEY] = _checksum(tensors, metadata)
-    stfile.write(out, tensors, metadata)
-    return out
 
 
 def _shrink_first_row(header):

@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from adapters.compress import stfile, transform, transform_read
-from adapters.compress.artifact import CHECKSUM_KEY, CODES_KEY, HEADER_KEY, decode_header, encode_header
-from adapters.compress.artifact import checksum as _checksum
+from adapters.compress.artifact import CODES_KEY, HEADER_KEY, decode_header
 from adapters.compress.codec import VERSION_KEY, reconstruct, reconstruct_to_dir
 from adapters.compress.errors import InvalidArtifact
 from adapters.compress.fidelity import measure
 from adapters.compress.nola import NolaCodec, NolaConfig, lora_pairs, prepare, uses_transform
 from adapters.compress.peft_io import SAFETENSORS_FILE, LoraCheckpoint, read_adapter
 from tests.factories import make_adapter
+from tests.factories import rewrite_artifact as _rewrite
 
 DATA = Path(__file__).parent / "data"
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -286,22 +286,6 @@ def _float64_rebuild(pairs, scales, step, bound, codes, seed, device):
         g = (b.norm(dim=1) / s).sqrt()
         safe = torch.where(g > 0, g, torch.ones_like(g))
         out.append((a * g[:, None], (b / (s * safe)[:, None]).T))
-    return out
-
-
-def _rewrite(path, out, edit_header=None, edit_metadata=None, edit_tensors=None, fix_checksum=True):
-    tensors, metadata = stfile.load(path)
-    if edit_header:
-        header = decode_header(metadata[HEADER_KEY])
-        edit_header(header)
-        metadata[HEADER_KEY] = encode_header(header)
-    if edit_metadata:
-        edit_metadata(metadata)
-    if edit_tensors:
-        edit_tensors(tensors)
-    if fix_checksum:
-        metadata[CHECKSUM_KEY] = _checksum(tensors, metadata)
-    stfile.write(out, tensors, metadata)
     return out
 
 
