@@ -27,7 +27,6 @@ from .events import DELIVER_TASK
 
 log = logging.getLogger("adapters.events")
 
-DAY = 24 * 3600.0
 PENDING_JOB_STATES = ("todo", "doing", "aborting")
 
 _OLD_DELIVERIES = sa.text("DELETE FROM webhook_deliveries WHERE at < :cutoff")
