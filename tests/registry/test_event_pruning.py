@@ -9,7 +9,7 @@ import pytest
 import sqlalchemy as sa
 
 from adapters.registry import events, webhooks
-from adapters.registry.event_pruning import DAY, prune_events
+from adapters.registry.event_pruning import prune_events
 from adapters.registry.settings import get_settings
 from adapters.registry.webhook_models import Delivery, OutboxEvent
 from adapters.registry.worker import Worker
@@ -17,6 +17,7 @@ from tests.registry.webhook_receiver import receiver
 
 ON_POSTGRESQL = pytest.mark.parametrize("backend", ["postgresql"], indirect=True)
 SECRET = "s3cret-for-the-tests-0123456789"
+DAY = 24 * 3600.0
 DEFAULTS = {"event_retention_seconds": 7 * DAY, "delivery_retention_seconds": 30 * DAY}
 
 
